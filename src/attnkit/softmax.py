@@ -1,0 +1,396 @@
+"""The safe softmax family and the mergeable softmax state.
+
+Everything in attnkit rests on one fact: a row's softmax needs only its running
+maximum ``m`` and running sum ``l = Σ exp(x - m)``, and two such states merge exactly::
+
+    m = max(m_a, m_b)
+    l = l_a·exp(m_a - m) + l_b·exp(m_b - m)
+
+Conventions shared by every function here:
+
+- ``mask`` is boolean and broadcastable to ``x``; True = keep. Masked entries get
+  probability 0 (``-inf`` in log space) and gradient 0.
+- A fully masked (or empty) row has softmax 0, log-softmax / logsumexp ``-inf`` and zero
+  gradients — never NaN.
+- float16 / bfloat16 are computed in float32 and returned in the input dtype.
+- ``temperature`` T > 0 divides the logits first: ``softmax(x / T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .errors import AttnkitError
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "SoftmaxState",
+    "online_softmax",
+    "merge_partials",
+    "softmax_cross_entropy",
+    "compute_dtype",
+]
+
+_NEG_INF = float("-inf")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype softmax/LSE/accumulation run in: float64 stays, everything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _prepare(x: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
+    """Upcast, apply temperature and mask; returns logits in the compute dtype."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise AttnkitError.build(
+            "x to be a floating-point tensor",
+            f"{type(x).__name__} of dtype {getattr(x, 'dtype', None)}",
+            "convert with x.float()",
+        )
+    if not temperature > 0:
+        raise AttnkitError.build("temperature > 0", repr(temperature), "pass a positive temperature such as 1.0")
+    x = x.to(compute_dtype(x.dtype))
+    if temperature != 1.0:
+        x = x / temperature
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise AttnkitError.build("a boolean mask (True = keep)", f"dtype {mask.dtype}", "pass mask.bool()")
+        try:
+            torch.broadcast_shapes(mask.shape, x.shape)
+        except RuntimeError:
+            raise AttnkitError.build(
+                f"mask broadcastable to {tuple(x.shape)}", f"{tuple(mask.shape)}", "reshape or unsqueeze the mask"
+            ) from None
+        x = x.masked_fill(~mask, _NEG_INF)
+    return x
+
+
+def _safe_max(x: Tensor, dim: int) -> Tensor:
+    """Row max with ``-inf`` rows replaced by 0, detached: subtracting it keeps exp() <= 1 (no
+    overflow) without changing the result, and a fully masked row gives exp(-inf - 0) = 0, not NaN."""
+    if x.shape[dim] == 0:
+        shape = list(x.shape)
+        shape[dim] = 1
+        return x.new_zeros(shape)
+    m = x.detach().amax(dim=dim, keepdim=True)
+    return m.masked_fill(m == _NEG_INF, 0.0)
+
+
+def _lse_keepdim(x: Tensor, dim: int) -> Tensor:
+    """log Σ exp(x) along ``dim`` (keepdim), ``-inf`` for empty/fully masked rows, zero-gradient safe."""
+    m = _safe_max(x, dim)
+    total = torch.exp(x - m).sum(dim=dim, keepdim=True)
+    empty = total == 0
+    # log(1) on empty rows keeps the backward finite (grad of log at 0 would be inf·0 = NaN).
+    lse = m + torch.log(total.masked_fill(empty, 1.0))
+    return lse.masked_fill(empty, _NEG_INF)
+
+
+def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+    """Numerically safe softmax ``exp(x_i / T) / Σ_j exp(x_j / T)`` along ``dim``.
+
+    Args:
+        x: logits of any shape.
+        dim: the dimension that sums to 1.
+        mask: optional boolean tensor broadcastable to ``x``; True = keep.
+        temperature: T > 0; T < 1 sharpens, T > 1 flattens.
+
+    Returns:
+        Probabilities with the shape and dtype of ``x``. Fully masked or all ``-inf`` rows
+        are all zeros (with zero gradients). A ``+inf`` or NaN logit makes its row NaN,
+        as in :func:`torch.softmax`; other rows are unaffected.
+
+    Example:
+        >>> import torch, attnkit
+        >>> attnkit.softmax(torch.tensor([2.0, 1.0, 0.1])).round(decimals=3)
+        tensor([0.6590, 0.2420, 0.0990])
+        >>> attnkit.softmax(torch.tensor([1e4, 0.0]))  # the naive formula gives nan here
+        tensor([1., 0.])
+    """
+    z = _prepare(x, mask, temperature)
+    e = torch.exp(z - _safe_max(z, dim))
+    total = e.sum(dim=dim, keepdim=True)
+    return (e / total.masked_fill(total == 0, 1.0)).to(x.dtype)
+
+
+def log_softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+    """Numerically safe ``log(softmax(x / T))`` along ``dim``.
+
+    Masked entries and every entry of a fully masked row are ``-inf``; gradients there are 0.
+
+    Example:
+        >>> import torch, attnkit
+        >>> attnkit.log_softmax(torch.tensor([0.0, 0.0])).exp()
+        tensor([0.5000, 0.5000])
+    """
+    z = _prepare(x, mask, temperature)
+    lse = _lse_keepdim(z, dim)
+    out = (z - lse.masked_fill(lse == _NEG_INF, 0.0)).masked_fill(lse == _NEG_INF, _NEG_INF)
+    return out.to(x.dtype)
+
+
+def logsumexp(
+    x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature: float = 1.0, keepdim: bool = False
+) -> Tensor:
+    """Numerically safe ``log Σ exp(x / T)`` along ``dim``; ``-inf`` for empty or fully masked rows.
+
+    Example:
+        >>> import torch, attnkit
+        >>> attnkit.logsumexp(torch.tensor([1000.0, 1000.0]))  # naive: log(inf) = inf
+        tensor(1000.6931)
+    """
+    z = _prepare(x, mask, temperature)
+    lse = _lse_keepdim(z, dim)
+    return (lse if keepdim else lse.squeeze(dim)).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- mergeable state
+
+
+def _rescale(m_old: Tensor, m_new: Tensor) -> Tensor:
+    """exp(m_old - m_new) with -inf states giving 0 instead of exp(-inf + inf) = NaN."""
+    return torch.exp(m_old - m_new.masked_fill(m_new == _NEG_INF, 0.0))
+
+
+@dataclass
+class SoftmaxState:
+    """The running ``(m, l)`` of a softmax over rows seen in pieces.
+
+    ``m`` is the running maximum and ``l = Σ exp(x - m)`` the running sum, both with the
+    row shape (the reduced dimension removed). The empty state is ``m = -inf, l = 0``;
+    merging with it is the identity, and merging two empty states stays empty (no NaN).
+
+    Example:
+        >>> import torch
+        >>> from attnkit import SoftmaxState
+        >>> x = torch.randn(4, 10)
+        >>> a, b = SoftmaxState.empty((4,)), SoftmaxState.empty((4,))
+        >>> _ = a.update(x[:, :3]); _ = b.update(x[:, 3:])
+        >>> torch.allclose(a.merge(b).lse, torch.logsumexp(x, -1))
+        True
+    """
+
+    m: Tensor
+    l: Tensor  # noqa: E741 — the paper's name
+
+    @classmethod
+    def empty(
+        cls, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> "SoftmaxState":
+        """The state of a row with nothing seen yet."""
+        return cls(torch.full(shape, _NEG_INF, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    def update(self, chunk: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+        """Fold a chunk of logits (row shape with ``dim`` inserted) into the state, in place.
+
+        Returns ``(p, alpha)``: ``p = exp(chunk - m_new)``, the chunk's unnormalized
+        probabilities under the new max, and ``alpha = exp(m_old - m_new)`` (row shape),
+        the factor by which anything accumulated under the old max must be rescaled —
+        exactly what an attention accumulator ``acc = acc·alpha + p @ V`` needs.
+        """
+        dim = dim % chunk.dim()
+        if chunk.shape[dim] == 0:
+            return chunk.to(self.m.dtype), torch.ones_like(self.m)
+        m_new = torch.maximum(self.m, chunk.amax(dim=dim))
+        alpha = _rescale(self.m, m_new)
+        p = torch.exp(chunk - m_new.masked_fill(m_new == _NEG_INF, 0.0).unsqueeze(dim))
+        self.l = self.l * alpha + p.sum(dim=dim)
+        self.m = m_new
+        return p, alpha
+
+    def merge(self, other: "SoftmaxState") -> "SoftmaxState":
+        """The state of the union of both rows' elements (exact, order independent up to rounding)."""
+        m = torch.maximum(self.m, other.m)
+        return SoftmaxState(m, self.l * _rescale(self.m, m) + other.l * _rescale(other.m, m))
+
+    @property
+    def lse(self) -> Tensor:
+        """The log normalizer ``m + log l``; ``-inf`` for an empty state."""
+        empty = self.l == 0
+        return (self.m.masked_fill(empty, 0.0) + torch.log(self.l.masked_fill(empty, 1.0))).masked_fill(empty, _NEG_INF)
+
+    def normalize(self, chunk: Tensor, dim: int = -1) -> Tensor:
+        """Final probabilities of a chunk of this row: ``exp(chunk - lse)``; 0 for empty rows."""
+        lse = self.lse.unsqueeze(dim % chunk.dim())
+        # An empty row has lse = -inf and chunk = -inf: shift by 0 instead so exp(-inf) = 0, not NaN.
+        return torch.exp(chunk - lse.masked_fill(lse == _NEG_INF, 0.0))
+
+
+def online_softmax(x: Tensor, dim: int = -1, block: int = 128) -> Tensor:
+    """Softmax computed by walking ``dim`` in blocks of ``block`` elements.
+
+    One pass accumulates the normalizer with :class:`SoftmaxState` (never holding the
+    whole row's exponentials), a second pass writes ``exp(x - lse)``. Equals
+    :func:`softmax` within rounding; a teaching and testing tool for the flash engine.
+
+    Example:
+        >>> import torch, attnkit
+        >>> x = torch.randn(3, 1000)
+        >>> torch.allclose(attnkit.online_softmax(x, block=64), torch.softmax(x, -1), atol=1e-6)
+        True
+    """
+    if block < 1:
+        raise AttnkitError.build("block >= 1", repr(block), "pass a positive block size")
+    z = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
+    state = SoftmaxState.empty(z.shape[:-1], dtype=z.dtype, device=z.device)
+    for start in range(0, z.shape[-1], block):
+        state.update(z[..., start : start + block])
+    out = torch.cat([state.normalize(z[..., s : s + block]) for s in range(0, z.shape[-1], block)] or [z], dim=-1)
+    return out.movedim(-1, dim).to(x.dtype)
+
+
+class Partial(NamedTuple):
+    """An attention result over a subset of keys: ``out`` normalized over that subset, and its ``lse``."""
+
+    out: Tensor
+    lse: Tensor
+
+
+def merge_partials(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> Partial:
+    """Merge two attention results computed over disjoint key sets, exactly.
+
+    ``o_*`` are ``(..., L, E)``, each normalized over its own keys; ``lse_*`` are ``(..., L)``
+    log-normalizers (``-inf`` where a part saw no visible key). Returns ``(out, lse)`` with::
+
+        lse = logaddexp(lse_a, lse_b)
+        out = o_a·exp(lse_a - lse) + o_b·exp(lse_b - lse)
+
+    computed in float32 (float64 for float64) and returned in ``o_a``'s dtype. Rows empty
+    in both parts give ``out = 0, lse = -inf`` — no NaN. This is the one merge used by the
+    flash, decode and ring engines.
+
+    Example:
+        >>> import torch, attnkit
+        >>> q, k, v = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 6, 8), torch.randn(1, 1, 6, 8)
+        >>> a = attnkit.attention(q, k[..., :2, :], v[..., :2, :], return_lse=True)
+        >>> b = attnkit.attention(q, k[..., 2:, :], v[..., 2:, :], return_lse=True)
+        >>> out, lse = attnkit.merge_partials(a.out, a.lse, b.out, b.lse)
+        >>> torch.allclose(out, attnkit.attention(q, k, v), atol=1e-6)
+        True
+    """
+    ct = compute_dtype(o_a.dtype)
+    lse_a, lse_b = lse_a.to(ct), lse_b.to(ct)
+    lse = torch.logaddexp(lse_a, lse_b)
+    w_a = _rescale(lse_a, lse).unsqueeze(-1)
+    w_b = _rescale(lse_b, lse).unsqueeze(-1)
+    out = o_a.to(ct) * w_a + o_b.to(ct) * w_b
+    return Partial(out.to(o_a.dtype), lse)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+
+def _ce_targets(logits2d: Tensor, target: Tensor, ignore_index: int, smoothing: float) -> tuple[Tensor, Tensor]:
+    """Dense target distribution y (M, C) and the keep-row weights (M,)."""
+    n_cls = logits2d.shape[-1]
+    if target.is_floating_point():  # class probabilities
+        y = target.to(logits2d.dtype)
+        keep = torch.ones(y.shape[0], dtype=y.dtype, device=y.device)
+    else:
+        keep_b = target != ignore_index
+        idx = target.masked_fill(~keep_b, 0).long()
+        if idx.numel() and (idx.min() < 0 or idx.max() >= n_cls):
+            bad = target[keep_b & ((target < 0) | (target >= n_cls))][0].item()
+            raise AttnkitError.build(
+                f"class indices in [0, {n_cls}) or ignore_index={ignore_index}", f"{bad}", "check the target labels"
+            )
+        y = torch.zeros_like(logits2d).scatter_(1, idx.unsqueeze(1), 1.0)
+        keep = keep_b.to(logits2d.dtype)
+    if smoothing > 0:
+        y = y * (1 - smoothing) + smoothing / n_cls
+    return y * keep.unsqueeze(1), keep
+
+
+class SoftmaxCrossEntropyFunction(torch.autograd.Function):
+    """Cross-entropy of softmax(z) with closed-form backward ``(softmax(z) - y)·scale``.
+
+    Saves only the logits and their per-row log-normalizer; the probabilities are
+    recomputed in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits2d: Tensor, y: Tensor, keep: Tensor, reduction: str, denom: float) -> Tensor:  # type: ignore[override]
+        lse = _lse_keepdim(logits2d, 1)
+        # y·(lse - z) with 0·inf avoided where y = 0 (a -inf logit of a class not targeted);
+        # a NaN logit still propagates to its own row.
+        per_row = torch.where(y == 0, 0.0, y * (lse - logits2d)).sum(1)
+        ctx.save_for_backward(logits2d, lse, y, keep)
+        ctx.reduction, ctx.denom = reduction, denom
+        if reduction == "none":
+            return per_row
+        total = per_row.sum()
+        return total / denom if reduction == "mean" else total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        logits2d, lse, y, keep = ctx.saved_tensors
+        p = torch.exp(logits2d - lse)
+        # d loss_i / d z_i = keep_i·p_i - y_i (y is already zero on ignored rows); Σ_c y_ic = keep_i.
+        g = p * keep.unsqueeze(1) - y
+        if ctx.reduction == "none":
+            g = g * grad.unsqueeze(1)
+        else:
+            g = g * (grad / ctx.denom if ctx.reduction == "mean" else grad)
+        return g, None, None, None, None
+
+
+def softmax_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy ``-Σ_c y_c log softmax(z)_c`` whose gradient is the closed form ``softmax(z) - y``.
+
+    Same contract as :func:`torch.nn.functional.cross_entropy` (without class weights):
+
+    Args:
+        logits: ``(N, C)`` or ``(N, C, d1, ...)`` unnormalized scores (class dim 1), or ``(C,)``.
+        target: class indices ``(N,)`` / ``(N, d1, ...)`` (entries equal to ``ignore_index``
+            are skipped), or class probabilities with the shape of ``logits``.
+        label_smoothing: ε in [0, 1]; the target becomes ``(1-ε)·y + ε/C``.
+        reduction: ``"mean"`` (over non-ignored targets; over all rows for probability
+            targets), ``"sum"`` or ``"none"`` (per element, shape of target without C).
+
+    Returns:
+        The loss in the logits' dtype (computed in float32 for half inputs). If every target
+        is ignored, ``"mean"`` gives NaN, as torch does.
+
+    Example:
+        >>> import torch, attnkit
+        >>> z = torch.tensor([[2.0, 1.0, 0.1]], requires_grad=True)
+        >>> loss = attnkit.softmax_cross_entropy(z, torch.tensor([0]))
+        >>> loss.backward(); z.grad  # softmax(z) - onehot(0)
+        tensor([[-0.3410,  0.2424,  0.0986]])
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise AttnkitError.build('reduction in ("mean", "sum", "none")', repr(reduction), "pick one of those")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise AttnkitError.build("label_smoothing in [0, 1]", repr(label_smoothing), "pass e.g. 0.1")
+    if logits.dim() == 1:
+        logits, target = logits.unsqueeze(0), target.unsqueeze(0)
+    soft = target.is_floating_point()
+    expect = tuple(logits.shape) if soft else (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expect:
+        raise AttnkitError.build(
+            f"target of shape {expect} for logits {tuple(logits.shape)}",
+            f"{tuple(target.shape)}",
+            "class indices drop the class dim 1; probability targets match the logits",
+        )
+    n_cls = logits.shape[1]
+    z = logits.to(compute_dtype(logits.dtype)).movedim(1, -1).reshape(-1, n_cls)
+    t = target.movedim(1, -1).reshape(-1, n_cls) if soft else target.reshape(-1)
+    y, keep = _ce_targets(z, t, ignore_index, label_smoothing)
+    denom = float(keep.sum()) if not soft else float(z.shape[0])
+    loss = SoftmaxCrossEntropyFunction.apply(z, y, keep, reduction, denom)
+    if reduction == "none":
+        loss = loss.reshape(target.shape[:1] + (target.shape[2:] if soft else target.shape[1:]))
+    return loss.to(logits.dtype)

@@ -1,0 +1,36 @@
+"""Shared test helpers: the FlashAttention accuracy rule and seeded inputs."""
+
+from __future__ import annotations
+
+import torch
+
+# The suite runs on 2 cores; keep torch from oversubscribing under pytest.
+torch.set_num_threads(2)
+
+
+def err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| in float64, NaN-aware (NaN in the same places counts as equal)."""
+    a, b = a.double(), b.double()
+    same_nan = torch.isnan(a) & torch.isnan(b)
+    if (torch.isnan(a) != torch.isnan(b)).any():
+        return float("inf")
+    d = (a - b).abs().masked_fill(same_nan, 0.0)
+    same_inf = torch.isinf(a) & torch.isinf(b) & (a == b)
+    d = d.masked_fill(same_inf, 0.0)
+    return float(d.max()) if d.numel() else 0.0
+
+
+def assert_flash_rule(ours: torch.Tensor, baseline: torch.Tensor, ref64: torch.Tensor, floor: float = 1e-6) -> None:
+    """FlashAttention's rule: max|ours - ref64| <= 2·max|baseline_same_dtype - ref64| + floor."""
+    e_ours, e_base = err(ours, ref64), err(baseline, ref64)
+    assert e_ours <= 2 * e_base + floor, f"ours {e_ours:.3g} vs baseline {e_base:.3g} (+{floor:g})"
+
+
+def qkv(B, H, G, L, S, D, E=None, *, dtype=torch.float32, seed=0, requires_grad=False):
+    """Seeded random q (B,H,L,D), k (B,G,S,D), v (B,G,S,E)."""
+    g = torch.Generator().manual_seed(seed)
+    E = D if E is None else E
+    q = torch.randn(B, H, L, D, generator=g, dtype=torch.float64).to(dtype)
+    k = torch.randn(B, G, S, D, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(B, G, S, E, generator=g, dtype=torch.float64).to(dtype)
+    return tuple(t.requires_grad_(requires_grad) for t in (q, k, v))
