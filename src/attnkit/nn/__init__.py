@@ -1,0 +1,27 @@
+"""Attention layers (tier 4 of STYLE.md): thin ``nn.Module``s over :func:`attnkit.attention`.
+
+- :class:`MultiHeadAttention` (``attnkit/nn/multihead.py``): self/cross attention, GQA/MQA,
+  KV cache for incremental decoding, ``from_torch``.
+- :class:`DotAttention`, :class:`BilinearAttention`, :class:`AdditiveAttention`
+  (``attnkit/nn/score_attention.py``): the classic encoder-decoder score functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["MultiHeadAttention", "DotAttention", "BilinearAttention", "AdditiveAttention"]
+
+_WHERE = {
+    "MultiHeadAttention": "multihead",
+    "DotAttention": "score_attention",
+    "BilinearAttention": "score_attention",
+    "AdditiveAttention": "score_attention",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'attnkit.nn' has no attribute {name!r}")
