@@ -186,22 +186,26 @@ class SoftmaxState:
         """The state of a row with nothing seen yet."""
         return cls(torch.full(shape, _NEG_INF, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
-    def update(self, chunk: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
-        """Fold a chunk of logits (row shape with ``dim`` inserted) into the state, in place.
+    def update(self, chunk: Tensor, dim: int = -1, *, inplace: bool = False) -> tuple[Tensor, Tensor]:
+        """Fold a chunk of logits (row shape with ``dim`` inserted) into the state.
 
         Returns ``(p, alpha)``: ``p = exp(chunk - m_new)``, the chunk's unnormalized
         probabilities under the new max, and ``alpha = exp(m_old - m_new)`` (row shape),
         the factor by which anything accumulated under the old max must be rescaled —
         exactly what an attention accumulator ``acc = acc·alpha + p @ V`` needs.
+        With ``inplace=True`` the chunk's memory is reused for ``p`` (the flash engine's
+        inner loop); the state's own tensors are always updated in place.
         """
         dim = dim % chunk.dim()
         if chunk.shape[dim] == 0:
             return chunk.to(self.m.dtype), torch.ones_like(self.m)
         m_new = torch.maximum(self.m, chunk.amax(dim=dim))
         alpha = _rescale(self.m, m_new)
-        p = torch.exp(chunk - m_new.masked_fill(m_new == _NEG_INF, 0.0).unsqueeze(dim))
-        self.l = self.l * alpha + p.sum(dim=dim)
-        self.m = m_new
+        # Shift by the new max so every exponent is <= 0; -inf rows shift by 0 (exp(-inf) = 0, not NaN).
+        shift = m_new.masked_fill(m_new == _NEG_INF, 0.0).unsqueeze(dim)
+        p = chunk.sub_(shift).exp_() if inplace else torch.exp(chunk - shift)
+        self.l.mul_(alpha).add_(p.sum(dim=dim))
+        self.m.copy_(m_new)
         return p, alpha
 
     def merge(self, other: "SoftmaxState") -> "SoftmaxState":
