@@ -142,8 +142,8 @@ def logsumexp(
 
     Example:
         >>> import torch, attnkit
-        >>> attnkit.logsumexp(torch.tensor([1000.0, 1000.0]))  # naive: log(inf) = inf
-        tensor(1000.6931)
+        >>> attnkit.logsumexp(torch.tensor([1000.0, 1000.0], dtype=torch.float64))  # naive: log(inf) = inf
+        tensor(1000.6931, dtype=torch.float64)
     """
     z = _prepare(x, mask, temperature)
     lse = _lse_keepdim(z, dim)
