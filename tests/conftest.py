@@ -10,7 +10,7 @@ torch.set_num_threads(2)
 
 def err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| in float64, NaN-aware (NaN in the same places counts as equal)."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     same_nan = torch.isnan(a) & torch.isnan(b)
     if (torch.isnan(a) != torch.isnan(b)).any():
         return float("inf")
