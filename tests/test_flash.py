@@ -84,9 +84,15 @@ def test_forward_backward_equal_reference64(shape, case):
         assert err(a, b) < TOL64
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("causal", [False, "top_left"])
-@pytest.mark.parametrize("shape", [(2, 4, 2, 97, 97, 59), (1, 2, 2, 1025, 1025, 16), (2, 6, 3, 1, 300, 111)])
+LOW_PRECISION = [
+    (dtype, causal, shape)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16)
+    for causal in (False, "top_left")
+    for shape in ((2, 4, 2, 97, 97, 59), (2, 6, 3, 1, 300, 111))
+] + [(torch.float32, causal, (1, 2, 2, 1025, 1025, 16)) for causal in (False, "top_left")]
+
+
+@pytest.mark.parametrize("dtype,causal,shape", LOW_PRECISION)
 def test_low_precision_flash_rule_vs_sdpa(dtype, causal, shape):
     B, H, G, L, S, D = shape
     q, k, v = qkv(B, H, G, L, S, D, seed=D, requires_grad=True)
@@ -115,14 +121,14 @@ def test_gradcheck_with_bias_and_lse():
         res = attnkit.attention(q_, k_, v_, bias=b_, causal=True, engine="flash", return_lse=True)
         return res.out, res.lse.masked_fill(torch.isinf(res.lse), 0.0)
 
-    assert torch.autograd.gradcheck(fn, (q, k, v, bias))
+    assert torch.autograd.gradcheck(fn, (q, k, v, bias), fast_mode=True)
 
 
 def test_gradcheck_score_mod_and_dropout():
-    q, k, v = qkv(1, 2, 2, 6, 40, 8, dtype=torch.float64, requires_grad=True)
+    q, k, v = qkv(1, 2, 2, 6, 40, 4, dtype=torch.float64, requires_grad=True)
     mod = lambda s, b, h, i, j: s * (1.0 + 0.1 * h) - 0.02 * (i - j) ** 2  # noqa: E731
     fn = lambda q_, k_, v_: attnkit.attention(q_, k_, v_, score_mod=mod, dropout_p=0.3, seed=4, softcap=4.0, engine="flash")  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (q, k, v))
+    assert torch.autograd.gradcheck(fn, (q, k, v), fast_mode=True)
 
 
 def test_broadcast_bias_gradient_matches_reference():
@@ -203,3 +209,27 @@ def test_dispatch_reasons():
     assert d.engine == "reference" and "reference-only" in d.reasons["flash"]
     with pytest.raises(attnkit.AttnkitError, match="flash"):
         attnkit.attention(q, k, v, normalizer="sparsemax", engine="flash")
+
+
+def test_auto_dispatch_prefers_sdpa_then_flash_then_reference():
+    q, k, v = qkv(1, 4, 2, 8, 12, 8)
+    assert attnkit.explain(q, k, v).engine == "sdpa"
+    assert attnkit.explain(q, k, v, causal="top_left").engine == "sdpa"
+    d = attnkit.explain(q, k, v, causal=True)  # bottom-right with L != S
+    assert d.engine == "flash" and "top-left" in d.reasons["sdpa"]
+    assert attnkit.explain(q, k, v, window=(4, 0)).engine == "flash"
+    assert attnkit.explain(q, k, v, dropout_p=0.1).engine == "flash"
+    assert attnkit.explain(q, k, v, return_weights=True).engine == "flash"
+    d = attnkit.explain(q, k, v, normalizer="sigmoid")
+    assert d.engine == "reference" and set(d.reasons) >= {"sdpa", "flash"}
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal="top_left"), dict(mask="bool"), dict(mask="float")])
+def test_sdpa_engine_equals_reference(kw):
+    q, k, v = qkv(2, 4, 2, 33, 33, 16, dtype=torch.float64, requires_grad=True)
+    kw = _materialize(kw, 2, 4, 33, 33, torch.float64)
+    ours, ref = attnkit.attention(q, k, v, engine="sdpa", **kw), attnkit.attention(q, k, v, engine="reference", **kw)
+    assert err(ours, ref) < TOL64
+    g1 = torch.autograd.grad(ours.sum(), (q, k, v))
+    g2 = torch.autograd.grad(ref.sum(), (q, k, v))
+    assert all(err(a, b) < TOL64 for a, b in zip(g1, g2))
