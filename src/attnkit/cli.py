@@ -58,7 +58,16 @@ def _add_softmax(sub: argparse._SubParsersAction) -> None:
 
 
 # Subcommands register here; later ones live in their own modules to keep this file thin.
-_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_softmax]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .cli_bench import register
+
+    register(sub)
+
+
+_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_softmax,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,13 @@ def unsupported(spec: AttentionSpec) -> str | None:
 
 def _block_sizes(spec: AttentionSpec) -> tuple[int, int]:
     bq = max(16, min(1024, TARGET_ROWS // max(1, spec.B * spec.H)))
-    return bq, BLOCK_K
+    bk = BLOCK_K
+    if spec.window is not None and None not in (spec.window[0], 0 if spec.causal else spec.window[1]):
+        # A narrow band: blocks about as wide as the band keep the computed area near O(L·w).
+        span = spec.window[0] + (0 if spec.causal else spec.window[1]) + 1
+        bk = max(64, min(bk, 1 << (span - 1).bit_length()))
+        bq = min(bq, bk)
+    return bq, bk
 
 
 class _Plan:
@@ -63,6 +69,20 @@ class _Plan:
         self.bq, self.bk = _block_sizes(spec)
         self.q_blocks = [(i, min(i + self.bq, L)) for i in range(0, L, self.bq)]
         self.k_blocks = [(j, min(j + self.bk, S)) for j in range(0, S, self.bk)]
+        # causal/window alone depend only on (rows, cols, j0 - i0): diagonal blocks share one mask.
+        self._shift_invariant = spec.mask is None and spec.kv_lengths is None and spec.q_lengths is None
+        self._hidden_cache: dict[tuple[int, int, int], Tensor] = {}
+
+    def hidden(self, idx: BlockIndex, i0: int, i1: int, j0: int, j1: int) -> Tensor | None:
+        """``~visible`` for the block (True = hide), cached when it is shift-invariant."""
+        key = (i1 - i0, j1 - j0, j0 - i0)
+        if self._shift_invariant and key in self._hidden_cache:
+            return self._hidden_cache[key]
+        vis = visible(self.spec, idx)
+        hid = None if vis is None else ~vis
+        if self._shift_invariant and hid is not None:
+            self._hidden_cache[key] = hid
+        return hid
 
     def q_block(self, i0: int, i1: int) -> Tensor:
         """Scaled queries of rows [i0, i1) packed as (BG, R·Lb, D)."""
@@ -94,9 +114,9 @@ class _Plan:
                 else:
                     s4 = apply_score_mods(s4, spec, idx)
             if cls == "partial":
-                vis = visible(spec, idx)
-                if vis is not None:
-                    s4 = s4.masked_fill_(~vis, _NEG_INF)
+                hid = self.hidden(idx, i0, i1, j0, j1)
+                if hid is not None:
+                    s4 = s4.masked_fill_(hid, _NEG_INF)
             s = s4.reshape(self.BG, -1, j1 - j0)
         return s, raw, mod
 
