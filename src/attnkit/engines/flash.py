@@ -72,6 +72,15 @@ class _Plan:
         # causal/window alone depend only on (rows, cols, j0 - i0): diagonal blocks share one mask.
         self._shift_invariant = spec.mask is None and spec.kv_lengths is None and spec.q_lengths is None
         self._hidden_cache: dict[tuple[int, int, int], Tensor] = {}
+        self._buffers: dict[tuple[str, int, int], Tensor] = {}
+
+    def buffer(self, name: str, rows: int, cols: int) -> Tensor:
+        """A reusable (BG, rows, cols) scratch block: the inner loop allocates nothing per step."""
+        key = (name, rows, cols)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(self.BG, rows, cols, dtype=self.q5.dtype, device=self.q5.device)
+        return buf
 
     def hidden(self, idx: BlockIndex, i0: int, i1: int, j0: int, j1: int) -> Tensor | None:
         """``~visible`` for the block (True = hide), cached when it is shift-invariant."""
@@ -99,7 +108,7 @@ class _Plan:
     def scores(self, qb: Tensor, i0: int, i1: int, j0: int, j1: int, cls: str, *, grad_mods: bool = False):
         """Masked, modified scores of a block as (BG, R·Lb, Sb); with ``grad_mods`` also the
         pre-mod leaf and the modified tensor for autograd through the score mods."""
-        s = torch.bmm(qb, self.k3[:, j0:j1].transpose(1, 2))
+        s = torch.bmm(qb, self.k3[:, j0:j1].transpose(1, 2), out=self.buffer("s", qb.shape[1], j1 - j0))
         spec, rows = self.spec, i1 - i0
         raw = mod = None
         if spec.has_score_mods or cls == "partial":
@@ -182,7 +191,7 @@ def _backward(q, k, v, out, lse, dout, dlse, spec: AttentionSpec, mod_inputs: li
                 continue
             s, raw, mod = plan.scores(qb, i0, i1, j0, j1, cls, grad_mods=spec.has_score_mods)
             p = s.sub_(lse_b).exp_()
-            dp = torch.bmm(dob, plan.v3[:, j0:j1].transpose(1, 2))
+            dp = torch.bmm(dob, plan.v3[:, j0:j1].transpose(1, 2), out=plan.buffer("dp", dob.shape[1], j1 - j0))
             if pd > 0:
                 keep = plan.keep(i0, i1, j0, j1)
                 dv[:, j0:j1].baddbmm_((p * keep).transpose(1, 2), dob, alpha=1.0 / (1.0 - pd))
