@@ -114,9 +114,14 @@ def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature
         tensor([1., 0.])
     """
     z = _prepare(x, mask, temperature)
-    e = torch.exp(z - _safe_max(z, dim))
-    total = e.sum(dim=dim, keepdim=True)
-    return (e / total.masked_fill(total == 0, 1.0)).to(x.dtype)
+    if z.shape[dim] == 0:
+        return z.to(x.dtype)
+    # torch's fused softmax already subtracts the row max; only rows with nothing visible
+    # (all -inf) need care: it would give 0/0 = NaN there, so compute them on zeros and
+    # zero the result (masked_fill also zeroes their gradient).
+    empty = (z == _NEG_INF).all(dim=dim, keepdim=True)
+    p = torch.softmax(z.masked_fill(empty, 0.0), dim=dim).masked_fill(empty, 0.0)
+    return p.to(x.dtype)
 
 
 def log_softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
