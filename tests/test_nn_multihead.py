@@ -236,3 +236,12 @@ def test_errors():
 
 def test_is_exported_lazily():
     assert attnkit.nn.MultiHeadAttention is MultiHeadAttention
+
+
+@pytest.mark.parametrize("module", ["attnkit.nn.multihead", "attnkit.nn.kv_cache"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
