@@ -233,9 +233,9 @@ class MultiHeadAttention(nn.Module):
                                          str(tuple(t.shape)), "check batch_first and the module's kdim/vdim")
         B, L = query.shape[:2]
         H, G, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(query).view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
-        k = self.k_proj(key).view(B, -1, G, D).transpose(1, 2)  # (B, G, S_new, D)
-        v = self.v_proj(value).view(B, -1, G, D).transpose(1, 2)  # (B, G, S_new, D)
+        q = self.q_proj(query).reshape(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_proj(key).reshape(B, -1, G, D).transpose(1, 2)  # (B, G, S_new, D)
+        v = self.v_proj(value).reshape(B, -1, G, D).transpose(1, 2)  # (B, G, S_new, D)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, G, S, D): everything cached so far
         S = k.shape[2]
