@@ -211,8 +211,9 @@ def test_dispatch_reasons():
         attnkit.attention(q, k, v, normalizer="sparsemax", engine="flash")
 
 
-def test_auto_dispatch_prefers_sdpa_then_flash_then_reference():
-    q, k, v = qkv(1, 4, 2, 8, 12, 8)
+def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
+    monkeypatch.setattr(flash, "BLOCK_K", 8)  # so these small inputs span several flash blocks
+    q, k, v = qkv(1, 4, 2, 8, 200, 8)
     assert attnkit.explain(q, k, v).engine == "sdpa"
     assert attnkit.explain(q, k, v, causal="top_left").engine == "sdpa"
     d = attnkit.explain(q, k, v, causal=True)  # bottom-right with L != S
@@ -222,6 +223,16 @@ def test_auto_dispatch_prefers_sdpa_then_flash_then_reference():
     assert attnkit.explain(q, k, v, return_weights=True).engine == "flash"
     d = attnkit.explain(q, k, v, normalizer="sigmoid")
     assert d.engine == "reference" and set(d.reasons) >= {"sdpa", "flash"}
+
+
+def test_single_block_problems_go_to_reference(monkeypatch):
+    monkeypatch.setattr(flash, "BLOCK_K", 512)
+    monkeypatch.setattr(flash, "TARGET_ROWS", 2048)
+    q, k, v = qkv(1, 4, 2, 8, 12, 8)
+    d = attnkit.explain(q, k, v, causal=True)
+    assert d.engine == "reference" and "one block" in d.reasons["flash"]
+    q, k, v = qkv(1, 4, 2, 600, 700, 8)
+    assert attnkit.explain(q, k, v, causal=True).engine == "flash"
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(causal="top_left"), dict(mask="bool"), dict(mask="float")])

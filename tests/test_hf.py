@@ -233,8 +233,9 @@ def test_minilm_matches_eager(minilm, probe):
     assert err(a[real], e[real]) < 1e-5
     assert torch.allclose(a, e, atol=1e-5)
     assert len(ours.attentions) == len(eager.attentions) == 6
-    # Layer 0 sees identical inputs: the weights differ by softmax rounding only (2 ulps of 1).
-    assert err(ours.attentions[0], eager.attentions[0]) <= 2 * 2**-23
+    # Layer 0 sees identical inputs: the weights differ by rounding only — the exp (1 ulp) and
+    # the blockwise order of the row sum (a few ulps): at most 8 ulps of 1.
+    assert err(ours.attentions[0], eager.attentions[0]) <= 8 * 2**-23
     for w, w_e in zip(ours.attentions, eager.attentions):
         assert w.shape == w_e.shape and torch.allclose(w, w_e, atol=1e-6)
         assert (w[~real[:, None, None, :].expand_as(w)] == 0).all()  # padding keys get exactly 0

@@ -182,13 +182,19 @@ def _choose(spec: AttentionSpec, engine: str) -> Dispatch:
         if why is not None:
             raise AttnkitError.build(f"a spec the {engine} engine computes exactly", why, "use engine='auto'")
         return Dispatch(engine)
+    order, notes = engines.auto_order(spec)
+    chosen: str | None = None
     reasons: dict[str, str] = {}
-    for name in engines.ENGINE_ORDER:
+    for name in order:  # every engine is asked, so explain() can say why each one was not used
         why = engines.load(name).unsupported(spec)
-        if why is None:
-            return Dispatch(name, reasons)
-        reasons[name] = why
-    raise AssertionError("the reference engine computes every spec")  # pragma: no cover
+        if why is not None:
+            reasons[name] = why
+        elif chosen is None:
+            chosen = name
+        else:
+            reasons[name] = notes.get(name, f"{chosen} is faster for this spec")
+    assert chosen is not None, "the reference engine computes every spec"
+    return Dispatch(chosen, reasons)
 
 
 def attention(

@@ -56,6 +56,12 @@ def _block_sizes(spec: AttentionSpec) -> tuple[int, int]:
     return bq, bk
 
 
+def single_block(spec: AttentionSpec) -> bool:
+    """True when the whole (L, S) problem fits in one query block × one key block."""
+    bq, bk = _block_sizes(spec)
+    return spec.L <= bq and spec.S <= bk
+
+
 class _Plan:
     """Shared per-call geometry: packed views of q/k/v and the block grid."""
 
@@ -94,8 +100,8 @@ class _Plan:
         return hid
 
     def q_block(self, i0: int, i1: int) -> Tensor:
-        """Scaled queries of rows [i0, i1) packed as (BG, R·Lb, D)."""
-        return (self.q5[:, :, i0:i1] * self.spec.scale).reshape(self.BG, -1, self.spec.D)
+        """Queries of rows [i0, i1) packed as (BG, R·Lb, D)."""
+        return self.q5[:, :, i0:i1].reshape(self.BG, -1, self.spec.D)
 
     def index(self, i0: int, i1: int, j0: int, j1: int) -> BlockIndex:
         s = self.spec
@@ -108,7 +114,9 @@ class _Plan:
     def scores(self, qb: Tensor, i0: int, i1: int, j0: int, j1: int, cls: str, *, grad_mods: bool = False):
         """Masked, modified scores of a block as (BG, R·Lb, Sb); with ``grad_mods`` also the
         pre-mod leaf and the modified tensor for autograd through the score mods."""
-        s = torch.bmm(qb, self.k3[:, j0:j1].transpose(1, 2), out=self.buffer("s", qb.shape[1], j1 - j0))
+        buf = self.buffer("s", qb.shape[1], j1 - j0)
+        # (q·k)·scale in one BLAS call, rounded like eager attention's `q @ kᵀ * scale`.
+        s = torch.baddbmm(buf, qb, self.k3[:, j0:j1].transpose(1, 2), beta=0.0, alpha=self.spec.scale, out=buf)
         spec, rows = self.spec, i1 - i0
         raw = mod = None
         if spec.has_score_mods or cls == "partial":
@@ -136,8 +144,12 @@ class _Plan:
         return m.reshape(self.BG, -1, j1 - j0)
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> tuple[Tensor, Tensor]:
-    """Exact attention ``(out (B,H,L,E) compute dtype, lse (B,H,L))`` without the L×S matrix."""
+def _forward(
+    q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, rows_out: list[SoftmaxState] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Exact attention ``(out (B,H,L,E) compute dtype, lse (B,H,L))`` without the L×S matrix.
+
+    ``rows_out``, if given, receives each query block's final ``(m, l)`` state (for weights)."""
     plan = _Plan(q, k, v, spec)
     ct, pd = spec.compute_dtype, spec.dropout_p
     out = torch.zeros(spec.B, spec.H, spec.L, spec.E, dtype=ct, device=spec.device)
@@ -162,6 +174,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> tuple[Tens
             norm = norm * (1.0 - pd)
         out[:, :, i0:i1] = plan.as4d(acc.div_(norm), rows)
         lse[:, :, i0:i1] = state.lse.view(spec.B, spec.H, rows)
+        if rows_out is not None:
+            rows_out.append(state)
     return out, lse
 
 
@@ -206,7 +220,7 @@ def _backward(q, k, v, out, lse, dout, dlse, spec: AttentionSpec, mod_inputs: li
                     if g is not None:
                         acc += g
             dqb.baddbmm_(ds, plan.k3[:, j0:j1])
-            dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qb)  # qb is pre-scaled: dK = dSᵀ·Q·scale
+            dk[:, j0:j1].baddbmm_(ds.transpose(1, 2), qb, alpha=spec.scale)  # dK = scale·dSᵀ·Q
         dq[:, :, i0:i1] = dqb.view(BG, R, i1 - i0, spec.D)
     dq = dq.mul_(spec.scale).view(spec.B, spec.H, spec.L, spec.D)
     return dq, dk.view(spec.B, spec.G, spec.S, spec.D), dv.view(spec.B, spec.G, spec.S, spec.E), d_mod
@@ -216,8 +230,8 @@ class FlashAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: saves ``q, k, v, out, lse`` (never the probabilities)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, spec: AttentionSpec, *mod_inputs):  # type: ignore[override]
-        out, lse = _forward(q, k, v, spec)
+    def forward(ctx, q, k, v, spec: AttentionSpec, states: list | None, *mod_inputs):  # type: ignore[override]
+        out, lse = _forward(q, k, v, spec, states)
         ctx.spec = spec
         ctx.save_for_backward(q, k, v, out, lse, *mod_inputs)
         ctx.set_materialize_grads(False)
@@ -228,12 +242,12 @@ class FlashAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse, *mod_inputs = ctx.saved_tensors
         if dout is None:
             dout = torch.zeros_like(out)
-        need = ctx.needs_input_grad[4:]
+        need = ctx.needs_input_grad[5:]
         spec, leaves = _rebind(ctx.spec, mod_inputs, need)
         dq, dk, dv, d_mod = _backward(q, k, v, out, lse, dout, dlse, spec, leaves)
         it = iter(d_mod)
         grads_mod = [_unbroadcast(next(it), t).to(t.dtype) if n else None for t, n in zip(mod_inputs, need)]
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, *grads_mod
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, *grads_mod
 
 
 def _rebind(spec: AttentionSpec, mod_inputs: list[Tensor], need: tuple[bool, ...]) -> tuple[AttentionSpec, list[Tensor]]:
@@ -248,20 +262,24 @@ def _unbroadcast(g: Tensor, like: Tensor) -> Tensor:
     return g.sum_to_size(like.shape) if g.shape != like.shape else g
 
 
-def _weights(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, lse: Tensor) -> Tensor:
-    """Exact normalized weights ``exp(score - lse)``, rebuilt block by block in a second pass."""
+def _weights(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, states: list[SoftmaxState]) -> Tensor:
+    """Exact normalized weights, rebuilt block by block in a second pass.
+
+    ``exp(score - m) / l`` with each row's final max ``m`` and sum ``l`` — the same number as
+    ``exp(score - lse)``, but rounded like a plain softmax (``lse`` itself carries ``eps·|lse|``).
+    """
     plan = _Plan(q, k, v, spec)
     w = torch.zeros(spec.B, spec.H, spec.L, spec.S, dtype=q.dtype, device=spec.device)
-    lse_safe = lse.masked_fill(lse == _NEG_INF, 0.0).reshape(plan.BG, plan.R, spec.L)
-    for i0, i1 in plan.q_blocks:
+    for (i0, i1), state in zip(plan.q_blocks, states):
         qb = plan.q_block(i0, i1)
-        lse_b = lse_safe[:, :, i0:i1].reshape(plan.BG, -1, 1)
+        m = state.m.masked_fill(state.m == _NEG_INF, 0.0).unsqueeze(-1)
+        inv_l = 1.0 / state.l.masked_fill(state.l == 0, 1.0).unsqueeze(-1)
         for j0, j1 in plan.k_blocks:
             cls = block_class(spec, i0, i1, j0, j1)
             if cls == "empty":
                 continue
             s, _, _ = plan.scores(qb, i0, i1, j0, j1, cls)
-            w[:, :, i0:i1, j0:j1] = plan.as4d(s.sub_(lse_b).exp_(), i1 - i0)
+            w[:, :, i0:i1, j0:j1] = plan.as4d(s.sub_(m).exp_().mul_(inv_l), i1 - i0)
     return w
 
 
@@ -269,14 +287,15 @@ def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput
     """Flash attention for ``q (B, H, L, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``."""
     mod_inputs = [t for t in (spec.float_mask, spec.bias) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *mod_inputs))
+    states: list[SoftmaxState] | None = [] if spec.return_weights else None
     if needs_grad:
-        out, lse = FlashAttentionFunction.apply(q, k, v, spec, *mod_inputs)
+        out, lse = FlashAttentionFunction.apply(q, k, v, spec, states, *mod_inputs)
     else:
         with torch.no_grad():
-            out, lse = _forward(q, k, v, spec)
+            out, lse = _forward(q, k, v, spec, states)
         out = out.to(q.dtype)
     weights = None
-    if spec.return_weights:
+    if states is not None:
         with torch.no_grad():
-            weights = _weights(q, k, v, spec, lse.detach())
+            weights = _weights(q, k, v, spec, states)
     return AttentionOutput(out, lse if spec.return_lse else None, weights)
