@@ -59,6 +59,7 @@ def _add_softmax(sub: argparse._SubParsersAction) -> None:
 
 # Subcommands register here; later ones live in their own modules to keep this file thin.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_softmax]
+_REGISTRARS.append(__import__("attnkit.cli_explain", fromlist=["register"]).register)  # attnkit explain
 
 
 def build_parser() -> argparse.ArgumentParser:
