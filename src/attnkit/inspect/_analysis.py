@@ -98,18 +98,21 @@ def rollout(maps: AttentionMaps, *, residual: bool = True, head_fusion: Literal[
         raise AttnkitError.build('head_fusion "mean", "max" or "min"', repr(head_fusion), "pick one")
     if not 0 <= start_layer < maps.num_layers:
         raise AttnkitError.build(f"start_layer in [0, {maps.num_layers})", str(start_layer), "count layers from 0")
-    per_seq = []
-    for b in range(maps.batch_size):
-        w = torch.from_numpy(maps.sequence(b)).double()  # (N, H, l, l); float64 so long products stay exact
-        fused = {"mean": w.mean(1), "max": w.amax(1), "min": w.amin(1)}[head_fusion]  # (N, l, l)
-        if residual:
-            fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], dtype=fused.dtype)
-        fused = fused / fused.sum(-1, keepdim=True).clamp_min(torch.finfo(fused.dtype).tiny)
-        r = torch.eye(fused.shape[-1], dtype=fused.dtype)
-        for layer in range(start_layer, maps.num_layers):
-            r = fused[layer] @ r
-        per_seq.append(r.float())
+    per_seq = [_rollout_one(maps.sequence(b), residual, head_fusion, start_layer) for b in range(maps.batch_size)]
     return _padded(maps, per_seq, ())
+
+
+def _rollout_one(seq: np.ndarray, residual: bool = True, head_fusion: str = "mean", start_layer: int = 0) -> Tensor:
+    """Rollout of one unpadded sequence ``(N, H, l, l)`` → ``(l, l)`` float32."""
+    w = torch.from_numpy(seq)
+    fused = {"mean": w.mean(1), "max": w.amax(1), "min": w.amin(1)}[head_fusion].double()  # (N, l, l); float64 products
+    if residual:
+        fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], dtype=fused.dtype)
+    fused = fused / fused.sum(-1, keepdim=True).clamp_min(torch.finfo(fused.dtype).tiny)
+    r = torch.eye(fused.shape[-1], dtype=fused.dtype)
+    for layer in range(start_layer, fused.shape[0]):
+        r = fused[layer] @ r
+    return r.float()
 
 
 def entropy(maps: AttentionMaps, *, reduce: Literal["mean", "none"] = "mean") -> Tensor:

@@ -16,6 +16,15 @@ __all__ = ["AttentionMaps"]
 _FORMAT = "attnkit.AttentionMaps/1"
 
 
+def _real_positions(mask: Tensor) -> slice | Tensor:
+    """Indices of True entries: a slice when contiguous (left or right padding), saving a gather."""
+    idx = mask.nonzero().flatten()
+    if len(idx) == 0:
+        return slice(0, 0)
+    first, last = int(idx[0]), int(idx[-1])
+    return slice(first, last + 1) if last - first + 1 == len(idx) else idx
+
+
 @dataclass
 class AttentionMaps:
     """Attention weights of ``N`` layers for a batch of ``B`` sequences.
@@ -112,10 +121,8 @@ class AttentionMaps:
     def sequence(self, b: int = 0) -> np.ndarray:
         """Sequence ``b``'s weights without padding: float32 ``(N, H, l, s)``."""
         self._check_b(b)
-        qi = self.query_mask[b].nonzero().flatten()
-        ki = self.key_mask[b].nonzero().flatten()
-        stacked = torch.stack([w[b] for w in self.weights])  # (N, H, L, S)
-        return stacked[:, :, qi][:, :, :, ki].numpy()
+        qi, ki = _real_positions(self.query_mask[b]), _real_positions(self.key_mask[b])
+        return torch.stack([w[b][:, qi][:, :, ki] for w in self.weights]).numpy()  # (N, H, l, s)
 
     def select(self, b: int) -> "AttentionMaps":
         """Sequence ``b`` alone, padding removed (batch of one)."""

@@ -35,7 +35,7 @@
   const at = (layer, h, i) => ((layer * H + h) * l + i) * k; // offset of row i's top-k in IDX/VAL
 
   // ---- state ----------------------------------------------------------------------------
-  const S = { view: "head", layer: N - 1, heads: new Set([...Array(H).keys()]), edges: Math.min(k, l <= 64 ? k : 2),
+  const S = { view: "head", layer: N - 1, heads: new Set([...Array(H).keys()]), edges: Math.min(k, l <= 64 ? 4 : 2),
               minw: 0.02, focus: null, pinned: false };
   const color = (h, a = 1) => `hsla(${Math.round((h * 360) / H)}, 75%, 42%, ${a})`;
   const fmt = (w) => w.toFixed(2);
@@ -119,7 +119,7 @@
         }
       }
       ctx.lineWidth = f ? 2.2 : 1.2;
-      paths.forEach((p, b) => { ctx.strokeStyle = color(h, 0.15 + (0.85 * (b + 1)) / BUCKETS); ctx.stroke(p); });
+      paths.forEach((p, b) => { ctx.strokeStyle = color(h, 0.05 + (0.95 * (b + 0.5)) / BUCKETS); ctx.stroke(p); }); // opacity ~ weight
     }
     canvas.dataset.edges = `${drawn}`;
     // highlight what the focused token connects to
