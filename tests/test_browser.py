@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -146,13 +147,29 @@ def test_model_and_rollout_views(browser, small_page):
     _assert_clean(browser)
 
 
+def test_opens_on_a_layer_with_a_pinned_token(browser, tmp_path):
+    page = viz.save_html(_maps(SENTENCE, N=3, H=4), tmp_path / "focused.html", layer=1, focus=10, heads=[0, 2])
+    _open(browser, page)
+    assert browser.execute_script("return document.body.dataset.focus") == "q10"
+    checked = [e.get_attribute("data-head") for e in browser.find_elements(By.CSS_SELECTOR, "#heads input") if e.is_selected()]
+    assert checked == ["0", "2"]
+    assert Select(browser.find_element(By.ID, "layer")).first_selected_option.text == "1"
+    info = browser.find_element(By.ID, "focus-info").text
+    assert info.startswith('"it" (token 10) attends to:') and "layer 1 head 0:" in info and "head 1:" not in info
+    assert re.search(r"(: |, )the \d", info) is None  # "the" occurs twice: shown with its position, the·7
+    browser.find_elements(By.CSS_SELECTOR, ".qtok")[3].click()  # a click moves the pin elsewhere
+    WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.focus") == "q3")
+    _assert_clean(browser)
+
+
 def test_screenshot_is_not_blank(browser, small_page):
     from matplotlib.image import imread
 
     _open(browser, small_page)
     img = imread(io.BytesIO(browser.get_screenshot_as_png()), format="png")[..., :3]
     assert img.shape[0] > 500 and img.shape[1] > 800
-    colours = np.unique((img.reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    rgb = (img.reshape(-1, 3) * 255).astype(np.uint32)
+    colours = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2])
     assert len(colours) > 50 and img.std() > 0.05
 
 

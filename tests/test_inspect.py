@@ -15,7 +15,7 @@ from torch import nn
 
 from attnkit import AttnkitError
 from attnkit.inspect import (
-    AttentionMaps, entropy, find_heads, head_max, head_mean, locate, record, rollout, strongest_heads, top_keys,
+    AttentionMaps, capture, entropy, find_heads, head_max, head_mean, locate, record, rollout, strongest_heads, top_keys,
 )
 
 # float32 softmax rows and float64 NumPy references differ by a few float32 ulps per product;
@@ -310,3 +310,124 @@ def test_record_needs_an_attention_module():
     with pytest.raises(AttnkitError, match="capture"):
         with record(nn.Linear(2, 2)):
             pass
+
+
+# --- capture: a real pretrained model on attnkit's attention -------------------------------------
+SENTENCE = "The animal didn't cross the street because it was too tired."
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    tf = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'attnkit[hf]'")
+    from attnkit.integrations.hf import minilm_path
+
+    try:
+        path = minilm_path()
+    except AttnkitError as e:
+        pytest.skip(str(e))
+    tf.utils.logging.disable_progress_bar()
+    return tf, path, tf.AutoTokenizer.from_pretrained(str(path)), tf.AutoModel.from_pretrained(str(path)).eval()
+
+
+def test_capture_finds_the_it_animal_head(minilm):
+    _, _, tok, model = minilm
+    before = model.config._attn_implementation
+    maps = capture(model, tok, SENTENCE)
+    assert model.config._attn_implementation == before  # switched to attnkit for the run only
+    assert (maps.num_layers, maps.num_heads, maps.batch_size) == (6, 12, 1)
+    assert maps.tokens[0][10] == "it" and maps.special[0][0] and maps.special[0][-1]
+    ranked = find_heads(maps, "it", "animal")
+    best = ranked[0]
+    street = {k.token: k.weight for k in top_keys(maps, best.layer, best.head, "it", k=16)}["street"]
+    assert best.weight > 0.5 and street < 0.1
+    # the head the texts quote (layer 5 head 11, 0-based) is among the top two: 0.67 on animal, 0.02 on street
+    l5h11 = next(h for h in ranked if (h.layer, h.head) == (5, 11))
+    assert ranked.index(l5h11) <= 1 and l5h11.weight == pytest.approx(0.673, abs=0.005)
+    assert find_heads(maps, "it", "street")[0].weight < best.weight
+
+
+@pytest.fixture(scope="module")
+def eager64(minilm):
+    """HF's eager attention in float64: the test oracle only (capture itself runs attnkit)."""
+    tf, path, tok, _ = minilm
+    model = tf.AutoModel.from_pretrained(str(path), attn_implementation="eager", dtype=torch.float64).eval()
+
+    def run(text):
+        with torch.no_grad():
+            return model(**tok([text], return_tensors="pt"), output_attentions=True).attentions
+
+    return run
+
+
+def test_capture_matches_eager_float64(minilm, eager64):
+    """FlashAttention's rule: vs eager float64, at most twice eager float32's error (+1e-6)."""
+    from conftest import assert_flash_rule
+
+    tf, path, tok, model = minilm
+    maps = capture(model, tok, SENTENCE)
+    with torch.no_grad():
+        base32 = tf.AutoModel.from_pretrained(str(path), attn_implementation="eager")(
+            **tok([SENTENCE], return_tensors="pt"), output_attentions=True).attentions
+    for ours, base, ref in zip(maps.weights, base32, eager64(SENTENCE)):
+        assert_flash_rule(ours, base, ref)
+
+
+def test_capture_batch_with_padding_equals_one_by_one(minilm, eager64):
+    from conftest import assert_flash_rule
+
+    _, _, tok, model = minilm
+    texts = ["Short one.", SENTENCE, "A sentence of middle length, here."]
+    batch = capture(model, tok, texts, batch_size=2)  # chunks of 2, padded to the longest of all
+    assert batch.batch_size == 3 and batch.query_mask.sum(1).tolist() == [len(t) for t in batch.tokens]
+    for b, text in [(0, texts[0]), (2, texts[2])]:  # the padded ones
+        single = capture(model, tok, text)
+        assert batch.tokens[b] == single.tokens[0]
+        # padded or not, as close to float64 as the unpadded run (padding changes only rounding)
+        ref = torch.stack([a[0] for a in eager64(text)])
+        assert_flash_rule(torch.from_numpy(batch.sequence(b)), torch.from_numpy(single.sequence(0)), ref)
+
+
+def test_capture_512_tokens(minilm):
+    _, _, tok, model = minilm
+    text = " ".join([SENTENCE] * 40)
+    with pytest.raises(AttnkitError, match="max_length=512"):
+        capture(model, tok, text)
+    with pytest.warns(UserWarning, match="truncated"):
+        maps = capture(model, tok, text, max_length=512)
+    assert maps.weights[0].shape == (1, 12, 512, 512)
+    sums = torch.stack(maps.weights).sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+
+
+def test_capture_decoder_is_causal_and_padding_safe(minilm):
+    tf, _, tok, _ = minilm
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = tf.LlamaModel(config).eval()
+    texts = ["the cat sat on the mat", "a dog"]
+    maps = capture(model, tok, texts)
+    seq = maps.sequence(0)
+    assert (np.triu(seq, 1) == 0).all()  # no query sees a later key
+    np.testing.assert_allclose(maps.sequence(1), capture(model, tok, texts[1]).sequence(0), atol=4 * np.finfo(np.float32).eps)
+
+
+def test_capture_errors(minilm):
+    tf, _, tok, model = minilm
+    with pytest.raises(AttnkitError, match="record"):
+        capture(nn.Linear(2, 2), tok, "hi")
+    with pytest.raises(AttnkitError, match="at least one text"):
+        capture(model, tok, [])
+    t5 = tf.T5Model(tf.T5Config(vocab_size=tok.vocab_size, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    with pytest.raises(AttnkitError, match="encoder-decoder"):
+        capture(t5, tok, "hi")
+
+
+@pytest.mark.parametrize("module", ["attnkit.inspect", "attnkit.inspect._maps", "attnkit.inspect._analysis",
+                                    "attnkit.inspect._tokens", "attnkit.inspect._record", "attnkit.inspect._capture"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

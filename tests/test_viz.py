@@ -153,3 +153,12 @@ def test_html_cross_attention_and_size(tmp_path):
     assert path.stat().st_size < 3_000_000
     with pytest.raises(AttnkitError, match="top_k"):
         viz.to_html(cross, top_k=0)
+
+
+@pytest.mark.parametrize("module", ["attnkit.viz", "attnkit.viz._heatmap", "attnkit.viz._html"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

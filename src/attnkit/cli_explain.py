@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import AttnkitError
 
@@ -20,8 +20,8 @@ __all__ = ["register"]
 _EXAMPLE = 'attnkit explain "The animal didn\'t cross the street because it was too tired." --token it'
 
 
-def _load(model: str | None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, display name) from a local folder, or the packaged MiniLM."""
+def _load(model: str | None) -> tuple[Any, Callable[[], Any], str]:
+    """(tokenizer, model loader, display name) for a local folder, or the packaged MiniLM."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never reach for the hub
     from .integrations import hf
 
@@ -37,8 +37,7 @@ def _load(model: str | None) -> tuple[Any, Any, str]:
                                      "pass the folder that holds config.json and the weights, or drop --model for all-MiniLM-L6-v2")
         name = folder.resolve().name
     tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
-    net = tf.AutoModel.from_pretrained(str(folder)).eval()
-    return net, tokenizer, name
+    return tokenizer, lambda: tf.AutoModel.from_pretrained(str(folder)).eval(), name
 
 
 def _table(ranked: list[Any], top: int) -> str:
@@ -54,11 +53,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.text.strip():
         raise AttnkitError.build("a non-empty TEXT", repr(args.text), f"e.g. {_EXAMPLE}")
-    model, tokenizer, name = _load(args.model)
-    maps = capture(model, tokenizer, args.text, max_length=args.max_length)
-    tokens = maps.tokens[0]
+    tokenizer, load_model, name = _load(args.model)
+    ids = tokenizer(args.text, truncation=args.max_length is not None, max_length=args.max_length)["input_ids"]
     occurrence = args.occurrence - 1
-    rows = locate(tokens, args.token, occurrence=occurrence)  # fails early, naming the tokens
+    locate(tokenizer.convert_ids_to_tokens(ids), args.token, occurrence=occurrence)  # fail before loading the model
+    maps = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
+    tokens = maps.tokens[0]
+    rows = locate(tokens, args.token, occurrence=occurrence)
     where = f'"{args.token}" (token {rows[0]}' + (f"-{rows[-1]}" if len(rows) > 1 else "") + ")"
     if args.key is not None:
         ranked = find_heads(maps, args.token, args.key, occurrence=occurrence, top=args.keys)
@@ -78,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
         from .viz import save_html
 
         title = f"{name}: {args.text if len(args.text) <= 80 else args.text[:77] + '...'}"
-        written.append(f"{save_html(maps, args.html, title=title)} (interactive viewer, opens offline in any browser)")
+        page = save_html(maps, args.html, title=title, layer=best.layer, focus=rows[0], heads=[best.head])
+        written.append(f"{page} (interactive viewer, opens offline in any browser)")
     if args.png:
         from .viz import plot_head, save
 

@@ -58,8 +58,9 @@ def head_mean(maps: AttentionMaps) -> Tensor:
     Example:
         >>> import torch
         >>> w = torch.softmax(torch.randn(1, 4, 3, 3), -1)
-        >>> head_mean(AttentionMaps([w], [["a", "b", "c"]])).sum(-1)
-        tensor([[[1.0000, 1.0000, 1.0000]]])
+        >>> mean = head_mean(AttentionMaps([w], [["a", "b", "c"]]))
+        >>> mean.shape, torch.allclose(mean.sum(-1), torch.ones(1, 1, 3))
+        (torch.Size([1, 1, 3, 3]), True)
     """
     return torch.stack([w.mean(1) for w in maps.weights])
 

@@ -18,7 +18,7 @@ import base64
 import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -69,12 +69,20 @@ def _pack(arrays: dict[str, np.ndarray]) -> tuple[str, dict[str, list[Any]]]:
     return base64.b64encode(zlib.compress(b"".join(parts), 6)).decode("ascii"), toc
 
 
-def payload(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: int = 48, title: str | None = None) -> dict[str, Any]:
+def payload(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: int = 48, title: str | None = None,
+            layer: int | None = None, focus: int | None = None, heads: Sequence[int] | None = None) -> dict[str, Any]:
     """The JSON-able data the viewer embeds (see the module docstring for the encoding)."""
     if top_k < 1 or thumb < 1:
         raise AttnkitError.build("top_k >= 1 and thumb >= 1", f"top_k={top_k}, thumb={thumb}", "e.g. top_k=8, thumb=48")
     seq = maps.sequence(sequence)  # (N, H, l, s) float32
     N, H, l, s = seq.shape
+    if layer is not None and not 0 <= layer < N:
+        raise AttnkitError.build(f"layer in [0, {N})", str(layer), "layers count from 0")
+    if focus is not None and not 0 <= focus < l:
+        raise AttnkitError.build(f"focus, a query position in [0, {l})", str(focus), "positions count real tokens from 0")
+    heads = list(range(H)) if heads is None else [int(h) for h in heads]
+    if any(not 0 <= h < H for h in heads):
+        raise AttnkitError.build(f"heads in [0, {H})", str(heads), "heads count from 0")
     if l == 0 or s == 0:
         raise AttnkitError.build("a sequence with at least one token", f"l={l}, s={s}", "pick a non-empty sequence")
     k = min(top_k, s)
@@ -98,6 +106,7 @@ def payload(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: in
         "keys": [display(t) for t in maps.keys_of(sequence)],
         "special": maps.specials_of(sequence) if maps.is_self_attention else [False] * s,
         "N": N, "H": H, "l": l, "s": s, "k": k, "thumb": [tq, tk],
+        "layer": N - 1 if layer is None else layer, "focus": focus, "heads": heads,
         "hidden_mean": float(hidden.mean()), "hidden_max": float(hidden.max()),
         "self_attention": maps.is_self_attention,
         "blob": blob, "toc": toc,
@@ -110,7 +119,8 @@ def _script_json(data: dict[str, Any]) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def to_html(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: int = 48, title: str | None = None) -> str:
+def to_html(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: int = 48, title: str | None = None,
+            layer: int | None = None, focus: int | None = None, heads: Sequence[int] | None = None) -> str:
     """The viewer as one self-contained HTML string (head view, model view, rollout view).
 
     Args:
@@ -119,6 +129,9 @@ def to_html(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: in
             weight the pruning hides, mean and max over rows).
         thumb: model-view thumbnails are max-pooled to at most ``thumb × thumb`` cells.
         title: page title (defaults to the model name in ``maps.meta``).
+        layer: the layer the head view opens on (default: the last).
+        focus: a query position to open pinned (focused), e.g. the word being explained.
+        heads: the heads selected at first (default: all).
 
     Example:
         >>> import torch
@@ -128,7 +141,7 @@ def to_html(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: in
         >>> page.startswith("<!DOCTYPE html>") and "http" not in page.split("attnkit-data")[0]
         True
     """
-    data = payload(maps, sequence=sequence, top_k=top_k, thumb=thumb, title=title)
+    data = payload(maps, sequence=sequence, top_k=top_k, thumb=thumb, title=title, layer=layer, focus=focus, heads=heads)
     env = _env()
     return env.get_template("viewer.html.j2").render(title=data["title"], data_json=_script_json(data))
 

@@ -35,10 +35,13 @@
   const at = (layer, h, i) => ((layer * H + h) * l + i) * k; // offset of row i's top-k in IDX/VAL
 
   // ---- state ----------------------------------------------------------------------------
-  const S = { view: "head", layer: N - 1, heads: new Set([...Array(H).keys()]), edges: Math.min(k, l <= 64 ? 4 : 2),
-              minw: 0.02, focus: null, pinned: false };
+  const S = { view: "head", layer: D.layer, heads: new Set(D.heads), edges: Math.min(k, l <= 64 ? 4 : 2),
+              minw: 0.02, focus: D.focus === null ? null : { side: "q", i: D.focus }, pinned: D.focus !== null };
   const color = (h, a = 1) => `hsla(${Math.round((h * 360) / H)}, 75%, 42%, ${a})`;
   const fmt = (w) => w.toFixed(2);
+  const seen = {};
+  D.keys.forEach((t) => { seen[t] = (seen[t] || 0) + 1; });
+  const keyName = (j) => (seen[D.keys[j]] > 1 ? `${D.keys[j]}·${j}` : D.keys[j]); // position when repeated
   const pct = (x) => (100 * x).toFixed(1) + "%";
 
   $("pruning").textContent =
@@ -56,7 +59,7 @@
   for (let h = 0; h < H; h++) {
     const lab = document.createElement("label");
     lab.style.background = color(h);
-    lab.innerHTML = `<input type="checkbox" data-head="${h}" checked>${h}`;
+    lab.innerHTML = `<input type="checkbox" data-head="${h}"${S.heads.has(h) ? " checked" : ""}>${h}`;
     headsBox.appendChild(lab);
   }
   const edges = $("edges"), minw = $("minw");
@@ -138,7 +141,7 @@
     if (!f || f.side !== "q") return f ? `key "${D.keys[f.j]}": lines from the queries that rank it in their top ${k}` : "";
     const lines = [...S.heads].map((h) => {
       const base = at(S.layer, h, f.i), parts = [];
-      for (let r = 0; r < Math.min(k, 5); r++) parts.push(`${D.keys[IDX[base + r]]} ${fmt(VAL[base + r])}`);
+      for (let r = 0; r < Math.min(k, 5); r++) parts.push(`${keyName(IDX[base + r])} ${fmt(VAL[base + r])}`);
       return `layer ${S.layer} head ${h}: ${parts.join(", ")}`;
     });
     return `"${D.tokens[f.i]}" (token ${f.i}) attends to:\n` + lines.join("\n");
@@ -245,7 +248,7 @@
     if (!f || f.side !== "q") { $("rollout-info").textContent = "Click a row (or focus a token in the head view)."; return; }
     const row = [...Array(s).keys()].map((j) => [j, (ROLL[f.i * s + j] / 255) * ROLL_MAX[f.i]]).sort((a, b) => b[1] - a[1]);
     $("rollout-info").textContent = `"${D.tokens[f.i]}" (token ${f.i}) after ${N} layers is made of:\n` +
-      row.slice(0, 12).map(([j, w]) => `${D.keys[j].padEnd(14)} ${fmt(w)}`).join("\n");
+      row.slice(0, 12).map(([j, w]) => `${keyName(j).padEnd(14)} ${fmt(w)}`).join("\n");
   }
 
   // ---- views ----------------------------------------------------------------------------
@@ -263,6 +266,7 @@
     document.body.dataset.view = S.view;
   }
 
+  if (S.focus) scroller.scrollTop = Math.max(0, S.focus.i * ROW - VH / 2);
   render();
   document.body.dataset.drawnMs = performance.now().toFixed(0);
   // ready once the first frame with the drawing has been painted (two frames later)
