@@ -25,14 +25,14 @@ def _use_attnkit(model: Any) -> Iterator[None]:
     """Run ``model`` with attnkit's attention for the duration of the block."""
     from ..integrations import hf
 
-    hf.register()
+    impl = hf.register()
     before = model.config._attn_implementation
-    if before != "attnkit":
-        model.set_attn_implementation("attnkit")
+    if before != impl:
+        model.set_attn_implementation(impl)
     try:
         yield
     finally:
-        if before != "attnkit":
+        if before != impl:
             model.set_attn_implementation(before)
 
 
