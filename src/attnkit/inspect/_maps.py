@@ -147,6 +147,13 @@ class AttentionMaps:
 
         ``dtype="float16"`` halves the file (weights in [0, 1] keep ~3 significant digits);
         pass ``"float32"`` to keep them exactly. Load with :meth:`load`.
+
+        Example:
+            >>> import os, tempfile, torch
+            >>> maps = AttentionMaps([torch.full((1, 1, 2, 2), 0.5)], [["hi", "there"]])
+            >>> path = maps.save(os.path.join(tempfile.mkdtemp(), "maps.npz"))
+            >>> AttentionMaps.load(path).tokens, float(AttentionMaps.load(path).weights[0].max())
+            ([['hi', 'there']], 0.5)
         """
         path = Path(path)
         if dtype not in ("float16", "float32"):
