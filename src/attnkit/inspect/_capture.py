@@ -1,0 +1,119 @@
+"""Capture the attention of a Hugging Face model, computed by attnkit (no eager mode needed).
+
+The model runs with ``attn_implementation="attnkit"`` (registered by
+:func:`attnkit.integrations.hf.register`), which returns exact weights when
+``output_attentions=True``. The model's previous implementation is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ..errors import AttnkitError
+from ._maps import AttentionMaps
+
+__all__ = ["capture"]
+
+
+@contextlib.contextmanager
+def _use_attnkit(model: Any) -> Iterator[None]:
+    """Run ``model`` with attnkit's attention for the duration of the block."""
+    from ..integrations import hf
+
+    impl = hf.register()
+    before = model.config._attn_implementation
+    if before != impl:
+        model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        if before != impl:
+            model.set_attn_implementation(before)
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int | None, limit: int | None) -> list[dict[str, list[int]]]:
+    encs = []
+    for text in texts:
+        enc = tokenizer(text, return_special_tokens_mask=True)
+        n = len(enc["input_ids"])
+        if max_length is not None and n > max_length:
+            warnings.warn(f"attnkit.inspect.capture: a text of {n} tokens was truncated to max_length={max_length}", stacklevel=3)
+            enc = tokenizer(text, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+        elif limit is not None and n > limit:
+            raise AttnkitError.build(f"texts of at most {limit} tokens (the model's position limit)", f"{n} tokens",
+                                     f"pass max_length={limit} to truncate, or shorten the text")
+        encs.append(enc)
+    return encs
+
+
+def capture(model: Any, tokenizer: Any, texts: str | Sequence[str], *, max_length: int | None = None,
+            batch_size: int = 8) -> AttentionMaps:
+    """Run a Hugging Face model on ``texts`` and return every layer's attention weights.
+
+    Args:
+        model: a ``transformers`` encoder (BERT-like) or decoder (GPT-like) model; it runs on
+            attnkit's attention (not eager), in inference mode, in chunks of ``batch_size``.
+        tokenizer: its tokenizer (special tokens such as ``[CLS]`` are added as usual).
+        texts: one text or a list; sequences are right-padded to the longest.
+        max_length: truncate longer texts to this many tokens; by default a text over the
+            model's position limit raises instead of being silently cut.
+
+    Returns:
+        :class:`AttentionMaps` with one ``(B, H, L, S)`` tensor per layer, ``L = S`` = the
+        longest sequence, the tokens and special-token flags of each sequence, and padding
+        marked in ``query_mask``/``key_mask``.
+
+    Raises:
+        AttnkitError: for encoder-decoder models, texts over the position limit, or a model
+            that returns no attention weights.
+
+    Example (needs ``pip install 'attnkit[hf]'``)::
+
+        >>> from transformers import AutoModel, AutoTokenizer               # doctest: +SKIP
+        >>> from attnkit.integrations.hf import minilm_path                  # doctest: +SKIP
+        >>> tok, model = AutoTokenizer.from_pretrained(minilm_path()), AutoModel.from_pretrained(minilm_path())  # doctest: +SKIP
+        >>> maps = capture(model, tok, ["The cat sat.", "It slept."])         # doctest: +SKIP
+        >>> maps.num_layers, maps.num_heads, maps.tokens[1]                   # doctest: +SKIP
+        (6, 12, ['[CLS]', 'it', 'slept', '.', '[SEP]'])
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise AttnkitError.build("at least one text", "an empty list", "pass a string or a list of strings")
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "set_attn_implementation"):
+        raise AttnkitError.build("a Hugging Face transformers model", type(model).__name__,
+                                 "for attnkit.nn modules use attnkit.inspect.record(model)")
+    if getattr(config, "is_encoder_decoder", False):
+        raise AttnkitError.build("an encoder or a decoder model", f"encoder-decoder {type(model).__name__}",
+                                 "capture model.get_encoder() with its tokenizer, or record the decoder with attnkit.inspect.record")
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    encs = _tokenize(tokenizer, texts, max_length, limit)
+    lengths = [len(e["input_ids"]) for e in encs]
+    L = max(lengths)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(encs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(encs), L, dtype=torch.bool)
+    for b, e in enumerate(encs):  # right padding keeps absolute positions of real tokens unchanged
+        ids[b, : lengths[b]] = torch.tensor(e["input_ids"])
+        mask[b, : lengths[b]] = True
+    device = next(model.parameters()).device
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    with _use_attnkit(model), torch.inference_mode():
+        for start in range(0, len(encs), max(1, batch_size)):
+            sl = slice(start, start + max(1, batch_size))
+            out = model(input_ids=ids[sl].to(device), attention_mask=mask[sl].long().to(device), output_attentions=True)
+            attn = getattr(out, "attentions", None)
+            if not attn or any(a is None for a in attn):
+                raise AttnkitError.build("attention weights from output_attentions=True", f"{type(attn).__name__} from {type(model).__name__}",
+                                         "use a model whose attention goes through transformers' AttentionInterface")
+            chunks.append(tuple(a.float().cpu() for a in attn))
+    weights = [torch.cat(per_layer) for per_layer in zip(*chunks)]  # per layer (B, H, L, L)
+    tokens = [tokenizer.convert_ids_to_tokens(e["input_ids"]) for e in encs]
+    special = [[bool(s) for s in e["special_tokens_mask"]] for e in encs]
+    meta = {"model": str(getattr(config, "name_or_path", "") or type(model).__name__), "texts": json.dumps(texts)}
+    return AttentionMaps(weights, tokens, mask, mask.clone(), special=special, meta=meta)

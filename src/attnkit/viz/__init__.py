@@ -1,0 +1,25 @@
+"""Pictures of attention: matplotlib heatmaps and a standalone interactive HTML viewer.
+
+Needs the ``viz`` extra (``pip install 'attnkit[viz]'``: matplotlib, jinja2), imported on
+first use. Every function takes :class:`attnkit.inspect.AttentionMaps`.
+
+- :func:`plot_head`, :func:`plot_layer`, :func:`plot_model`, :func:`plot_rollout` return
+  ``matplotlib.figure.Figure`` objects; :func:`save` writes PNG or SVG.
+- :func:`to_html` / :func:`save_html`: one self-contained HTML file (no network) with a head
+  view, a model view and a rollout view, drawn on canvas; fine for 512 tokens × 12 × 12.
+
+Example:
+    >>> import torch
+    >>> from attnkit.inspect import AttentionMaps
+    >>> from attnkit import viz
+    >>> maps = AttentionMaps([torch.softmax(torch.randn(1, 2, 4, 4), -1)], [list("abcd")])
+    >>> len(viz.plot_layer(maps, 0).axes) >= 2, "<canvas" in viz.to_html(maps)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from ._heatmap import plot_head, plot_layer, plot_model, plot_rollout, save
+from ._html import save_html, to_html
+
+__all__ = ["plot_head", "plot_layer", "plot_model", "plot_rollout", "save", "save_html", "to_html"]

