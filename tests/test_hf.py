@@ -343,3 +343,22 @@ def test_register_is_idempotent_and_registers_both():
     assert hf.register() == "attnkit" and hf.register() == "attnkit"
     assert transformers.AttentionInterface._global_mapping["attnkit"] is hf.attnkit_attention_forward
     assert transformers.AttentionMaskInterface._global_mapping["attnkit"] is hf.attnkit_mask
+
+
+def test_gpt2_weights_reach_the_output_collector():
+    """GPT-2 drops output_attentions before its attention call; weights must still come back."""
+    cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=100, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for impl in ("eager", IMPL):
+        torch.manual_seed(0)  # same random weights for both implementations
+        model = transformers.GPT2Model(cfg).eval()
+        model.set_attn_implementation(impl)
+        with torch.no_grad():
+            outs[impl] = model(ids, output_attentions=True)
+    assert len(outs[IMPL].attentions) == 2 and all(a is not None for a in outs[IMPL].attentions)
+    for a, e in zip(outs[IMPL].attentions, outs["eager"].attentions):
+        assert err(a, e) < 1e-6
+    assert err(outs[IMPL].last_hidden_state, outs["eager"].last_hidden_state) < 1e-5

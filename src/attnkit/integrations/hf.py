@@ -274,6 +274,21 @@ def _mask_kwargs(module: Any, mask: Any, L: int, S: int, is_causal: bool | None)
     )
 
 
+def _collector_wants_attentions() -> bool:
+    """Whether transformers' output collector expects weights from this call.
+
+    Some models (GPT-2) drop ``output_attentions`` before calling the attention function and
+    collect the weights through ``transformers.utils.output_capturing`` instead.
+    """
+    try:
+        from transformers.utils import output_capturing
+    except ImportError:
+        return False
+    collector = getattr(output_capturing, "_active_collector", None)
+    active = collector.get() if collector is not None else None
+    return bool(active) and "attentions" in active
+
+
 def attnkit_attention_forward(
     module: Any,
     query: Tensor,
@@ -315,6 +330,7 @@ def attnkit_attention_forward(
                                  "use the model's ordinary cache (continuous batching needs a paged implementation)")
     L, S = query.shape[2], key.shape[2]
     want_lse = s_aux is not None
+    output_attentions = output_attentions or _collector_wants_attentions()
     res = attention(
         query, key, value, **_mask_kwargs(module, attention_mask, L, S, is_causal), scale=scaling, softcap=softcap,
         bias=position_bias, dropout_p=float(dropout), return_lse=want_lse, return_weights=bool(output_attentions),
