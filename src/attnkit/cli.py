@@ -59,6 +59,7 @@ def _add_softmax(sub: argparse._SubParsersAction) -> None:
 
 # Subcommands register here; later ones live in their own modules to keep this file thin.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_softmax]
+_REGISTRARS.append(lambda sub: __import__("attnkit.seq2seq.cli", fromlist=["register"]).register(sub))
 
 
 def build_parser() -> argparse.ArgumentParser:
