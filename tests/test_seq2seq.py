@@ -24,6 +24,15 @@ ATTENTION = ["dot", "general", "additive"]
 F32_EPS = torch.finfo(torch.float32).eps
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny GRUs gain nothing from a second thread and stall on a busy machine; restore the suite's setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model(score: str, seed: int = 0) -> Seq2Seq:
     torch.manual_seed(seed)
     return Seq2Seq(ModelConfig(src_vocab=20, tgt_vocab=12, score=score, embed=8, hidden=16)).eval()
@@ -142,6 +151,13 @@ def test_resume_restores_state_and_continues_identically(tmp_path):
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert _same_optimizer(straight.optimizer, resumed.optimizer)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    trainer = Trainer(TrainConfig(**TINY), tmp_path)
+    result = trainer.run(max_minutes=0, progress=False, log=None)
+    assert (result.stopped, result.step) == ("time budget", 0)
+    assert load_checkpoint(tmp_path)["step"] == 0
 
 
 def test_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):

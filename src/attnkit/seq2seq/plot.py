@@ -48,7 +48,8 @@ def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens:
     if importlib.util.find_spec("matplotlib") is None:
         raise AttnkitError.build("matplotlib for plots", "it is not installed", "pip install 'attnkit[viz]'")
     w = weights.detach().float().cpu()
-    src, out = list(source_tokens), list(output_tokens)
+    show = lambda t: "␣" if t == " " else t  # noqa: E731 — a space label would be invisible
+    src, out = [show(t) for t in source_tokens], [show(t) for t in output_tokens]
     title = title or "attention α_t over the source at each output step"
     from matplotlib import rc_context
 
@@ -93,8 +94,7 @@ def _with_matplotlib(w: Tensor, src: list[str], out: list[str]) -> Any:
     fig = Figure(figsize=(1.5 + 0.32 * S, 1.2 + 0.32 * T), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(w.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
-    show = lambda t: "␣" if t == " " else t  # noqa: E731 — a space label would be invisible
-    ax.set_xticks(range(S), [show(t) for t in src], rotation=90 if max(map(len, src)) > 2 else 0)
-    ax.set_yticks(range(T), [show(t) for t in out])
+    ax.set_xticks(range(S), src, rotation=90 if max(map(len, src)) > 2 else 0)
+    ax.set_yticks(range(T), out)
     fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
     return fig
