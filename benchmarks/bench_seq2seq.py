@@ -74,7 +74,7 @@ def markdown(runs: list[dict], args: argparse.Namespace) -> str:
     ]
     for r in runs:
         a = r["report"].alignment
-        align = "n/a (no weights)" if a is None else (
+        align = ("n/a (no weights)" if r["score"] == "none" else "n/a (no spans)") if a is None else (
             f"{100 * a.score:.1f}% ({' / '.join(f'{100 * a.field_score(f):.0f}' for f in FIELDS)})")
         lines.append(f"| {r['score']} | {r['params']:,} | {r['wall']:.0f} s | {100 * r['report'].accuracy:.2f}% | {align} |")
     lines += ["", "Exact match by input length (source characters):", "",

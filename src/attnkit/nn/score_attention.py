@@ -190,7 +190,7 @@ class _AdditiveScores(torch.autograd.Function):
         scores = qp.new_empty(B, L, S)
         for i0, i1 in _tiles(L, lb):
             for j0, j1 in _tiles(S, sb):
-                t = torch.tanh(qp[:, i0:i1, None, :] + kp[:, None, j0:j1, :])  # (B, Lb, Sb, A)
+                t = (qp[:, i0:i1, None, :] + kp[:, None, j0:j1, :]).tanh_()  # (B, Lb, Sb, A), in place: one tile
                 scores[:, i0:i1, j0:j1] = t.mul_(v).sum(-1)
         ctx.save_for_backward(qp, kp, v)
         ctx.blocks = (lb, sb)
@@ -203,10 +203,10 @@ class _AdditiveScores(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(v)
         for i0, i1 in _tiles(qp.shape[1], lb):
             for j0, j1 in _tiles(kp.shape[1], sb):
-                t = torch.tanh(qp[:, i0:i1, None, :] + kp[:, None, j0:j1, :])  # recomputed, (B, Lb, Sb, A)
-                gt = g[:, i0:i1, j0:j1, None]
-                dv += (gt * t).sum((0, 1, 2))
-                u = gt * v * (1 - t * t)
+                t = (qp[:, i0:i1, None, :] + kp[:, None, j0:j1, :]).tanh_()  # recomputed, (B, Lb, Sb, A)
+                gt = g[:, i0:i1, j0:j1]  # (B, Lb, Sb)
+                dv += torch.einsum("blsa,bls->a", t, gt)
+                u = t.square_().neg_().add_(1).mul_(gt[..., None]).mul_(v)  # g·v·(1 - t²), reusing t's memory
                 dq[:, i0:i1] += u.sum(2)
                 dk[:, j0:j1] += u.sum(1)
         return dq, dk, dv, None, None

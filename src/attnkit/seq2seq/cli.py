@@ -80,16 +80,16 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_tsv
     from .evaluate import evaluate, format_report
-    from .train import TrainConfig, load_checkpoint, load_data, load_translator
+    from .train import config_of, load_checkpoint, load_data, load_translator
 
     _threads(args.threads)
     translator = load_translator(args.model)
     if args.data:
         examples, title = load_tsv(args.data), args.data
     else:
-        config = load_checkpoint(args.model)["config"]
-        _, examples = load_data(TrainConfig(**config))
-        title = f"held-out split of {config['data']}"
+        config = config_of(load_checkpoint(args.model))
+        _, examples = load_data(config)
+        title = f"held-out split of {config.data}"
     examples = examples[: args.limit] if args.limit else examples
     report = evaluate(translator, examples, beam=args.beam, length_penalty=args.length_penalty,
                       bucket_width=args.bucket_width)

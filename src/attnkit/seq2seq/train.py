@@ -41,7 +41,7 @@ from .decode import Translator
 from .model import ModelConfig, Seq2Seq, pad_batch
 from .vocab import Vocab
 
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "Trainer", "load_checkpoint", "load_data",
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "Trainer", "config_of", "load_checkpoint", "load_data",
            "load_translator", "save_atomic"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -138,6 +138,12 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
     return state
 
 
+def config_of(state: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` saved in a checkpoint dict (unknown keys from other versions are ignored)."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
+
+
 def _model_from(state: dict[str, Any]) -> Seq2Seq:
     model = Seq2Seq(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
@@ -191,8 +197,7 @@ class Trainer:
     def resume(cls, out_dir: str | Path) -> Trainer:
         """Continue the run saved in ``out_dir`` exactly where it stopped."""
         state = load_checkpoint(out_dir)
-        names = {f.name for f in fields(TrainConfig)}
-        return cls(TrainConfig(**{k: v for k, v in state["config"].items() if k in names}), out_dir, _state=state)
+        return cls(config_of(state), out_dir, _state=state)
 
     @property
     def batches_per_epoch(self) -> int:
