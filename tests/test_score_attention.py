@@ -231,3 +231,9 @@ def test_dot_and_bilinear_go_through_attnkit_attention(kind, monkeypatch):
 def test_errors_say_what_was_expected(call):
     with pytest.raises(AttnkitError, match="expected"):
         call()
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(sa, optionflags=doctest.ELLIPSIS).failed == 0

@@ -267,3 +267,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "checkpoint.pt" in err
     assert not Path(tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("name", ["model", "decode", "train", "evaluate", "plot"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    if name == "plot":
+        pytest.importorskip("matplotlib")
+    module = importlib.import_module(f"attnkit.seq2seq.{name}")
+    assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
