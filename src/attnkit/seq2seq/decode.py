@@ -180,6 +180,10 @@ class Translator:
     def __init__(self, model: Seq2Seq, src_vocab: Vocab, tgt_vocab: Vocab, max_len: int) -> None:
         self.model, self.src_vocab, self.tgt_vocab, self.max_len = model.eval(), src_vocab, tgt_vocab, max_len
 
+    def reference(self, target: str) -> str:
+        """``target`` as this model would write it (word level joins tokens with single spaces)."""
+        return " ".join(self.tgt_vocab.tokens(target)) if self.tgt_vocab.level == "word" else target
+
     def _ids(self, text: str) -> list[int]:
         ids = self.src_vocab.encode(text)
         if not ids:

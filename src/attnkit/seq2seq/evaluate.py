@@ -126,7 +126,7 @@ def evaluate(translator: Translator, examples: Sequence[Example], *, beam: int =
     alignment = AlignmentScore() if translator.model.decoder.attention is not None else None
     report = Report(len(examples), 0, buckets, alignment)
     for ex, out, n in zip(examples, outputs, lengths):
-        ok = out.output == _normalized(ex.target, translator.tgt_vocab)
+        ok = out.output == translator.reference(ex.target)
         bucket = buckets[(n - buckets[0].lo) // bucket_width]
         bucket.n, bucket.correct, report.correct = bucket.n + 1, bucket.correct + ok, report.correct + ok
         if not ok and len(report.errors) < keep_errors:
@@ -136,11 +136,6 @@ def evaluate(translator: Translator, examples: Sequence[Example], *, beam: int =
     if alignment is not None and not sum(alignment.total.values()):
         report.alignment = None  # no annotated examples (e.g. a TSV corpus)
     return report
-
-
-def _normalized(target: str, vocab: Vocab) -> str:
-    """The reference as the decoder can write it (word level joins tokens with single spaces)."""
-    return target if vocab.level == "char" else " ".join(vocab.tokens(target))
 
 
 def format_report(report: Report, *, title: str = "held-out") -> str:

@@ -244,7 +244,8 @@ class Trainer:
     def valid_exact(self) -> float:
         """Exact-match accuracy of greedy decoding on the held-out split."""
         out = self.translator().translate_batch([e.source for e in self.valid_set])
-        return sum(t.output == e.target for t, e in zip(out, self.valid_set)) / len(self.valid_set)
+        translator = self.translator()
+        return sum(t.output == translator.reference(e.target) for t, e in zip(out, self.valid_set)) / len(out)
 
     def run(self, *, epochs: int | None = None, max_minutes: float | None = None, max_steps: int | None = None,
             progress: bool = True, log: Callable[[str], None] | None = print) -> TrainResult:
@@ -289,8 +290,13 @@ class Trainer:
                 self.save()
                 if log is not None:
                     msg = (f"epoch {self.epoch}/{epochs}: train loss {record['loss']:.4f}, held-out exact match "
-                           f"{100 * record['valid_exact']:.2f}% ({len(self.valid_set)} examples), {self.elapsed:.0f}s")
-                    (bar.write if bar is not None else log)(msg)
+                           f"{100 * record['valid_exact']:.2f}% ({len(self.valid_set)} examples), "
+                           f"{self.elapsed:.0f}s of training")
+                    if bar is not None:
+                        with bar.external_write_mode():
+                            log(msg)
+                    else:
+                        log(msg)
         finally:  # on an exception (Ctrl-C too) the last saved checkpoint stays as it was
             if bar is not None:
                 bar.close()
