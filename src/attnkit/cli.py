@@ -7,6 +7,7 @@ line on stderr with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 from typing import Callable, Sequence
@@ -58,22 +59,20 @@ def _add_softmax(sub: argparse._SubParsersAction) -> None:
 
 
 # Subcommands register here; later ones live in their own modules to keep this file thin.
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .cli_bench import register
+def _lazy(module: str) -> Callable[[argparse._SubParsersAction], None]:
+    """A subcommand whose module (and its imports) loads only when the parser is built."""
 
-    register(sub)
+    def register(sub: argparse._SubParsersAction) -> None:
+        importlib.import_module(module).register(sub)
 
-
-def _add_explain(sub: argparse._SubParsersAction) -> None:
-    from .cli_explain import register
-
-    register(sub)
+    return register
 
 
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_softmax,
-    _add_explain,
-    _add_bench,
+    _lazy("attnkit.cli_explain"),
+    _lazy("attnkit.seq2seq.cli"),
+    _lazy("attnkit.cli_bench"),
 ]
 
 
