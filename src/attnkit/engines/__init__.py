@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ENGINE_ORDER: tuple[str, ...] = ("reference",)
+ENGINE_ORDER: tuple[str, ...] = ("decode", "reference")
 
 
 def load(name: str) -> ModuleType:
