@@ -26,6 +26,7 @@ mismatched rank makes the others raise :class:`attnkit.AttnkitError` instead of 
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Literal, Sequence
 
@@ -122,6 +123,7 @@ class _Ring:
 
     def _fail(self, err: Exception, what: str) -> AttnkitError:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # drop gloo's source path
         limit = f"{self.timeout.total_seconds():g} s" if self.timeout else "the process group's timeout"
         return AttnkitError.build(
             f"all {self.size} ranks of the ring to {what} within {limit}",
