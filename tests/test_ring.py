@@ -105,8 +105,9 @@ def _against_reference(rank: int, world: int) -> list[dict]:
     B, H, G, D, E, c = 2, 4, 2, 11, 7, 5
     N = 2 * world * c  # divisible by 2P (zigzag) and P (contiguous)
     report = []
+    default_tiles = _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q
     for n, (dtype, layout, causal, small) in enumerate(CONFIGS):
-        _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q = (64, 4) if small else (1 << 20, 256)
+        _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q = (64, 4) if small else default_tiles
         q, k, v = qkv(B, H, G, N, N, D, E, dtype=torch.float64, seed=n)
         dout = torch.randn(B, H, N, E, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + n))
         refs = {}

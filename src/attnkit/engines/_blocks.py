@@ -30,9 +30,10 @@ from ..spec import AttentionSpec, BlockIndex
 __all__ = ["block_forward", "block_backward", "tile_sizes"]
 
 _NEG_INF = float("-inf")
-# Scores held at once per tile, in elements (4 MiB of float32): small enough to stay near the
-# cache between the QKᵀ and PV products, big enough that per-tile Python overhead is noise.
-_TILE_ELEMS = 1 << 20
+# Scores held at once per tile, in elements (1 MiB of float32): small enough to stay in cache
+# between the QKᵀ and PV products, big enough that per-tile Python overhead is small
+# (measured best of 64K..4M elements on the 2-core benchmark machine, RESULTS.md).
+_TILE_ELEMS = 1 << 18
 _MAX_TILE_Q = 256
 
 
