@@ -58,6 +58,18 @@ def test_equals_reference_float64(feature, H, G, L, small_tiles):
     assert err(ours.lse, ref.lse) <= tol64(S)
 
 
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+@pytest.mark.parametrize("keys_major_rows", [0, 1 << 30], ids=["query_major", "keys_major"])
+def test_both_score_orientations(feature, keys_major_rows, small_tiles, monkeypatch):
+    """Scores are computed as K·qᵀ for few packed query rows and q·Kᵀ otherwise; both are exact."""
+    monkeypatch.setattr(_blocks, "_KEYS_MAJOR_ROWS", keys_major_rows)
+    B, H, G, L, S, D = 2, 8, 2, 7, 61, 9
+    g = torch.Generator().manual_seed(len(feature))
+    q, k, v = qkv(B, H, G, L, S, D, 5, dtype=torch.float64, seed=2)
+    ours, ref = both(q, k, v, **FEATURES[feature](B, H, S, g))
+    assert err(ours.out, ref.out) <= tol64(S) and err(ours.lse, ref.lse) <= tol64(S)
+
+
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_thread_segments_merge_exactly(workers, monkeypatch):
     # 3 segments give an odd merge tree; real tile sizes, long enough cache for several segments.

@@ -234,3 +234,21 @@ def test_failures_raise_within_the_timeout(mode):
         print(f"{mode}, rank {r} after {got['elapsed']:.2f} s: {got['msg']}")
         if mode == "mismatch":
             assert "rank 0: [1, 2, 2, 6, 6" in got["msg"] and "rank 1: [1, 2, 2, 4, 4" in got["msg"]
+
+
+@pytest.mark.slow
+def test_example_runs_under_torchrun(tmp_path):
+    """The documented command, small: self-check passes on rank 0 and every rank reports memory."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ring.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29431",
+           "-m", "attnkit.examples.ring_attention", "--seq-len", "512", "--check-len", "128", "--timeout", "60",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "self-check (seq 128, 2 ranks" in proc.stdout
+    ranks = json.loads(out.read_text())["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["shard"] == 256 and r["rss_peak_MiB"] > 0 for r in ranks)

@@ -35,6 +35,8 @@ _NEG_INF = float("-inf")
 # (measured best of 64K..4M elements on the 2-core benchmark machine, RESULTS.md).
 _TILE_ELEMS = 1 << 18
 _MAX_TILE_Q = 256
+# Packed query rows (R·Lt) up to which scores are computed keys-major (see _scores).
+_KEYS_MAJOR_ROWS = 64
 
 
 def tile_sizes(spec: AttentionSpec, Lb: int, Sb: int) -> tuple[int, int]:
@@ -57,21 +59,30 @@ def _unpack(x: Tensor, H: int) -> Tensor:
     return x.reshape(B, H, RL * G // H, X)
 
 
-def _scores(
-    qp: Tensor, k_t: Tensor, spec: AttentionSpec, i0: int, j0: int, mods: bool
-) -> tuple[Tensor, Tensor | None, BlockIndex | None]:
-    """Scaled scores of a tile as ``(B, H, Lt, St)`` after score mods, plus its visibility."""
-    B, H = spec.B, spec.H
-    Lt, St = qp.shape[2] * spec.G // H, k_t.shape[2]
-    s = torch.matmul(qp, k_t.transpose(-1, -2)).view(B, H, Lt, St)  # qp carries the scale
+def _scores(qp: Tensor, k_t: Tensor, spec: AttentionSpec, i0: int, j0: int, mods: bool, keys_major: bool) -> Tensor:
+    """Scaled scores of a tile after score mods and masks (hidden: -inf), packed per group:
+    ``(B, G, R·Lt, St)``, or keys-major ``(B, G, St, R·Lt)``.
+
+    Keys-major computes ``K·qᵀ``, which streams the long operand through the GEMM: 2x faster
+    than ``q·Kᵀ`` for the few query rows of decoding, slower for big query tiles (RESULTS.md).
+    """
+    B, H, G = spec.B, spec.H, spec.G
+    RL, St = qp.shape[2], k_t.shape[2]
+    Lt = RL * G // H
+    # qp carries the scale
+    s = torch.matmul(k_t, qp.transpose(-1, -2)) if keys_major else torch.matmul(qp, k_t.transpose(-1, -2))
     cls = block_class(spec, i0, i0 + Lt, j0, j0 + St)
     if not mods and cls == "full":
-        return s, None, None
+        return s
+    s4 = (s.transpose(-1, -2) if keys_major else s).reshape(B, H, Lt, St)  # the layout the mods index
     idx = BlockIndex.ranges(range(B), range(H), range(i0, i0 + Lt), range(j0, j0 + St), device=s.device)
     if mods:
-        s = apply_score_mods(s, spec, idx)
+        s4 = apply_score_mods(s4, spec, idx)
     vis = visible(spec, idx) if cls == "partial" else None
-    return s, vis, idx
+    if vis is not None:
+        s4 = s4.masked_fill(~vis, _NEG_INF)
+    s = s4.reshape(B, G, RL, St)
+    return s.transpose(-1, -2) if keys_major else s
 
 
 def block_forward(
@@ -102,20 +113,19 @@ def block_forward(
     for a in range(0, Lb, tq):
         b = min(a + tq, Lb)
         qp = _pack(q[:, :, a:b].to(ct) * spec.scale, G)  # (B, G, R·Lt, D)
-        state = SoftmaxState.empty((B, H, b - a), dtype=ct, device=q.device)
+        keys_major = qp.shape[2] <= _KEYS_MAJOR_ROWS
+        state = SoftmaxState.empty((B, G, qp.shape[2]), dtype=ct, device=q.device)
         acc = torch.zeros(B, G, qp.shape[2], E, dtype=ct, device=q.device)
         for c in range(0, Sb, tk):
             d = min(c + tk, Sb)
             if block_class(spec, i0 + a, i0 + b, j0 + c, j0 + d) == "empty":
                 continue
-            s, vis, _ = _scores(qp, kc[:, :, c:d], spec, i0 + a, j0 + c, mods)
-            if vis is not None:
-                s = s.masked_fill(~vis, _NEG_INF)
-            p, alpha = state.update(s)  # p = exp(s - m_new); alpha rescales what came before
-            acc = acc * alpha.reshape(B, G, -1, 1) + torch.matmul(_pack(p, G), vc[:, :, c:d])
-        l = state.l
-        out[:, :, a:b] = _unpack(acc, H) / l.masked_fill(l == 0, 1.0).unsqueeze(-1)
-        lse[:, :, a:b] = state.lse
+            s = _scores(qp, kc[:, :, c:d], spec, i0 + a, j0 + c, mods, keys_major)
+            p, alpha = state.update(s, dim=-2 if keys_major else -1)  # p = exp(s - m_new); alpha rescales the past
+            acc = acc * alpha.unsqueeze(-1) + torch.matmul(p.transpose(-1, -2) if keys_major else p, vc[:, :, c:d])
+        l = state.l.unsqueeze(-1)
+        out[:, :, a:b] = _unpack(acc / l.masked_fill(l == 0, 1.0), H)
+        lse[:, :, a:b] = state.lse.reshape(B, H, b - a)
     return out, lse
 
 
