@@ -110,6 +110,15 @@ def test_reorder_and_reset():
     assert cache.lengths.tolist() == [1, 1, 1] and cache.kv_lengths is None
 
 
+def test_docstring_examples_run():
+    import doctest
+
+    import attnkit.kv_cache
+
+    assert attnkit.KVCache is KVCache
+    assert doctest.testmod(attnkit.kv_cache).failed == 0
+
+
 def test_errors_say_what_and_how():
     cache = KVCache()
     with pytest.raises(attnkit.AttnkitError, match="append"):

@@ -182,6 +182,14 @@ def test_sharding_round_trip_and_balance():
         shard_sequence(torch.zeros(1, 1, 10, 1), 0, 3)
 
 
+def test_docstring_examples_run():
+    import doctest
+
+    import attnkit.engines.ring
+
+    assert doctest.testmod(attnkit.engines.ring).failed == 0
+
+
 def test_without_process_group_raises():
     q = torch.randn(1, 1, 4, 2)
     with pytest.raises(attnkit.AttnkitError, match="init_process_group"):

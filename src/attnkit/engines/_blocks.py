@@ -139,6 +139,10 @@ def block_backward(
     spec: AttentionSpec,
     i0: int = 0,
     j0: int = 0,
+    *,
+    dq: Tensor | None = None,
+    dk: Tensor | None = None,
+    dv: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of a block's contribution, recomputing probabilities from the final ``lse``.
 
@@ -147,17 +151,19 @@ def block_backward(
         dout: ``(B, H, Lb, E)`` gradient of the *final* (merged) output of these queries.
         lse: ``(B, H, Lb)`` *final* log-normalizer of these queries (over all keys, not the block).
         delta: ``(B, H, Lb)`` ``rowsum(dout ∘ out)`` with the final ``out``.
+        dq, dk, dv: optional accumulators in the compute dtype (views allowed) to add this
+            block's contribution into, in place; zeros are allocated when omitted.
 
     Returns:
-        ``(dq, dk, dv)`` in the compute dtype: this block's additive contribution to each
-        (sum them over blocks). Rows with ``lse = -inf`` contribute zero.
+        ``(dq, dk, dv)`` in the compute dtype, with this block's additive contribution
+        (sum over blocks). Rows with ``lse = -inf`` contribute zero.
     """
     B, H, G, ct = spec.B, spec.H, spec.G, spec.compute_dtype
     Lb, Sb = q.shape[2], k.shape[2]
     q, k, v, dout = q.detach(), k.detach(), v.detach(), dout.detach()
-    dq = torch.zeros(B, H, Lb, spec.D, dtype=ct, device=q.device)
-    dk = torch.zeros(B, G, Sb, spec.D, dtype=ct, device=q.device)
-    dv = torch.zeros(B, G, Sb, spec.E, dtype=ct, device=q.device)
+    dq = torch.zeros(B, H, Lb, spec.D, dtype=ct, device=q.device) if dq is None else dq
+    dk = torch.zeros(B, G, Sb, spec.D, dtype=ct, device=q.device) if dk is None else dk
+    dv = torch.zeros(B, G, Sb, spec.E, dtype=ct, device=q.device) if dv is None else dv
     if Lb == 0 or Sb == 0:
         return dq, dk, dv
     mods = spec.has_score_mods
@@ -200,5 +206,5 @@ def block_backward(
             ds_p = _pack(ds, G)
             dq_p += torch.matmul(ds_p, k_t)
             dk[:, :, c:d] += torch.matmul(ds_p.transpose(-1, -2), qp)  # qp carries the scale
-        dq[:, :, a:b] = _unpack(dq_p, H) * spec.scale
+        dq[:, :, a:b] += _unpack(dq_p, H) * spec.scale
     return dq, dk, dv

@@ -183,20 +183,30 @@ def _pairs(spec: AttentionSpec, ring: _Ring, src: int, layout: Layout, cq: int, 
                 yield slice(qi * cq, (qi + 1) * cq), slice(ki * ck, (ki + 1) * ck), i0, j0
 
 
+def _pack_kv(k: Tensor, v: Tensor) -> Tensor:
+    """K and V in one flat buffer: one message per step, and contiguous views on both sides."""
+    return torch.cat([k.reshape(-1), v.reshape(-1)])
+
+
+def _split_kv(buf: Tensor, k_shape: torch.Size, v_shape: torch.Size) -> tuple[Tensor, Tensor]:
+    nk = k_shape.numel()
+    return buf[:nk].view(k_shape), buf[nk:].view(v_shape)
+
+
 def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: Layout) -> tuple[Tensor, Tensor]:
     per = len(chunk_ids(0, ring.size, layout))
-    cq, ck, D = q.shape[2] // per, k.shape[2] // per, spec.D
+    cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
     outs = torch.zeros(spec.B, spec.H, q.shape[2], spec.E, dtype=ct, device=q.device)
     lses = torch.full((spec.B, spec.H, q.shape[2]), _NEG_INF, dtype=ct, device=q.device)
-    kv = torch.cat([k, v], dim=-1) if ring.size > 1 else None  # one message per step
+    kv = _pack_kv(k, v) if ring.size > 1 else None
     for t in range(ring.size):
         src = (ring.rank - t) % ring.size
         works, nxt = [], None
         if kv is not None and t < ring.size - 1:
             nxt = torch.empty_like(kv)
             works = ring.exchange(kv, nxt, _TAG_KV, f"pass K/V shards (forward step {t})")
-        k_t, v_t = (kv[..., :D], kv[..., D:]) if kv is not None else (k, v)
+        k_t, v_t = _split_kv(kv, k.shape, v.shape) if kv is not None else (k, v)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
             o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
             outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
@@ -211,30 +221,28 @@ def _ring_backward(
     spec: AttentionSpec, ring: _Ring, layout: Layout,
 ) -> tuple[Tensor, Tensor, Tensor]:
     per = len(chunk_ids(0, ring.size, layout))
-    cq, ck, D = q.shape[2] // per, k.shape[2] // per, spec.D
+    cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
     # Δ = rowsum(dO ∘ O); a gradient on lse adds P·dlse to dS, i.e. shifts Δ by -dlse.
     delta = (dout.to(ct) * out).sum(-1)
     if dlse is not None:
         delta = delta - dlse.to(ct).masked_fill(torch.isinf(lse), 0.0)
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
-    kv = torch.cat([k, v], dim=-1)
-    acc_in: Tensor | None = None  # gradient of the held K/V accumulated by the previous ranks
+    kv = _pack_kv(k, v) if ring.size > 1 else None
+    acc_in: Tensor | None = None  # dK|dV of the held shard accumulated by the previous ranks
     acc_works: list[dist.Work] = []
     for t in range(ring.size):
         src = (ring.rank - t) % ring.size
         works, nxt = [], None
-        if t < ring.size - 1:
+        if kv is not None and t < ring.size - 1:
             nxt = torch.empty_like(kv)
             works = ring.exchange(kv, nxt, _TAG_KV, f"pass K/V shards (backward step {t})")
-        g = torch.zeros(kv.shape, dtype=ct, device=kv.device)  # this rank's dK|dV for rank src's shard
+        k_t, v_t = _split_kv(kv, k.shape, v.shape) if kv is not None else (k, v)
+        g = torch.zeros(k.numel() + v.numel(), dtype=ct, device=k.device)  # this rank's dK|dV for src's shard
+        gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            dq_, dk_, dv_ = block_backward(
-                q[:, :, qs], kv[:, :, ks, :D], kv[:, :, ks, D:], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs], spec, i0, j0
-            )
-            dq[:, :, qs] += dq_
-            g[:, :, ks, :D] += dk_
-            g[:, :, ks, D:] += dv_
+            block_backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
+                           spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks])
         if ring.size > 1:
             if acc_in is not None:
                 ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
@@ -250,7 +258,8 @@ def _ring_backward(
     if ring.size > 1:
         ring.wait(acc_works, "return dK/dV to their owners")
     assert acc_in is not None
-    return dq, acc_in[..., :D], acc_in[..., D:]
+    dk, dv = _split_kv(acc_in, k.shape, v.shape)
+    return dq, dk, dv
 
 
 class _RingAttention(torch.autograd.Function):
