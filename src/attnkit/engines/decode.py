@@ -1,0 +1,128 @@
+"""The split-KV decode engine (Flash-Decoding on CPU threads): few queries, a long KV cache.
+
+Decoding asks ``L ≤ 16`` new queries to read a cache of ``S`` keys (up to 10⁶). One pass per
+query head (what SDPA does) re-reads every key/value head ``H/G`` times and leaves cores
+idle when ``B·H`` is small. This engine instead
+
+1. packs the ``R = H/G`` query heads of each group next to each other, so every key/value
+   row is read once per step for all heads that share it (GQA/MQA);
+2. splits the keys into one contiguous segment per intra-op thread; each thread walks its
+   segment in cache-sized tiles with the online softmax and returns a partial
+   ``(out, lse)``;
+3. merges the partials exactly with :func:`attnkit.merge_partials` (DESIGN.md).
+
+Masks follow the spec (bottom-right causal, windows, ragged ``kv_lengths``, dense boolean
+masks sliced per tile), as do ALiBi, softcap and float masks/biases. Tiles hidden by the
+structured masks are skipped; keys past the longest ``kv_lengths`` are never read.
+Gradients for ``q, k, v`` (and ``lse``) use the FlashAttention backward of
+:func:`attnkit.engines._blocks.block_backward`, recomputing from the saved ``lse``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor
+
+from ..softmax import merge_partials
+from ..spec import AttentionOutput, AttentionSpec
+from ._blocks import block_backward, block_forward
+
+NAME = "decode"
+MAX_QUERIES = 16
+# Below this many keys per segment, a thread costs more than it saves (measured, RESULTS.md).
+MIN_SEGMENT = 8192
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def unsupported(spec: AttentionSpec) -> str | None:
+    """Why this engine cannot compute ``spec`` (``None`` if it can)."""
+    if spec.L > MAX_QUERIES:
+        return f"not a decoding shape (L={spec.L} > {MAX_QUERIES} queries)"
+    if spec.normalizer != "softmax":
+        return f"normalizer {spec.normalizer!r} is not a softmax (partials merge only for softmax)"
+    if spec.dropout_p > 0:
+        return "dropout is not implemented in the decode engine"
+    if spec.return_weights:
+        return "return_weights asks for the (B, H, L, S) map, which the decode engine never builds"
+    if spec.score_mod is not None:
+        return "score_mod callables run in the flash/reference engines"
+    for name, t in (("bias", spec.bias), ("float mask", spec.float_mask), ("alibi_slopes", spec.alibi_slopes)):
+        if t is not None and t.requires_grad:
+            return f"{name} requires grad; the decode engine differentiates query, key and value only"
+    return None
+
+
+def _segments(spec: AttentionSpec, workers: int) -> list[tuple[int, int]]:
+    """Contiguous key ranges, one per worker, over the keys any row can see."""
+    S = spec.kv_bounds[1] if spec.kv_lengths is not None else spec.S  # keys past every length are padding
+    n = max(1, min(workers, S // MIN_SEGMENT))
+    step = math.ceil(S / n) if S else 0
+    return [(j, min(j + step, S)) for j in range(0, S, step)] if S else []
+
+
+def _merge_all(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Merge partial ``(out, lse)`` pairs pairwise (a balanced tree: log₂ n rounding steps)."""
+    while len(parts) > 1:
+        merged = [merge_partials(*parts[i], *parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = [(p.out, p.lse) for p in merged] + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
+
+
+def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, workers: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` in the compute dtype: key segments on threads, merged exactly.
+
+    ``workers`` defaults to ``torch.get_num_threads()``; torch kernels release the GIL, so the
+    segments run in parallel.
+    """
+    global _pool
+    workers = torch.get_num_threads() if workers is None else workers
+    segs = _segments(spec, workers)
+    if not segs:
+        return block_forward(q, k[:, :, :0], v[:, :, :0], spec)
+
+    def part(seg: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        j0, j1 = seg
+        return block_forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
+
+    if len(segs) == 1:
+        return part(segs[0])
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="attnkit-decode")
+    return _merge_all(list(_pool.map(part, segs)))
+
+
+class _DecodeAttention(torch.autograd.Function):
+    """Split-KV forward; backward recomputes probabilities from the saved ``lse``."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec):  # type: ignore[override]
+        out, lse = split_kv_forward(q, k, v, spec)
+        ctx.spec = spec
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
+        q, k, v, out, lse = ctx.saved_tensors
+        spec: AttentionSpec = ctx.spec
+        # Δ = rowsum(dO ∘ O); a gradient on lse adds P·dlse to dS, i.e. shifts Δ by -dlse.
+        delta = (dout.to(out.dtype) * out).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.to(delta.dtype).masked_fill(torch.isinf(lse), 0.0)
+        dq, dk, dv = block_backward(q, k, v, dout, lse, delta, spec)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+
+def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
+    """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see :func:`attnkit.attention`."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        out, lse = _DecodeAttention.apply(q, k, v, spec)
+    else:
+        out, lse = split_kv_forward(q, k, v, spec)
+        out = out.to(q.dtype)
+    return AttentionOutput(out, lse if spec.return_lse else None, None)

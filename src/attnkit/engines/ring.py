@@ -1,0 +1,385 @@
+"""Ring attention (Liu et al. 2023): exact attention over a sequence sharded across processes.
+
+``P`` ranks of a ``torch.distributed`` process group (gloo on CPU, NCCL on GPU) each hold
+``L/P`` queries and ``S/P`` keys/values. The K/V shards travel around the ring: at step
+``t`` rank ``r`` holds the shard of rank ``(r - t) mod P``, sends it on to ``r + 1`` and
+receives the next one from ``r - 1`` (non-blocking ``isend``/``irecv``) *while* it
+computes its queries against the shard it holds. Each step yields a partial
+``(out, lse)``; :func:`attnkit.merge_partials` merges them exactly (DESIGN.md).
+
+Causal load balance: with contiguous shards, rank ``P-1`` sees every key and rank 0 only
+its own. The zig-zag layout cuts the sequence into ``2P`` chunks and gives rank ``r``
+chunks ``r`` and ``2P-1-r``, so every rank does the same work at every step. For
+``P = 2`` (chunks 0..3)::
+
+    rank 0: chunks 0, 3        rank 1: chunks 1, 2
+
+Backward (so it trains): K/V rotate again with their gradient accumulators following one
+step behind; each rank adds its queries' contribution to the ``dK, dV`` of the shard it
+holds, and after ``P`` steps every accumulator is back home, complete. Probabilities are
+recomputed from the saved ``lse`` (FlashAttention's backward), so no rank ever stores more
+than ``O(L/P + S/P)`` activations.
+
+Failures: every wait has a timeout (the process group's, or ``timeout=``); a dead, stuck or
+mismatched rank makes the others raise :class:`attnkit.AttnkitError` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Literal, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..errors import AttnkitError
+from ..masks import block_class
+from ..softmax import merge_partials
+from ..spec import AttentionSpec
+from ._blocks import block_backward, block_forward
+
+__all__ = ["ring_attention", "shard_sequence", "unshard_sequence", "gather_sequence", "chunk_ids"]
+
+Layout = Literal["zigzag", "contiguous"]
+_LAYOUTS = ("zigzag", "contiguous")
+_NEG_INF = float("-inf")
+_TAG_KV, _TAG_DKV = 17, 18
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def chunk_ids(rank: int, world_size: int, layout: Layout = "zigzag") -> list[int]:
+    """Which of the sequence's equal chunks rank ``rank`` holds, in order.
+
+    ``"zigzag"``: ``2P`` chunks, rank ``r`` holds ``[r, 2P-1-r]``; ``"contiguous"``: ``P``
+    chunks, rank ``r`` holds ``[r]``.
+
+    Example:
+        >>> from attnkit.engines.ring import chunk_ids
+        >>> [chunk_ids(r, 4) for r in range(4)]
+        [[0, 7], [1, 6], [2, 5], [3, 4]]
+    """
+    if layout not in _LAYOUTS:
+        raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
+    return [rank, 2 * world_size - 1 - rank] if layout == "zigzag" else [rank]
+
+
+def _chunk_len(n: int, world_size: int, layout: Layout, what: str) -> int:
+    parts = world_size * len(chunk_ids(0, world_size, layout))
+    if n % parts:
+        raise AttnkitError.build(
+            f"{what} length divisible by {parts} ({layout} layout, {world_size} ranks)", str(n), "pad the sequence"
+        )
+    return n // parts
+
+
+def shard_sequence(x: Tensor, rank: int, world_size: int, *, layout: Layout = "zigzag", dim: int = 2) -> Tensor:
+    """Rank ``rank``'s shard of a full sequence ``x`` (sequence along ``dim``; 2 for ``(B, H, L, D)``).
+
+    Example:
+        >>> import torch
+        >>> from attnkit.engines.ring import shard_sequence
+        >>> shard_sequence(torch.arange(8).view(1, 1, 8, 1), 0, 2).flatten().tolist()
+        [0, 1, 6, 7]
+    """
+    c = _chunk_len(x.shape[dim], world_size, layout, "sequence")
+    return torch.cat([x.narrow(dim, i * c, c) for i in chunk_ids(rank, world_size, layout)], dim=dim)
+
+
+def unshard_sequence(shards: Sequence[Tensor], *, layout: Layout = "zigzag", dim: int = 2) -> Tensor:
+    """The full sequence from every rank's shard (``shards[r]`` from rank ``r``); inverts :func:`shard_sequence`."""
+    P = len(shards)
+    per_rank = len(chunk_ids(0, P, layout))
+    pieces: dict[int, Tensor] = {}
+    for r, s in enumerate(shards):
+        for i, cid in enumerate(chunk_ids(r, P, layout)):
+            pieces[cid] = s.chunk(per_rank, dim=dim)[i]
+    return torch.cat([pieces[i] for i in range(P * per_rank)], dim=dim)
+
+
+def gather_sequence(
+    x: Tensor, *, group: dist.ProcessGroup | None = None, layout: Layout = "zigzag", dim: int = 2
+) -> Tensor:
+    """All-gather every rank's shard and return the full sequence on every rank."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return unshard_sequence(parts, layout=layout, dim=dim)
+
+
+# --------------------------------------------------------------------------- communication
+
+
+class _Ring:
+    """Neighbour exchange on a process group; every wait is bounded and errors become AttnkitError."""
+
+    def __init__(self, group: dist.ProcessGroup | None, timeout: timedelta | None) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self.timeout = timeout
+
+    def _fail(self, err: Exception, what: str) -> AttnkitError:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # drop gloo's source path
+        limit = f"{self.timeout.total_seconds():g} s" if self.timeout else "the process group's timeout"
+        return AttnkitError.build(
+            f"all {self.size} ranks of the ring to {what} within {limit}",
+            f"{type(err).__name__} on rank {self.rank}: {first[:300]}",
+            "check the other ranks' logs: a rank died, raised, or is not calling ring_attention "
+            "(forward and backward) with the same shapes; pass a larger timeout= for slow steps",
+        )
+
+    def exchange(self, send: Tensor, recv: Tensor, tag: int, what: str) -> list[dist.Work]:
+        """Start sending ``send`` to the next rank and receiving ``recv`` from the previous one."""
+        ops = [
+            dist.P2POp(dist.isend, send, group=self.group, group_peer=(self.rank + 1) % self.size, tag=tag),
+            dist.P2POp(dist.irecv, recv, group=self.group, group_peer=(self.rank - 1) % self.size, tag=tag),
+        ]
+        try:
+            return dist.batch_isend_irecv(ops)
+        except RuntimeError as err:
+            raise self._fail(err, what) from err
+
+    def wait(self, works: list[dist.Work], what: str) -> None:
+        try:
+            for w in works:
+                if self.timeout is None:
+                    w.wait()
+                else:
+                    w.wait(timeout=self.timeout)
+        except RuntimeError as err:
+            raise self._fail(err, what) from err
+
+    def check_same(self, meta: list[int], describe: str) -> None:
+        """All-gather a small description of each rank's call; raise on every rank if they differ."""
+        mine = torch.tensor(meta, dtype=torch.int64)
+        parts = [torch.empty_like(mine) for _ in range(self.size)]
+        try:
+            work = dist.all_gather(parts, mine, group=self.group, async_op=True)
+            assert work is not None
+            self.wait([work], "agree on the call's shapes")
+        except RuntimeError as err:
+            raise self._fail(err, "agree on the call's shapes") from err
+        rows = [p.tolist() for p in parts]
+        if any(r != rows[0] for r in rows):
+            table = "; ".join(f"rank {i}: {r}" for i, r in enumerate(rows))
+            raise AttnkitError.build(
+                f"the same {describe} on every rank", table, "give every rank shards of one sequence, sharded the same way"
+            )
+
+
+# --------------------------------------------------------------------------- forward / backward
+
+
+def _pairs(spec: AttentionSpec, ring: _Ring, src: int, layout: Layout, cq: int, ck: int):
+    """Visible (query chunk, key chunk) pairs of this rank's queries against rank ``src``'s keys."""
+    for qi, qc in enumerate(chunk_ids(ring.rank, ring.size, layout)):
+        for ki, kc in enumerate(chunk_ids(src, ring.size, layout)):
+            i0, j0 = qc * cq, kc * ck
+            if block_class(spec, i0, i0 + cq, j0, j0 + ck) != "empty":
+                yield slice(qi * cq, (qi + 1) * cq), slice(ki * ck, (ki + 1) * ck), i0, j0
+
+
+def _pack_kv(k: Tensor, v: Tensor) -> Tensor:
+    """K and V in one flat buffer: one message per step, and contiguous views on both sides."""
+    return torch.cat([k.reshape(-1), v.reshape(-1)])
+
+
+def _split_kv(buf: Tensor, k_shape: torch.Size, v_shape: torch.Size) -> tuple[Tensor, Tensor]:
+    nk = k_shape.numel()
+    return buf[:nk].view(k_shape), buf[nk:].view(v_shape)
+
+
+def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: Layout) -> tuple[Tensor, Tensor]:
+    per = len(chunk_ids(0, ring.size, layout))
+    cq, ck = q.shape[2] // per, k.shape[2] // per
+    ct = spec.compute_dtype
+    outs = torch.zeros(spec.B, spec.H, q.shape[2], spec.E, dtype=ct, device=q.device)
+    lses = torch.full((spec.B, spec.H, q.shape[2]), _NEG_INF, dtype=ct, device=q.device)
+    kv = _pack_kv(k, v) if ring.size > 1 else None
+    for t in range(ring.size):
+        src = (ring.rank - t) % ring.size
+        works, nxt = [], None
+        if kv is not None and t < ring.size - 1:
+            nxt = torch.empty_like(kv)
+            works = ring.exchange(kv, nxt, _TAG_KV, f"pass K/V shards (forward step {t})")
+        k_t, v_t = _split_kv(kv, k.shape, v.shape) if kv is not None else (k, v)
+        for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
+            o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
+            outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
+        if nxt is not None:
+            ring.wait(works, f"pass K/V shards (forward step {t})")
+            kv = nxt
+    return outs, lses
+
+
+def _ring_backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None,
+    spec: AttentionSpec, ring: _Ring, layout: Layout,
+) -> tuple[Tensor, Tensor, Tensor]:
+    per = len(chunk_ids(0, ring.size, layout))
+    cq, ck = q.shape[2] // per, k.shape[2] // per
+    ct = spec.compute_dtype
+    # Δ = rowsum(dO ∘ O); a gradient on lse adds P·dlse to dS, i.e. shifts Δ by -dlse.
+    delta = (dout.to(ct) * out).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.to(ct).masked_fill(torch.isinf(lse), 0.0)
+    dq = torch.zeros(q.shape, dtype=ct, device=q.device)
+    kv = _pack_kv(k, v) if ring.size > 1 else None
+    acc_in: Tensor | None = None  # dK|dV of the held shard accumulated by the previous ranks
+    acc_works: list[dist.Work] = []
+    for t in range(ring.size):
+        src = (ring.rank - t) % ring.size
+        works, nxt = [], None
+        if kv is not None and t < ring.size - 1:
+            nxt = torch.empty_like(kv)
+            works = ring.exchange(kv, nxt, _TAG_KV, f"pass K/V shards (backward step {t})")
+        k_t, v_t = _split_kv(kv, k.shape, v.shape) if kv is not None else (k, v)
+        g = torch.zeros(k.numel() + v.numel(), dtype=ct, device=k.device)  # this rank's dK|dV for src's shard
+        gk, gv = _split_kv(g, k.shape, v.shape)
+        for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
+            block_backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
+                           spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks])
+        if ring.size > 1:
+            if acc_in is not None:
+                ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
+                g += acc_in
+            # Send on (after the last step this completes the circle: each shard's gradient goes home).
+            acc_in = torch.empty_like(g)
+            acc_works = ring.exchange(g, acc_in, _TAG_DKV, f"pass dK/dV accumulators (backward step {t})")
+        else:
+            acc_in = g
+        if nxt is not None:
+            ring.wait(works, f"pass K/V shards (backward step {t})")
+            kv = nxt
+    if ring.size > 1:
+        ring.wait(acc_works, "return dK/dV to their owners")
+    assert acc_in is not None
+    dk, dv = _split_kv(acc_in, k.shape, v.shape)
+    return dq, dk, dv
+
+
+class _RingAttention(torch.autograd.Function):
+    """Ring forward; ring backward recomputing probabilities from the saved ``lse``."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str):  # type: ignore[override]
+        out, lse = _ring_forward(q, k, v, spec, ring, layout)  # type: ignore[arg-type]
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.spec, ctx.ring, ctx.layout = spec, ring, layout
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _ring_backward(q, k, v, out, lse, dout, dlse, ctx.spec, ctx.ring, ctx.layout)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check_local(q: Tensor, k: Tensor, v: Tensor, causal: bool, layout: str) -> None:
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not isinstance(t, Tensor) or t.dim() != 4 or not t.is_floating_point():
+            raise AttnkitError.build(f"{name} shard as a 4-D floating tensor", f"{getattr(t, 'shape', type(t))}", "pass (B, H|G, L/P|S/P, D|E) shards")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise AttnkitError.build(f"{name} in {q.dtype} on {q.device} like query", f"{t.dtype} on {t.device}", "cast/move it")
+    B, H, _, D = q.shape
+    G = k.shape[1]
+    if k.shape[0] != B or k.shape[3] != D or G == 0 or H % G or tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise AttnkitError.build(
+            f"key (B, G, S/P, D) and value (B, G, S/P, E) with B={B}, D={D} and G dividing H={H}",
+            f"key {tuple(k.shape)}, value {tuple(v.shape)}", "shard q, k, v of one sequence the same way",
+        )
+    if causal and q.shape[2] != k.shape[2]:
+        raise AttnkitError.build(
+            "query and key shards of equal length for causal ring attention (one sequence)",
+            f"{q.shape[2]} and {k.shape[2]}", "shard q, k, v of the same sequence",
+        )
+    if layout == "zigzag" and (q.shape[2] % 2 or k.shape[2] % 2):
+        raise AttnkitError.build("even shard lengths (two zig-zag chunks per rank)", f"{q.shape[2]}, {k.shape[2]}", "pad the sequence to a multiple of 2P")
+
+
+def ring_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    group: dist.ProcessGroup | None = None,
+    layout: Layout = "zigzag",
+    timeout: float | timedelta | None = None,
+    return_lse: bool = False,
+    check: bool = True,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Exact softmax attention of a sequence sharded across the ranks of ``group``.
+
+    Call it on every rank with that rank's shards (see :func:`shard_sequence`); each rank gets
+    its own queries' output. Equals ``attnkit.attention`` on the gathered sequence.
+
+    Args:
+        query: ``(B, H, L/P, D)`` this rank's queries. key: ``(B, G, S/P, D)``; value:
+            ``(B, G, S/P, E)`` with ``H % G == 0`` (GQA/MQA).
+        causal: causal self-attention over one sequence (needs ``L == S``; with ``L == S``
+            bottom-right and top-left alignment agree). Non-causal allows ``L != S``.
+        scale: multiplier of ``q·k``, default ``1/√D``.
+        group: the process group (default: the world, as set up by ``torchrun`` or
+            ``torch.distributed.init_process_group``).
+        layout: how the full sequence was sharded: ``"zigzag"`` (``2P`` chunks, rank ``r``
+            holds ``r`` and ``2P-1-r``: balanced causal work) or ``"contiguous"``.
+        timeout: seconds (or ``timedelta``) each communication may take before every live
+            rank raises :class:`AttnkitError`; default: the process group's timeout.
+        return_lse: also return ``lse (B, H, L/P)`` (float32; float64 for float64 input).
+        check: all-gather the call's shapes first, so a rank with mismatched shards makes
+            every rank raise instead of exchanging garbage (one tiny collective per call).
+
+    Returns:
+        ``out (B, H, L/P, E)`` in the input dtype (and ``lse``). Differentiable in query, key
+        and value; backward is collective too: every rank must call it.
+
+    Raises:
+        AttnkitError: shapes differ between ranks, a rank died or stalled past the timeout,
+            or ``torch.distributed`` is not initialized.
+
+    Example (run under ``torchrun --nproc-per-node 2``)::
+
+        dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+        r, P = dist.get_rank(), dist.get_world_size()
+        q, k, v = (shard_sequence(t, r, P) for t in (q_full, k_full, v_full))
+        out = ring_attention(q, k, v, causal=True)          # this rank's rows
+        full = gather_sequence(out)                          # == attnkit.attention(q_full, ..., causal=True)
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise AttnkitError.build(
+            "an initialized torch.distributed process group", "none",
+            'launch with torchrun, or call torch.distributed.init_process_group("gloo", timeout=...) first',
+        )
+    if layout not in _LAYOUTS:
+        raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
+    _check_local(query, key, value, causal, layout)
+    td = timedelta(seconds=timeout) if isinstance(timeout, (int, float)) else timeout
+    ring = _Ring(group, td)
+    B, H, Lc, D = query.shape
+    G, Sc, E = key.shape[1], key.shape[2], value.shape[3]
+    if check and ring.size > 1:
+        dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        meta = [B, H, G, Lc, Sc, D, E, dtypes.index(query.dtype) if query.dtype in dtypes else -1, int(causal), _LAYOUTS.index(layout)]
+        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout]")
+    L, S = Lc * ring.size, Sc * ring.size
+    spec = AttentionSpec(
+        B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=query.dtype, device=query.device,
+        scale=float(scale) if scale is not None else (D**-0.5 if D else 1.0),
+        causal="bottom_right" if causal else None,
+        offset_bounds=(S - L, S - L), kv_bounds=(S, S), q_bounds=(L, L),
+    )
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        out, lse = _RingAttention.apply(query, key, value, spec, ring, layout)
+    else:
+        out, lse = _ring_forward(query, key, value, spec, ring, layout)
+        out = out.to(query.dtype)
+    return (out, lse) if return_lse else out
