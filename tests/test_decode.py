@@ -101,7 +101,7 @@ def test_low_precision_flash_rule(dtype):
 
 
 def test_dispatch_picks_decode_for_decoding_shapes():
-    q, k, v = qkv(1, 8, 2, 1, 300, 16)
+    q, k, v = qkv(1, 8, 2, 1, 3000, 16)  # long enough that the keys span several blocks
     assert attnkit.explain(q, k, v, causal=True).engine == "decode"
     q17 = torch.randn(1, 8, 17, 16)
     d = attnkit.explain(q17, k, v)
@@ -111,10 +111,13 @@ def test_dispatch_picks_decode_for_decoding_shapes():
         (dict(normalizer="sparsemax"), "normalizer"),
         (dict(return_weights=True), "return_weights"),
         (dict(score_mod=lambda s, b, h, i, j: s), "score_mod"),
-        (dict(bias=torch.zeros(1, 8, 1, 300, requires_grad=True)), "bias requires grad"),
+        (dict(bias=torch.zeros(1, 8, 1, 3000, requires_grad=True)), "bias requires grad"),
     ]:
         d = attnkit.explain(q, k, v, **kw)
-        assert d.engine == "reference" and why in d.reasons["decode"], (kw, str(d))
+        assert d.engine != "decode" and why in d.reasons["decode"], (kw, str(d))
+    q, k, v = qkv(1, 8, 2, 1, 300, 16)  # one block: nothing to split
+    d = attnkit.explain(q, k, v)
+    assert d.engine == "reference" and "one block" in d.reasons["decode"]
     with pytest.raises(attnkit.AttnkitError, match="decode"):
         attnkit.attention(q17, k, v, engine="decode")
 

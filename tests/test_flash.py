@@ -213,7 +213,7 @@ def test_dispatch_reasons():
 
 def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
     monkeypatch.setattr(flash, "BLOCK_K", 8)  # so these small inputs span several flash blocks
-    q, k, v = qkv(1, 4, 2, 8, 200, 8)
+    q, k, v = qkv(1, 4, 2, 32, 200, 8)  # L > 16: not a decoding shape
     assert attnkit.explain(q, k, v).engine == "sdpa"
     assert attnkit.explain(q, k, v, causal="top_left").engine == "sdpa"
     d = attnkit.explain(q, k, v, causal=True)  # bottom-right with L != S
