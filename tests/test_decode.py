@@ -116,7 +116,7 @@ def test_dispatch_picks_decode_for_decoding_shapes():
         d = attnkit.explain(q, k, v, **kw)
         assert d.engine != "decode" and why in d.reasons["decode"], (kw, str(d))
     q, k, v = qkv(1, 8, 2, 1, 300, 16)  # one block: nothing to split
-    d = attnkit.explain(q, k, v)
+    d = attnkit.explain(q, k, v, causal=True)
     assert d.engine == "reference" and "one block" in d.reasons["decode"]
     with pytest.raises(attnkit.AttnkitError, match="decode"):
         attnkit.attention(q17, k, v, engine="decode")
