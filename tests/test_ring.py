@@ -97,7 +97,7 @@ CONFIGS = [  # (dtype, layout, causal, small tiles)
     for dtype in (torch.float64, torch.float32)
     for layout in ("zigzag", "contiguous")
     for causal in (False, True)
-]
+] + [(torch.bfloat16, "zigzag", True, False)]  # half-precision messages, float32 accumulators
 
 
 def _against_reference(rank: int, world: int) -> list[dict]:
@@ -149,10 +149,11 @@ def test_ring_equals_reference(world):
                 # Same float64 arithmetic in another order: rounding ~ N·eps on O(1) values.
                 assert max(row["vs64"]) <= 64 * 2 * world * 5 * EPS64, (name, row["vs64"])
             else:
-                # FlashAttention's rule vs the float32 reference, and the 1e-5 target.
+                # FlashAttention's rule vs the same-dtype reference; for float32 also the 1e-5 target.
                 for ours, base in zip(row["vs64"], row["base"]):
                     assert ours <= 2 * base + 1e-6, (name, row)
-                assert max(row["vs_same"]) <= 1e-5, (name, row["vs_same"])
+                if "float32" in row["config"][0]:
+                    assert max(row["vs_same"]) <= 1e-5, (name, row["vs_same"])
 
 
 def _gradcheck_single_rank_groups(rank: int, world: int) -> bool:
@@ -245,6 +246,7 @@ def test_failures_raise_within_the_timeout(mode):
         print(f"{mode}, rank {r} after {got['elapsed']:.2f} s: {got['msg']}")
         if mode == "mismatch":
             assert "rank 0: [1, 2, 2, 6, 6" in got["msg"] and "rank 1: [1, 2, 2, 4, 4" in got["msg"]
+            assert "requires_grad" in got["msg"]
 
 
 @pytest.mark.slow

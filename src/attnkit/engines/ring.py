@@ -20,6 +20,10 @@ holds, and after ``P`` steps every accumulator is back home, complete. Probabili
 recomputed from the saved ``lse`` (FlashAttention's backward), so no rank ever stores more
 than ``O(L/P + S/P)`` activations.
 
+Memory per rank: its shards of Q, K, V, O, dO, dQ plus, for the overlap, two K|V buffers
+(the shard in use and the next one arriving) and three dK|dV accumulators (being computed,
+arriving, leaving), all allocated once per call.
+
 Failures: every wait has a timeout (the process group's, or ``timeout=``); a dead, stuck or
 mismatched rank makes the others raise :class:`attnkit.AttnkitError` instead of hanging.
 """
@@ -207,6 +211,8 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
         src = (ring.rank - t) % ring.size
         last = t == ring.size - 1
         works = [] if last or not bufs else ring.exchange(bufs[cur], bufs[1 - cur], _TAG_KV, f"pass K/V shards (forward step {t})")
+        if last and bufs:
+            bufs[1 - cur] = bufs[cur]  # nothing more arrives: free the spare buffer
         k_t, v_t = _split_kv(bufs[cur], k.shape, v.shape) if bufs else (k, v)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
             o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
@@ -240,6 +246,8 @@ def _ring_backward(
         src = (ring.rank - t) % ring.size
         last = t == ring.size - 1
         works = [] if last or not kv else ring.exchange(kv[cur], kv[1 - cur], _TAG_KV, f"pass K/V shards (backward step {t})")
+        if last and kv:
+            kv[1 - cur] = kv[cur]  # nothing more arrives: free the spare buffer
         k_t, v_t = _split_kv(kv[cur], k.shape, v.shape) if kv else (k, v)
         g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
@@ -375,8 +383,10 @@ def ring_attention(
     if check and ring.size > 1:
         dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         dtype_code = dtypes.index(query.dtype) if query.dtype in dtypes else -1
-        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout)]
-        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout]")
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad)]
+        # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
+        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad]")
     L, S = Lc * ring.size, Sc * ring.size
     spec = AttentionSpec(
         B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=query.dtype, device=query.device,
