@@ -38,7 +38,7 @@ def run_example(P: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ring.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(P), "--master-port", str(29500 + P),
-               "-m", "attnkit.examples.ring_attention", "--seq-len", str(args.seq_len), "--heads", str(args.heads),
+               "-m", "attnkit.examples.ring_attention", "--seq-len", str(args.seq_len), "--heads", str(args.heads), "--kv-heads", str(args.kv_heads or args.heads),
                "--head-dim", str(args.head_dim), "--json", out, "--check-len", "512", "--threads", str(args.threads)]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -102,7 +102,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seq-len", type=int, default=65536)
     ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--kv-heads", type=int, default=None, help="G (default H)")
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--no-step", action="store_true", help="skip the one-step compute/comm measurement")
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     # One thread per rank: on a shared 2-core machine OpenMP teams of 2 stall on a busy core
     # (measured 10-30x slowdowns), and it keeps P=1 and P=4 comparable per core.
@@ -110,11 +112,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     N, H, D = args.seq_len, args.heads, args.head_dim
-    results: dict = {"seq_len": N, "H": H, "D": D, "runs": {}}
+    G = args.kv_heads or H
+    results: dict = {"seq_len": N, "H": H, "G": G, "D": D, "runs": {}}
     for P in args.worlds:
         results["runs"][P] = run_example(P, args)
 
-    print(f"\nper-rank peak memory, S={N}, H=G={H}, D={D}, causal, zig-zag, forward + backward")
+    print(f"\nper-rank peak memory, S={N}, H={H}, G={G}, D={D}, causal, zig-zag, forward + backward")
     print("P   shard   peak RSS MiB (max over ranks)   above start MiB   x of P=1   ideal 1/P   fwd s   bwd s")
     first = None
     for P, res in results["runs"].items():
@@ -126,9 +129,11 @@ def main() -> None:
         bwd = max(r["backward_s"] or 0 for r in ranks)
         print(f"{P:<3} {ranks[0]['shard']:6d} {peak:30.1f} {added:17.1f} {added / first:10.2f} {1 / P:11.2f} {fwd:7.1f} {bwd:7.1f}")
 
+    if args.no_step:
+        return _dump(results, args.json)
     # One ring step at P = 4 (shard c = N/4): compute of a full c × c block vs exchanging the K/V shard.
     c = N // 4
-    t_comp = block_step_seconds(c, H, D)
+    t_comp = block_step_seconds(c, H, D)  # MHA block; the K/V message below is for these H heads too
     kv_bytes = 2 * H * c * D * 4
     t_comm = exchange_seconds(kv_bytes)
     flops = 4 * H * c * c * D
@@ -138,8 +143,12 @@ def main() -> None:
     print(f"\none ring step at shard {c}: compute {t_comp:.3f} s ({s['GFLOPs']:.1f} GFLOP/s, 1 thread, full block), "
           f"K/V exchange {kv_bytes / MiB:.1f} MiB in {t_comm:.4f} s ({s['GBps']:.2f} GB/s gloo localhost); "
           f"compute / comm = {t_comp / t_comm:.0f}")
-    if args.json:
-        with open(args.json, "w") as f:
+    _dump(results, args.json)
+
+
+def _dump(results: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=1)
 
 

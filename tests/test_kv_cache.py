@@ -18,7 +18,7 @@ EPS64 = torch.finfo(torch.float64).eps
 def test_single_token_appends_reallocate_logarithmically():
     cache = KVCache(capacity=16)
     ks, vs, ptrs = [], [], set()
-    for t in range(1000):
+    for _ in range(1000):
         k, v = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 1, 5)
         before = cache.reallocations
         cache.append(k, v)
@@ -46,7 +46,7 @@ def test_ragged_counts_write_each_row_at_its_own_length():
     g = torch.Generator().manual_seed(0)
     cache = KVCache(capacity=2)
     rows: list[list[torch.Tensor]] = [[], [], []]
-    for step in range(6):
+    for _ in range(6):
         T = 3
         k = torch.randn(3, 2, T, 4, generator=g)
         counts = torch.randint(0, T + 1, (3,), generator=g)
@@ -71,7 +71,7 @@ def test_decoding_through_a_ragged_cache_equals_per_row_reference(H, G):
     k0, v0 = torch.randn(B, G, 17, D, generator=g, dtype=torch.float64), torch.randn(B, G, 17, D, generator=g, dtype=torch.float64)
     cache.append(k0, v0, counts=prompt)
     slopes = attnkit.alibi_slopes(H).double()
-    for step in range(20):
+    for _ in range(20):
         cache.append(torch.randn(B, G, 1, D, generator=g, dtype=torch.float64), torch.randn(B, G, 1, D, generator=g, dtype=torch.float64))
         q = torch.randn(B, H, 1, D, generator=g, dtype=torch.float64)
         # Short caches dispatch to the reference engine (one block); force the engine under test.
@@ -122,7 +122,7 @@ def test_docstring_examples_run():
 def test_errors_say_what_and_how():
     cache = KVCache()
     with pytest.raises(attnkit.AttnkitError, match="append"):
-        cache.keys
+        _ = cache.keys
     cache.append(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
     with pytest.raises(attnkit.AttnkitError, match=r"\(B, G, D, E\)"):
         cache.append(torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 4))

@@ -56,7 +56,9 @@ class KVCache:
 
     def __init__(self, capacity: int = 256, growth: float = 2.0) -> None:
         if capacity < 1 or not growth > 1:
-            raise AttnkitError.build("capacity >= 1 and growth > 1", f"capacity={capacity}, growth={growth}", "e.g. KVCache(256, 2.0)")
+            raise AttnkitError.build(
+                "capacity >= 1 and growth > 1", f"capacity={capacity}, growth={growth}", "e.g. KVCache(256, 2.0)"
+            )
         self._initial = int(capacity)
         self.growth = float(growth)
         self._k: Tensor | None = None
@@ -112,7 +114,9 @@ class KVCache:
                 "split heads with .view(B, T, G, D).transpose(1, 2)",
             )
         if k.dtype != v.dtype or k.device != v.device:
-            raise AttnkitError.build("k and v of one dtype and device", f"{k.dtype}/{k.device} and {v.dtype}/{v.device}", "cast one of them")
+            raise AttnkitError.build(
+                "k and v of one dtype and device", f"{k.dtype}/{k.device} and {v.dtype}/{v.device}", "cast one of them"
+            )
         if self._k is not None and self._v is not None:
             want = (self._k.shape[0], self._k.shape[1], self._k.shape[3], self._v.shape[3])
             got = (k.shape[0], k.shape[1], k.shape[3], v.shape[3])
@@ -153,8 +157,11 @@ class KVCache:
             self._lengths = torch.zeros(B, dtype=torch.int64, device=k.device)
         if counts is not None:
             counts = torch.as_tensor(counts, device=k.device)
-            if counts.shape != (B,) or counts.is_floating_point() or (B and (int(counts.min()) < 0 or int(counts.max()) > T)):
-                raise AttnkitError.build(f"counts of shape ({B},) with ints in [0, {T}]", f"{counts.tolist()}", "count the real new tokens per row")
+            bad_range = B and (int(counts.min()) < 0 or int(counts.max()) > T)
+            if counts.shape != (B,) or counts.is_floating_point() or bad_range:
+                raise AttnkitError.build(
+                    f"counts of shape ({B},) with ints in [0, {T}]", f"{counts.tolist()}", "count the real new tokens per row"
+                )
             counts = counts.to(torch.int64)
             if B and bool((counts == T).all()):
                 counts = None

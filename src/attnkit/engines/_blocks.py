@@ -123,8 +123,8 @@ def block_forward(
             s = _scores(qp, kc[:, :, c:d], spec, i0 + a, j0 + c, mods, keys_major)
             p, alpha = state.update(s, dim=-2 if keys_major else -1)  # p = exp(s - m_new); alpha rescales the past
             acc = acc * alpha.unsqueeze(-1) + torch.matmul(p.transpose(-1, -2) if keys_major else p, vc[:, :, c:d])
-        l = state.l.unsqueeze(-1)
-        out[:, :, a:b] = _unpack(acc / l.masked_fill(l == 0, 1.0), H)
+        total = state.l.unsqueeze(-1)
+        out[:, :, a:b] = _unpack(acc / total.masked_fill(total == 0, 1.0), H)
         lse[:, :, a:b] = state.lse.reshape(B, H, b - a)
     return out, lse
 

@@ -20,6 +20,10 @@ holds, and after ``P`` steps every accumulator is back home, complete. Probabili
 recomputed from the saved ``lse`` (FlashAttention's backward), so no rank ever stores more
 than ``O(L/P + S/P)`` activations.
 
+Memory per rank: its shards of Q, K, V, O, dO, dQ plus, for the overlap, two K|V buffers
+(the shard in use and the next one arriving) and three dK|dV accumulators (being computed,
+arriving, leaving), all allocated once per call.
+
 Failures: every wait has a timeout (the process group's, or ``timeout=``); a dead, stuck or
 mismatched rank makes the others raise :class:`attnkit.AttnkitError` instead of hanging.
 """
@@ -199,20 +203,23 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
     ct = spec.compute_dtype
     outs = torch.zeros(spec.B, spec.H, q.shape[2], spec.E, dtype=ct, device=q.device)
     lses = torch.full((spec.B, spec.H, q.shape[2]), _NEG_INF, dtype=ct, device=q.device)
-    kv = _pack_kv(k, v) if ring.size > 1 else None
+    # Two K|V buffers in turn: compute on one while the next shard arrives in the other
+    # (allocated once: no allocator churn, and the peak is exactly two shards).
+    bufs = [_pack_kv(k, v), torch.empty(k.numel() + v.numel(), dtype=k.dtype, device=k.device)] if ring.size > 1 else []
+    cur = 0
     for t in range(ring.size):
         src = (ring.rank - t) % ring.size
-        works, nxt = [], None
-        if kv is not None and t < ring.size - 1:
-            nxt = torch.empty_like(kv)
-            works = ring.exchange(kv, nxt, _TAG_KV, f"pass K/V shards (forward step {t})")
-        k_t, v_t = _split_kv(kv, k.shape, v.shape) if kv is not None else (k, v)
+        last = t == ring.size - 1
+        works = [] if last or not bufs else ring.exchange(bufs[cur], bufs[1 - cur], _TAG_KV, f"pass K/V shards (forward step {t})")
+        if last and bufs:
+            bufs[1 - cur] = bufs[cur]  # nothing more arrives: free the spare buffer
+        k_t, v_t = _split_kv(bufs[cur], k.shape, v.shape) if bufs else (k, v)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
             o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
             outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
-        if nxt is not None:
+        if works:
             ring.wait(works, f"pass K/V shards (forward step {t})")
-            kv = nxt
+            cur = 1 - cur
     return outs, lses
 
 
@@ -228,37 +235,40 @@ def _ring_backward(
     if dlse is not None:
         delta = delta - dlse.to(ct).masked_fill(torch.isinf(lse), 0.0)
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
-    kv = _pack_kv(k, v) if ring.size > 1 else None
-    acc_in: Tensor | None = None  # dK|dV of the held shard accumulated by the previous ranks
+    n = k.numel() + v.numel()
+    kv = [_pack_kv(k, v), torch.empty(n, dtype=k.dtype, device=k.device)] if ring.size > 1 else []
+    # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
+    # rank, one on its way to the next rank (so the transfer overlaps the next step's compute).
+    acc = [torch.empty(n, dtype=ct, device=k.device) for _ in range(3 if ring.size > 1 else 1)]
+    cur, comp, sending, receiving = 0, 0, -1, -1
     acc_works: list[dist.Work] = []
     for t in range(ring.size):
         src = (ring.rank - t) % ring.size
-        works, nxt = [], None
-        if kv is not None and t < ring.size - 1:
-            nxt = torch.empty_like(kv)
-            works = ring.exchange(kv, nxt, _TAG_KV, f"pass K/V shards (backward step {t})")
-        k_t, v_t = _split_kv(kv, k.shape, v.shape) if kv is not None else (k, v)
-        g = torch.zeros(k.numel() + v.numel(), dtype=ct, device=k.device)  # this rank's dK|dV for src's shard
+        last = t == ring.size - 1
+        works = [] if last or not kv else ring.exchange(kv[cur], kv[1 - cur], _TAG_KV, f"pass K/V shards (backward step {t})")
+        if last and kv:
+            kv[1 - cur] = kv[cur]  # nothing more arrives: free the spare buffer
+        k_t, v_t = _split_kv(kv[cur], k.shape, v.shape) if kv else (k, v)
+        g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
             block_backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
                            spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks])
         if ring.size > 1:
-            if acc_in is not None:
+            if t > 0:
                 ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
-                g += acc_in
-            # Send on (after the last step this completes the circle: each shard's gradient goes home).
-            acc_in = torch.empty_like(g)
-            acc_works = ring.exchange(g, acc_in, _TAG_DKV, f"pass dK/dV accumulators (backward step {t})")
-        else:
-            acc_in = g
-        if nxt is not None:
+                g += acc[receiving]  # what the previous ranks added to this shard's gradient
+            # Send on; after the last step this completes the circle: each gradient goes home.
+            free = ({0, 1, 2} - {comp, receiving}).pop() if t > 0 else 1
+            sending, receiving = comp, free
+            acc_works = ring.exchange(acc[sending], acc[receiving], _TAG_DKV, f"pass dK/dV accumulators (backward step {t})")
+            comp = ({0, 1, 2} - {sending, receiving}).pop()
+        if works:
             ring.wait(works, f"pass K/V shards (backward step {t})")
-            kv = nxt
+            cur = 1 - cur
     if ring.size > 1:
         ring.wait(acc_works, "return dK/dV to their owners")
-    assert acc_in is not None
-    dk, dv = _split_kv(acc_in, k.shape, v.shape)
+    dk, dv = _split_kv(acc[receiving if ring.size > 1 else comp], k.shape, v.shape)
     return dq, dk, dv
 
 
@@ -285,7 +295,9 @@ class _RingAttention(torch.autograd.Function):
 def _check_local(q: Tensor, k: Tensor, v: Tensor, causal: bool, layout: str) -> None:
     for name, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, Tensor) or t.dim() != 4 or not t.is_floating_point():
-            raise AttnkitError.build(f"{name} shard as a 4-D floating tensor", f"{getattr(t, 'shape', type(t))}", "pass (B, H|G, L/P|S/P, D|E) shards")
+            raise AttnkitError.build(
+                f"{name} shard as a 4-D floating tensor", f"{getattr(t, 'shape', type(t))}", "pass (B, H|G, L/P|S/P, D|E) shards"
+            )
         if t.dtype != q.dtype or t.device != q.device:
             raise AttnkitError.build(f"{name} in {q.dtype} on {q.device} like query", f"{t.dtype} on {t.device}", "cast/move it")
     B, H, _, D = q.shape
@@ -301,7 +313,9 @@ def _check_local(q: Tensor, k: Tensor, v: Tensor, causal: bool, layout: str) -> 
             f"{q.shape[2]} and {k.shape[2]}", "shard q, k, v of the same sequence",
         )
     if layout == "zigzag" and (q.shape[2] % 2 or k.shape[2] % 2):
-        raise AttnkitError.build("even shard lengths (two zig-zag chunks per rank)", f"{q.shape[2]}, {k.shape[2]}", "pad the sequence to a multiple of 2P")
+        raise AttnkitError.build(
+            "even shard lengths (two zig-zag chunks per rank)", f"{q.shape[2]}, {k.shape[2]}", "pad the sequence to a multiple of 2P"
+        )
 
 
 def ring_attention(
@@ -368,8 +382,11 @@ def ring_attention(
     G, Sc, E = key.shape[1], key.shape[2], value.shape[3]
     if check and ring.size > 1:
         dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-        meta = [B, H, G, Lc, Sc, D, E, dtypes.index(query.dtype) if query.dtype in dtypes else -1, int(causal), _LAYOUTS.index(layout)]
-        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout]")
+        dtype_code = dtypes.index(query.dtype) if query.dtype in dtypes else -1
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad)]
+        # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
+        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad]")
     L, S = Lc * ring.size, Sc * ring.size
     spec = AttentionSpec(
         B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=query.dtype, device=query.device,
