@@ -255,7 +255,20 @@ def _memory_probe(payload: str) -> None:
     c["window"] = tuple(c["window"]) if c["window"] else None
     torch.set_num_threads(torch.get_num_threads())
     _step(Case(**c), spec["impl"], spec["mode"])()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+    print(_peak_rss_mib())
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve from
+    the parent, so a child would report the benchmark process's own peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
