@@ -54,7 +54,7 @@ class TrainConfig:
 
     ``train_size``/``valid_size`` apply to ``dates``; a TSV file is shuffled with ``seed`` and
     split, ``valid_fraction`` of it held out. The defaults train the date task to >= 95% held-out
-    exact match in a few minutes on 2 CPU cores (see ``benchmarks/RESULTS_seq2seq.md``).
+    exact match in a few minutes on 2 CPU cores (see ``benchmarks/RESULTS.md``).
     """
 
     data: str = "dates"
