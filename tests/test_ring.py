@@ -257,7 +257,7 @@ def test_example_runs_under_torchrun(tmp_path):
     import sys
 
     out = tmp_path / "ring.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29431",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "attnkit.examples.ring_attention", "--seq-len", "512", "--check-len", "128", "--timeout", "60",
            "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
