@@ -37,7 +37,7 @@ MiB = 1 << 20
 def run_example(P: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ring.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(P), "--master-port", str(29500 + P),
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(P),
                "-m", "attnkit.examples.ring_attention", "--seq-len", str(args.seq_len), "--heads", str(args.heads), "--kv-heads", str(args.kv_heads or args.heads),
                "--head-dim", str(args.head_dim), "--json", out, "--check-len", "512", "--threads", str(args.threads)]
         t = time.perf_counter()

@@ -31,6 +31,7 @@ def small_tiles(monkeypatch):
     """Force many query/key tiles and several thread segments on small inputs."""
     monkeypatch.setattr(_blocks, "_TILE_ELEMS", 96)
     monkeypatch.setattr(_blocks, "_MAX_TILE_Q", 3)
+    monkeypatch.setattr(_blocks, "_MIN_TILE_K", 1)
     monkeypatch.setattr(decode, "MIN_SEGMENT", 16)
 
 

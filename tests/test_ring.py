@@ -105,9 +105,9 @@ def _against_reference(rank: int, world: int) -> list[dict]:
     B, H, G, D, E, c = 2, 4, 2, 11, 7, 5
     N = 2 * world * c  # divisible by 2P (zigzag) and P (contiguous)
     report = []
-    default_tiles = _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q
+    default_tiles = _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K
     for n, (dtype, layout, causal, small) in enumerate(CONFIGS):
-        _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q = (64, 4) if small else default_tiles
+        _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K = (64, 4, 1) if small else default_tiles
         q, k, v = qkv(B, H, G, N, N, D, E, dtype=torch.float64, seed=n)
         dout = torch.randn(B, H, N, E, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + n))
         refs = {}
@@ -159,7 +159,7 @@ def test_ring_equals_reference(world):
 def _gradcheck_single_rank_groups(rank: int, world: int) -> bool:
     """gradcheck the ring's autograd.Function on a one-rank group (every rank its own group)."""
     groups = [dist.new_group([r]) for r in range(world)]
-    _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q = 8, 2
+    _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K = 8, 2, 1
     q, k, v = qkv(1, 2, 1, 4, 4, 3, dtype=torch.float64, seed=rank, requires_grad=True)
 
     def f(q, k, v):
@@ -257,7 +257,7 @@ def test_example_runs_under_torchrun(tmp_path):
     import sys
 
     out = tmp_path / "ring.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29431",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "attnkit.examples.ring_attention", "--seq-len", "512", "--check-len", "128", "--timeout", "60",
            "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})

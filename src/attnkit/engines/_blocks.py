@@ -35,15 +35,17 @@ _NEG_INF = float("-inf")
 # (measured best of 64K..4M elements on the 2-core benchmark machine, RESULTS.md).
 _TILE_ELEMS = 1 << 18
 _MAX_TILE_Q = 256
+_MIN_TILE_K = 128
 # Packed query rows (R·Lt) up to which scores are computed keys-major (see _scores).
 _KEYS_MAJOR_ROWS = 64
 
 
 def tile_sizes(spec: AttentionSpec, Lb: int, Sb: int) -> tuple[int, int]:
-    """Query and key tile lengths for a ``Lb × Sb`` block (at least 1 each)."""
-    tq = max(1, min(Lb, _MAX_TILE_Q))
-    rows = max(1, spec.B * spec.H * tq)
-    tk = max(1, min(Sb, _TILE_ELEMS // rows))
+    """Query and key tile lengths for a ``Lb × Sb`` block: about ``_TILE_ELEMS`` scores per tile,
+    with at least ``_MIN_TILE_K`` keys (so a large ``B·H`` shrinks the query tile, not the key tile)."""
+    bh = max(1, spec.B * spec.H)
+    tq = max(1, min(Lb, _MAX_TILE_Q, _TILE_ELEMS // (bh * _MIN_TILE_K)))
+    tk = max(1, min(Sb, max(_MIN_TILE_K, _TILE_ELEMS // (bh * tq))))
     return tq, tk
 
 
