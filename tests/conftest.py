@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 # The suite runs on 2 cores; keep torch from oversubscribing under pytest.
@@ -34,3 +35,12 @@ def qkv(B, H, G, L, S, D, E=None, *, dtype=torch.float32, seed=0, requires_grad=
     k = torch.randn(B, G, S, D, generator=g, dtype=torch.float64).to(dtype)
     v = torch.randn(B, G, S, E, generator=g, dtype=torch.float64).to(dtype)
     return tuple(t.requires_grad_(requires_grad) for t in (q, k, v))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread, then restore the suite's setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,8 @@ F64 = torch.float64
 EPS = 64 * torch.finfo(F64).eps  # a few float64 roundings per sum of ~dozens of terms
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids stalls on a busy machine; restore the suite's setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors gain nothing from a second thread and stall on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(B=3, L=5, S=7, Dq=6, Dk=6, Dv=4, seed=0):

@@ -24,13 +24,8 @@ ATTENTION = ["dot", "general", "additive"]
 F32_EPS = torch.finfo(torch.float32).eps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny GRUs gain nothing from a second thread and stall on a busy machine; restore the suite's setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors gain nothing from a second thread and stall on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(score: str, seed: int = 0) -> Seq2Seq:
