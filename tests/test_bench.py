@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attnkit import bench
+from attnkit.cli import benchmark as bench
 from attnkit.cli import main
 
 

@@ -51,3 +51,12 @@ def test_bad_input_one_line_exit_2(args):
 def test_negative_numbers_are_values(capsys):
     assert main(["softmax", "-1", "-2"]) == 0
     assert capsys.readouterr().out.strip() == "softmax = [0.731, 0.269]"
+
+
+def test_python_dash_m_attnkit_and_version():
+    from attnkit import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "attnkit", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"attnkit {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "attnkit", "softmax", "1", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "softmax = [0.500, 0.500]" in proc.stdout

@@ -8,7 +8,7 @@
 - :mod:`~attnkit.seq2seq.evaluate`: exact match by input length; the alignment score.
 - :mod:`~attnkit.seq2seq.plot`: the alignment heatmap (matplotlib).
 
-The command line: ``attnkit seq2seq train | translate | evaluate`` (:mod:`~attnkit.seq2seq.cli`).
+The command line: ``attnkit seq2seq train | translate | evaluate`` (:mod:`attnkit.cli.seq2seq`).
 """
 
 __all__: list[str] = []

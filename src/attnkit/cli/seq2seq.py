@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from attnkit.errors import AttnkitError
+from ..errors import AttnkitError
 
 __all__ = ["register"]
 
@@ -24,7 +24,7 @@ def _threads(n: int) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import CHECKPOINT, Trainer, TrainConfig
+    from ..seq2seq.train import CHECKPOINT, Trainer, TrainConfig
 
     _threads(args.threads)
     out = Path(args.out)
@@ -57,7 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from .train import load_translator
+    from ..seq2seq.train import load_translator
 
     _threads(args.threads)
     translator = load_translator(args.model)
@@ -70,7 +70,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
             if t.weights is None:
                 raise AttnkitError.build("a model with attention for --plot", "score=none (a fixed context, no weights)",
                                          "train with --score general, dot or additive")
-            from .plot import plot_alignment
+            from ..seq2seq.plot import plot_alignment
 
             plot_alignment(t.weights, t.source_tokens, t.output_tokens, path=args.plot, title=f"{text} → {t.output}")
             print(f"alignment heatmap written to {args.plot}")
@@ -78,9 +78,9 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import load_tsv
-    from .evaluate import evaluate, format_report
-    from .train import config_of, load_checkpoint, load_data, load_translator
+    from ..seq2seq.data import load_tsv
+    from ..seq2seq.evaluate import evaluate, format_report
+    from ..seq2seq.train import config_of, load_checkpoint, load_data, load_translator
 
     _threads(args.threads)
     translator = load_translator(args.model)
@@ -99,7 +99,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``attnkit seq2seq {train,translate,evaluate}`` to the top-level parser."""
-    from .model import SCORES
+    from ..seq2seq.model import SCORES
 
     p = sub.add_parser("seq2seq", help="encoder-decoder translator with attention (train, translate, evaluate)",
                        description="A bidirectional-GRU encoder and a GRU decoder with attention, trained on CPU.")

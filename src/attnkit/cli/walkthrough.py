@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AttnkitError
+from ..errors import AttnkitError
 
 __all__ = ["SoftmaxSteps", "softmax_steps", "format_steps"]
 
@@ -47,7 +47,7 @@ def softmax_steps(values: list[float], temperature: float = 1.0) -> SoftmaxSteps
     """Compute the walkthrough for ``values``.
 
     Example:
-        >>> from attnkit.walkthrough import softmax_steps
+        >>> from attnkit.cli.walkthrough import softmax_steps
         >>> [round(p, 3) for p in softmax_steps([2.0, 1.0, 0.1]).probs]
         [0.659, 0.242, 0.099]
     """

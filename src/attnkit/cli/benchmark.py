@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .functional import attention
-from .scores import alibi_slopes
+from ..functional import attention
+from ..scores import alibi_slopes
 
 __all__ = ["Case", "CASES", "QUICK_CASES", "run_benchmark", "matmul_peak_gflops"]
 
@@ -177,7 +177,7 @@ def _memory_mib(case: Case, impl: str, mode: str) -> float | None:
     """Peak RSS (MiB) of a fresh subprocess running one step of the case."""
     payload = json.dumps({"case": asdict(case), "impl": impl, "mode": mode})
     proc = subprocess.run(
-        [sys.executable, "-m", "attnkit.bench", "--memory-probe", payload], capture_output=True, text=True, timeout=3600
+        [sys.executable, "-m", "attnkit.cli.benchmark", "--memory-probe", payload], capture_output=True, text=True, timeout=3600
     )
     if proc.returncode != 0:
         return None

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AttnkitError
+from ..errors import AttnkitError
 
 __all__ = ["register"]
 
@@ -23,7 +23,7 @@ _EXAMPLE = 'attnkit explain "The animal didn\'t cross the street because it was 
 def _load(model: str | None) -> tuple[Any, Callable[[], Any], str]:
     """(tokenizer, model loader, display name) for a local folder, or the packaged MiniLM."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never reach for the hub
-    from .integrations import hf
+    from ..integrations import hf
 
     tf = hf._transformers()
     tf.utils.logging.set_verbosity_error()
@@ -49,7 +49,7 @@ def _table(ranked: list[Any], top: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .inspect import capture, find_heads, locate, strongest_heads
+    from ..inspect import capture, find_heads, locate, strongest_heads
 
     if not args.text.strip():
         raise AttnkitError.build("a non-empty TEXT", repr(args.text), f"e.g. {_EXAMPLE}")
@@ -76,13 +76,13 @@ def _run(args: argparse.Namespace) -> int:
     best = ranked[0]
     written = []
     if args.html:
-        from .viz import save_html
+        from ..viz import save_html
 
         title = f"{name}: {args.text if len(args.text) <= 80 else args.text[:77] + '...'}"
         page = save_html(maps, args.html, title=title, layer=best.layer, focus=rows[0], heads=[best.head])
         written.append(f"{page} (interactive viewer, opens offline in any browser)")
     if args.png:
-        from .viz import plot_head, save
+        from ..viz import plot_head, save
 
         fig = plot_head(maps, best.layer, best.head, query=rows[0])
         fig.axes[0].set_title(f'{name}: layer {best.layer} head {best.head}, row of "{args.token}" outlined')

@@ -1,4 +1,4 @@
-"""``attnkit bench``: the attention benchmark (thin wrapper over :mod:`attnkit.bench`)."""
+"""``attnkit bench``: the attention benchmark (thin wrapper over :mod:`attnkit.cli.benchmark`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import platform
 import sys
 from datetime import date
 
-from .errors import AttnkitError
+from ..errors import AttnkitError
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from . import bench
+    from . import benchmark as bench
 
     cases = bench.QUICK_CASES if args.quick else bench.CASES
     if args.cases:
