@@ -19,7 +19,7 @@ from typing import Any
 from . import masks
 from .errors import AttnkitError
 from .functional import Dispatch, attention, explain
-from .kv_cache import KVCache
+from .nn.kv_cache import KVCache
 from .normalizers import entmax15, sigmoid, sparsemax
 from .scores import alibi_slopes
 from .softmax import (
