@@ -1,16 +1,16 @@
-"""``attnkit.attention``: argument checking and dispatch to an engine."""
+"""``attnkit.attention`` and ``attnkit.explain``: check the arguments, build the spec, call dispatch."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from . import engines
+from .engines import dispatch
+from .engines.dispatch import Dispatch
 from .dropout import draw_seed
 from .errors import AttnkitError
 from .masks import normalize_causal, normalize_window
@@ -22,19 +22,6 @@ log = logging.getLogger("attnkit")
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NORMALIZERS = ("softmax", "sparsemax", "entmax15", "sigmoid")
-
-
-@dataclass
-class Dispatch:
-    """Which engine runs a spec and why the others do not (``reasons[name]``)."""
-
-    engine: str
-    reasons: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        lines = [f"engine: {self.engine}"]
-        lines += [f"  not {name}: {why}" for name, why in self.reasons.items()]
-        return "\n".join(lines)
 
 
 def _shape(t: Tensor) -> str:
@@ -174,29 +161,6 @@ def _normalizer_name(fn: Callable[..., Tensor]) -> Normalizer:
     return known.get(fn, fn)
 
 
-def _choose(spec: AttentionSpec, engine: str) -> Dispatch:
-    if engine != "auto":
-        if engine not in engines.ENGINE_ORDER:
-            raise AttnkitError.build(f"engine in {('auto',) + engines.ENGINE_ORDER}", repr(engine), "check the spelling")
-        why = engines.load(engine).unsupported(spec)
-        if why is not None:
-            raise AttnkitError.build(f"a spec the {engine} engine computes exactly", why, "use engine='auto'")
-        return Dispatch(engine)
-    order, notes = engines.auto_order(spec)
-    chosen: str | None = None
-    reasons: dict[str, str] = {}
-    for name in order:  # every engine is asked, so explain() can say why each one was not used
-        why = engines.load(name).unsupported(spec)
-        if why is not None:
-            reasons[name] = why
-        elif chosen is None:
-            chosen = name
-        else:
-            reasons[name] = notes.get(name, f"{chosen} is faster for this spec")
-    assert chosen is not None, "the reference engine computes every spec"
-    return Dispatch(chosen, reasons)
-
-
 def attention(
     query: Tensor,
     key: Tensor,
@@ -274,10 +238,10 @@ def attention(
         scale=scale, score_mod=score_mod, bias=bias, alibi_slopes=alibi_slopes, softcap=softcap,
         normalizer=normalizer, dropout_p=dropout_p, seed=seed, return_lse=return_lse, return_weights=return_weights,
     )
-    choice = _choose(spec, engine)
+    choice = dispatch.choose(spec, engine)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("attnkit.attention dispatch\n%s", choice)
-    result = engines.load(choice.engine).run(query, key, value, spec)
+    result = dispatch.load(choice.engine).run(query, key, value, spec)
     return result if (return_lse or return_weights) else result.out
 
 
@@ -299,4 +263,4 @@ def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", 
     if unknown:
         raise AttnkitError.build("arguments of attnkit.attention", str(sorted(unknown)), "check the spelling")
     spec = _build_spec(query, key, value, **{**defaults, **kwargs})
-    return _choose(spec, engine)
+    return dispatch.choose(spec, engine)
