@@ -292,21 +292,8 @@ class _RingAttention(torch.autograd.Function):
 # --------------------------------------------------------------------------- public API
 
 
-def _check_local(q: Tensor, k: Tensor, v: Tensor, causal: bool, layout: str) -> None:
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4 or not t.is_floating_point():
-            raise AttnkitError.build(
-                f"{name} shard as a 4-D floating tensor", f"{getattr(t, 'shape', type(t))}", "pass (B, H|G, L/P|S/P, D|E) shards"
-            )
-        if t.dtype != q.dtype or t.device != q.device:
-            raise AttnkitError.build(f"{name} in {q.dtype} on {q.device} like query", f"{t.dtype} on {t.device}", "cast/move it")
-    B, H, _, D = q.shape
-    G = k.shape[1]
-    if k.shape[0] != B or k.shape[3] != D or G == 0 or H % G or tuple(v.shape[:3]) != tuple(k.shape[:3]):
-        raise AttnkitError.build(
-            f"key (B, G, S/P, D) and value (B, G, S/P, E) with B={B}, D={D} and G dividing H={H}",
-            f"key {tuple(k.shape)}, value {tuple(v.shape)}", "shard q, k, v of one sequence the same way",
-        )
+def _check_shards(q: Tensor, k: Tensor, causal: bool, layout: str) -> None:
+    """What ring attention adds to the spec builder's checks of the local shards."""
     if causal and q.shape[2] != k.shape[2]:
         raise AttnkitError.build(
             "query and key shards of equal length for causal ring attention (one sequence)",
@@ -375,9 +362,11 @@ def ring_attention(
         )
     if layout not in _LAYOUTS:
         raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
-    _check_local(query, key, value, causal, layout)
     td = timedelta(seconds=timeout) if isinstance(timeout, (int, float)) else timeout
     ring = _Ring(group, td)
+    # The local shards are checked like attnkit.attention's tensors; the spec describes the whole sequence.
+    spec = AttentionSpec.build(query, key, value, causal=bool(causal), scale=scale, shards=ring.size)
+    _check_shards(query, key, causal, layout)
     B, H, Lc, D = query.shape
     G, Sc, E = key.shape[1], key.shape[2], value.shape[3]
     if check and ring.size > 1:
@@ -387,13 +376,6 @@ def ring_attention(
         meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad)]
         # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
         ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad]")
-    L, S = Lc * ring.size, Sc * ring.size
-    spec = AttentionSpec(
-        B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=query.dtype, device=query.device,
-        scale=float(scale) if scale is not None else (D**-0.5 if D else 1.0),
-        causal="bottom_right" if causal else None,
-        offset_bounds=(S - L, S - L), kv_bounds=(S, S), q_bounds=(L, L),
-    )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         out, lse = _RingAttention.apply(query, key, value, spec, ring, layout)
     else:
