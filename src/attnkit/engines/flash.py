@@ -25,13 +25,11 @@ from torch import Tensor
 from ..dropout import keep_mask
 from ..masks import block_class, visible
 from ..scores import apply_score_mods
-from ..softmax import SoftmaxState
+from ..softmax import _NEG_INF, SoftmaxState
 from ..spec import AttentionOutput, AttentionSpec, BlockIndex
 from . import _tiling
 
 NAME = "flash"
-
-_NEG_INF = float("-inf")
 
 
 def unsupported(spec: AttentionSpec) -> str | None:
