@@ -1,5 +1,8 @@
 """Ring attention (Liu et al. 2023): exact attention over a sequence sharded across processes.
 
+Users import it from :mod:`attnkit.distributed` (or as ``attnkit.ring_attention``); this
+module holds the algorithm, next to the other engines whose block kernel it shares.
+
 ``P`` ranks of a ``torch.distributed`` process group (gloo on CPU, NCCL on GPU) each hold
 ``L/P`` queries and ``S/P`` keys/values. The K/V shards travel around the ring: at step
 ``t`` rank ``r`` holds the shard of rank ``(r - t) mod P``, sends it on to ``r + 1`` and
