@@ -159,36 +159,17 @@ class AttentionSpec:
         return (kv - ql).view(-1, 1, 1, 1)
 
     @classmethod
-    def build(
-        cls,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: Tensor | None = None,
-        causal: bool | str | None = False,
-        window: tuple[int | None, int | None] | None = None,
-        kv_lengths: Tensor | None = None,
-        q_lengths: Tensor | None = None,
-        scale: float | None = None,
-        score_mod: ScoreMod | None = None,
-        bias: Tensor | None = None,
-        alibi_slopes: Tensor | None = None,
-        softcap: float | None = None,
-        normalizer: Normalizer = "softmax",
-        dropout_p: float = 0.0,
-        seed: int | None = None,
-        return_lse: bool = False,
-        return_weights: bool = False,
-        shards: int = 1,
-    ) -> "AttentionSpec":
+    def build(cls, q: Tensor, k: Tensor, v: Tensor, *, mask=None, causal=False, window=None, kv_lengths=None,
+              q_lengths=None, scale=None, score_mod=None, bias=None, alibi_slopes=None, softcap=None,
+              normalizer="softmax", dropout_p=0.0, seed=None, return_lse=False, return_weights=False,
+              shards: int = 1) -> "AttentionSpec":
         """Check the arguments of :func:`attnkit.attention` and build their spec (the one builder).
 
         Takes ``query (B, H, L, D)``, ``key (B, G, S, D)``, ``value (B, G, S, E)`` and the options
-        of :func:`attnkit.attention` (same names, same defaults). ``shards=P`` says that query and
-        key are one of ``P`` equal shards of their sequences (ring attention): the spec's ``L`` and
-        ``S`` are then the full lengths ``P·L`` and ``P·S``, and masks and lengths are checked
-        against those.
+        of :func:`attnkit.attention` (same names, types and defaults; documented there).
+        ``shards=P`` says that query and key are one of ``P`` equal shards of their sequences
+        (ring attention): the spec's ``L`` and ``S`` are then the full lengths ``P·L`` and
+        ``P·S``, and masks and lengths are checked against those.
 
         Raises:
             AttnkitError: for mismatched shapes, dtypes or devices, or invalid options.
