@@ -1,7 +1,8 @@
 """The checked, normalized description of one attention call that every engine receives.
 
-:func:`attnkit.attention` validates its arguments once and builds an :class:`AttentionSpec`;
-engines read it and never re-validate. Index tensors follow the FlexAttention convention:
+:meth:`AttentionSpec.build` is the one place that checks the arguments of an attention call
+and builds its spec (:func:`attnkit.attention`, :func:`attnkit.explain` and ring attention
+call it); engines read the spec and never re-validate. Index tensors follow the FlexAttention convention:
 ``b``, ``h``, ``i``, ``j`` broadcast against a ``(B, H, L, S)`` block of scores.
 """
 
