@@ -86,11 +86,7 @@ def engines(kv_lengths=None):
 
 
 def _spec(q, k, v, kv_lengths):
-    return attnkit.functional._build_spec(
-        q, k, v, mask=None, causal=False, window=None, kv_lengths=kv_lengths, q_lengths=None, scale=None,
-        score_mod=None, bias=None, alibi_slopes=None, softcap=None, normalizer="softmax", dropout_p=0.0, seed=None,
-        return_lse=False, return_weights=False,
-    )
+    return attnkit.AttentionSpec.build(q, k, v, kv_lengths=kv_lengths)
 
 
 def timeit(fns, args, reps):

@@ -58,8 +58,7 @@ def block_step_seconds(c: int, H: int, D: int, reps: int = 3) -> float:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, H, c, D, generator=g) for _ in range(3))
-    spec = AttentionSpec(B=1, H=H, G=H, L=c, S=c, D=D, E=D, dtype=q.dtype, device=q.device, scale=D**-0.5,
-                         kv_bounds=(c, c), q_bounds=(c, c))
+    spec = AttentionSpec.build(q, k, v)
     block_forward(q, k, v, spec)
     ts = []
     for _ in range(reps):

@@ -78,11 +78,7 @@ def test_thread_segments_merge_exactly(workers, monkeypatch):
     B, H, G, L, S, D = 2, 8, 2, 2, 5000, 16
     q, k, v = qkv(B, H, G, L, S, D, dtype=torch.float64, seed=workers)
     kv_lengths = torch.tensor([5000, 3001])
-    spec = attnkit.functional._build_spec(
-        q, k, v, mask=None, causal=True, window=None, kv_lengths=kv_lengths, q_lengths=None, scale=None,
-        score_mod=None, bias=None, alibi_slopes=None, softcap=None, normalizer="softmax", dropout_p=0.0, seed=None,
-        return_lse=True, return_weights=False,
-    )
+    spec = attnkit.AttentionSpec.build(q, k, v, causal=True, kv_lengths=kv_lengths, return_lse=True)
     assert len(decode._segments(spec, workers)) == workers
     out, lse = decode.split_kv_forward(q, k, v, spec, workers=workers)
     ref = attnkit.attention(q, k, v, causal=True, kv_lengths=kv_lengths, engine="reference", return_lse=True)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import attnkit
-from attnkit.engines import flash
+from attnkit.engines import _tiling, flash
 
 from conftest import assert_flash_rule, err, qkv
 
@@ -19,8 +19,8 @@ TOL64 = 1e-10
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Small blocks so modest inputs still span many query and key blocks (and ragged edges)."""
-    monkeypatch.setattr(flash, "TARGET_ROWS", 64)
-    monkeypatch.setattr(flash, "BLOCK_K", 32)
+    monkeypatch.setattr(_tiling, "TARGET_ROWS", 64)
+    monkeypatch.setattr(_tiling, "BLOCK_K", 32)
 
 
 def both(q, k, v, **kw):
@@ -146,8 +146,8 @@ def test_dropout_identical_to_reference_any_tiling(monkeypatch):
     ref = attnkit.attention(q, k, v, dropout_p=0.4, seed=99, engine="reference")
     outs = []
     for rows, cols in [(64, 32), (512, 16), (4096, 1024)]:
-        monkeypatch.setattr(flash, "TARGET_ROWS", rows)
-        monkeypatch.setattr(flash, "BLOCK_K", cols)
+        monkeypatch.setattr(_tiling, "TARGET_ROWS", rows)
+        monkeypatch.setattr(_tiling, "BLOCK_K", cols)
         outs.append(attnkit.attention(q, k, v, dropout_p=0.4, seed=99, engine="flash"))
     for o in outs:
         assert_flash_rule(o, ref, attnkit.attention(q.double(), k.double(), v.double(), dropout_p=0.4, seed=99))
@@ -163,8 +163,8 @@ def _count_blocks(monkeypatch, **kw):
 
     monkeypatch.setattr(flash._Plan, "scores", spy)
     q, k, v = qkv(1, 1, 1, 1024, 1024, 8)
-    monkeypatch.setattr(flash, "TARGET_ROWS", 64)
-    monkeypatch.setattr(flash, "BLOCK_K", 64)
+    monkeypatch.setattr(_tiling, "TARGET_ROWS", 64)
+    monkeypatch.setattr(_tiling, "BLOCK_K", 64)
     attnkit.attention(q, k, v, engine="flash", **kw)
     return calls
 
@@ -212,7 +212,7 @@ def test_dispatch_reasons():
 
 
 def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
-    monkeypatch.setattr(flash, "BLOCK_K", 8)  # so these small inputs span several flash blocks
+    monkeypatch.setattr(_tiling, "BLOCK_K", 8)  # so these small inputs span several flash blocks
     q, k, v = qkv(1, 4, 2, 32, 200, 8)  # L > 16: not a decoding shape
     assert attnkit.explain(q, k, v).engine == "sdpa"
     assert attnkit.explain(q, k, v, causal="top_left").engine == "sdpa"
@@ -226,8 +226,8 @@ def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
 
 
 def test_single_block_problems_go_to_reference(monkeypatch):
-    monkeypatch.setattr(flash, "BLOCK_K", 512)
-    monkeypatch.setattr(flash, "TARGET_ROWS", 2048)
+    monkeypatch.setattr(_tiling, "BLOCK_K", 512)
+    monkeypatch.setattr(_tiling, "TARGET_ROWS", 2048)
     q, k, v = qkv(1, 4, 2, 8, 12, 8)
     d = attnkit.explain(q, k, v, causal=True)
     assert d.engine == "reference" and "one block" in d.reasons["flash"]

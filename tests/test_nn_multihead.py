@@ -6,7 +6,6 @@ summation orders, so they agree to float64 rounding (<= 1e-12 for O(1) inputs of
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torch.nn.functional as F
 import attnkit
 from attnkit import AttnkitError
 from attnkit.nn import MultiHeadAttention
-from attnkit.nn.kv_cache import KVCache
 
 from conftest import err
 
@@ -173,36 +171,6 @@ def test_incremental_decoding_equals_full_causal(chunks, num_kv_heads):
     assert len(cache) == sum(chunks) and cache.keys.shape == (2, num_kv_heads, sum(chunks), E // H)
 
 
-def test_kv_cache_grows_by_doubling():
-    cache = KVCache(initial_capacity=4)
-    n = 100
-    for t in range(n):
-        k_all, v_all = cache.append(torch.full((1, 2, 1, 3), float(t)), torch.full((1, 2, 1, 5), -float(t)))
-    assert cache.reallocations == 1 + math.ceil(math.log2(n / 4)) and cache.capacity == 128
-    assert torch.equal(k_all[0, 0, :, 0], torch.arange(n, dtype=torch.float32))
-    assert torch.equal(v_all[0, 1, :, 4], -torch.arange(n, dtype=torch.float32))
-    cache.reset()
-    assert len(cache) == 0 and cache.append(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 5))[0].shape == (1, 2, 3, 3)
-    assert cache.reallocations == 1 + math.ceil(math.log2(n / 4))  # reset keeps the buffers
-    # A long first append allocates enough at once.
-    big = KVCache(initial_capacity=4)
-    big.append(torch.zeros(1, 1, 37, 2), torch.zeros(1, 1, 37, 2))
-    assert big.capacity == 64 and big.reallocations == 1
-
-
-def test_kv_cache_rejects_mismatches():
-    cache = KVCache()
-    cache.append(torch.zeros(1, 2, 1, 3), torch.zeros(1, 2, 1, 5))
-    with pytest.raises(AttnkitError, match="like the cached ones"):
-        cache.append(torch.zeros(1, 4, 1, 3), torch.zeros(1, 4, 1, 5))
-    with pytest.raises(AttnkitError, match="sharing"):
-        cache.append(torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 1, 5))
-    with pytest.raises(AttnkitError, match="like the cache"):
-        cache.append(torch.zeros(1, 2, 1, 3, dtype=torch.float64), torch.zeros(1, 2, 1, 5, dtype=torch.float64))
-    with pytest.raises(AttnkitError, match="initial_capacity"):
-        KVCache(0)
-
-
 @torch.no_grad()
 def test_dropout_is_reproducible_and_off_in_eval():
     torch.manual_seed(0)
@@ -238,7 +206,7 @@ def test_is_exported_lazily():
     assert attnkit.nn.MultiHeadAttention is MultiHeadAttention
 
 
-@pytest.mark.parametrize("module", ["attnkit.nn.multihead", "attnkit.nn.kv_cache"])
+@pytest.mark.parametrize("module", ["attnkit.nn.multihead"])
 def test_docstring_examples(module):
     import doctest
     import importlib

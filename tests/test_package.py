@@ -13,7 +13,7 @@ import attnkit
 
 CORE_MODULES = [
     "attnkit", "attnkit.softmax", "attnkit.normalizers", "attnkit.functional", "attnkit.masks",
-    "attnkit.scores", "attnkit.cli.walkthrough",
+    "attnkit.scores", "attnkit.cli.walkthrough", "attnkit.engines.dispatch", "attnkit.spec",
 ]
 
 

@@ -194,6 +194,14 @@ def test_docstring_examples_run():
     assert doctest.testmod(attnkit.engines.ring).failed == 0
 
 
+def test_exported_where_users_look():
+    import attnkit.distributed
+    import attnkit.engines.ring as ring
+
+    for name in ("ring_attention", "shard_sequence", "gather_sequence"):
+        assert getattr(attnkit, name) is getattr(attnkit.distributed, name) is getattr(ring, name)
+
+
 def test_without_process_group_raises():
     q = torch.randn(1, 1, 4, 2)
     with pytest.raises(attnkit.AttnkitError, match="init_process_group"):

@@ -10,10 +10,13 @@ masking so no multiplication overflows.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from .spec import BlockIndex
+if TYPE_CHECKING:  # only annotations: the spec builder imports this module
+    from .spec import BlockIndex
 
 __all__ = ["keep_mask", "draw_seed"]
 

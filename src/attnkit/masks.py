@@ -21,13 +21,15 @@ unbounded side); it uses the same alignment as ``causal`` (bottom-right when not
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from .errors import AttnkitError
-from .spec import AttentionSpec, BlockIndex
+
+if TYPE_CHECKING:  # only annotations: the spec builder imports this module
+    from .spec import AttentionSpec, BlockIndex
 
 __all__ = [
     "normalize_causal",

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .errors import AttnkitError
+from .softmax import compute_dtype
 
 __all__ = ["NORMALIZERS", "Entmax15Function", "SparsemaxFunction", "entmax15", "sigmoid", "sparsemax"]
 
@@ -138,7 +139,7 @@ def _sparse_normalize(fn: type[torch.autograd.Function], x: Tensor, dim: int, ma
                       temperature: float) -> Tensor:
     """Shared body of sparsemax / entmax15: upcast, temperature, mask, apply, cast back."""
     _check(x, dim, mask, temperature)
-    z = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    z = x.to(compute_dtype(x.dtype))
     if temperature != 1:
         z = z / temperature
     keep = z != -math.inf
@@ -233,7 +234,7 @@ def sigmoid(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature
         tensor([0.5000, 1.0000, 0.0000])
     """
     _check(x, dim, mask, temperature)
-    z = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    z = x.to(compute_dtype(x.dtype))
     if temperature != 1:
         z = z / temperature
     y = torch.sigmoid(z)  # torch's kernel is already stable for large |z|

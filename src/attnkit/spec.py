@@ -1,17 +1,25 @@
 """The checked, normalized description of one attention call that every engine receives.
 
-:func:`attnkit.attention` validates its arguments once and builds an :class:`AttentionSpec`;
-engines read it and never re-validate. Index tensors follow the FlexAttention convention:
+:meth:`AttentionSpec.build` is the one place that checks the arguments of an attention call
+and builds its spec (:func:`attnkit.attention`, :func:`attnkit.explain` and ring attention
+call it); engines read the spec and never re-validate. Index tensors follow the FlexAttention convention:
 ``b``, ``h``, ``i``, ``j`` broadcast against a ``(B, H, L, S)`` block of scores.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union
 
 import torch
 from torch import Tensor
+
+from .dropout import draw_seed
+from .errors import AttnkitError
+from .masks import normalize_causal, normalize_window
+from .normalizers import NORMALIZERS
+from .softmax import compute_dtype, softmax
 
 __all__ = ["AttentionSpec", "AttentionOutput", "BlockIndex", "ScoreMod", "Normalizer"]
 
@@ -123,7 +131,7 @@ class AttentionSpec:
     @property
     def compute_dtype(self) -> torch.dtype:
         """float64 for float64 inputs, float32 otherwise (softmax, LSE and accumulation)."""
-        return torch.float64 if self.dtype == torch.float64 else torch.float32
+        return compute_dtype(self.dtype)
 
     @property
     def has_structured_mask(self) -> bool:
@@ -150,3 +158,162 @@ class AttentionSpec:
         kv = self.kv_lengths if self.kv_lengths is not None else torch.full((self.B,), self.S, device=self.device)
         ql = self.q_lengths if self.q_lengths is not None else torch.full((self.B,), self.L, device=self.device)
         return (kv - ql).view(-1, 1, 1, 1)
+
+    @classmethod
+    def build(cls, q: Tensor, k: Tensor, v: Tensor, *, mask=None, causal=False, window=None, kv_lengths=None,
+              q_lengths=None, scale=None, score_mod=None, bias=None, alibi_slopes=None, softcap=None,
+              normalizer="softmax", dropout_p=0.0, seed=None, return_lse=False, return_weights=False,
+              shards: int = 1) -> "AttentionSpec":
+        """Check the arguments of :func:`attnkit.attention` and build their spec (the one builder).
+
+        Takes ``query (B, H, L, D)``, ``key (B, G, S, D)``, ``value (B, G, S, E)`` and the options
+        of :func:`attnkit.attention` (same names, types and defaults; documented there).
+        ``shards=P`` says that query and key are one of ``P`` equal shards of their sequences
+        (ring attention): the spec's ``L`` and ``S`` are then the full lengths ``P·L`` and
+        ``P·S``, and masks and lengths are checked against those.
+
+        Raises:
+            AttnkitError: for mismatched shapes, dtypes or devices, or invalid options.
+
+        Example:
+            >>> import torch
+            >>> from attnkit.spec import AttentionSpec
+            >>> q = torch.randn(2, 4, 3, 8)
+            >>> spec = AttentionSpec.build(q, q[:, :2], q[:, :2], causal=True, kv_lengths=torch.tensor([3, 2]))
+            >>> spec.G, spec.causal, spec.offset_bounds, spec.kv_bounds
+            (2, 'bottom_right', (-1, 0), (2, 3))
+        """
+        _check_qkv(q, k, v)
+        B, H, L, D = q.shape
+        G, S, E = k.shape[1], k.shape[2], v.shape[3]
+        L, S = L * shards, S * shards
+        dims = (B, H, L, S)
+        mask = _check_4d("mask", mask, q, dims)
+        float_mask = None
+        if mask is not None and mask.dtype != torch.bool:
+            if not mask.is_floating_point():
+                raise AttnkitError.build("a boolean (True = attend) or float (additive) mask", str(mask.dtype), "use mask.bool()")
+            float_mask, mask = mask, None
+        bias = _check_4d("bias", bias, q, dims)
+        if bias is not None and not bias.is_floating_point():
+            raise AttnkitError.build("a floating bias", str(bias.dtype), "use bias.float()")
+        kv = _check_lengths("kv_lengths", kv_lengths, B, S, q.device)
+        ql = _check_lengths("q_lengths", q_lengths, B, L, q.device)
+        causal_n = normalize_causal(causal)
+        if alibi_slopes is not None:
+            alibi_slopes = torch.as_tensor(alibi_slopes, device=q.device)
+            if alibi_slopes.shape not in ((H,), (B, H)) or not alibi_slopes.is_floating_point():
+                raise AttnkitError.build(f"float alibi_slopes of shape ({H},) or ({B}, {H})", _shape(alibi_slopes), "use attnkit.alibi_slopes(H)")
+            alibi_slopes = alibi_slopes.to(compute_dtype(q.dtype)).expand(B, H)
+        if softcap is not None and not softcap > 0:
+            raise AttnkitError.build("softcap > 0 or None", repr(softcap), "e.g. softcap=50.0 (Gemma 2)")
+        if isinstance(normalizer, str):
+            if normalizer not in _NORMALIZERS:
+                raise AttnkitError.build(f"normalizer in {_NORMALIZERS} or a callable", repr(normalizer), "check the spelling")
+        elif not callable(normalizer):
+            raise AttnkitError.build("normalizer name or callable", type(normalizer).__name__, f"use one of {_NORMALIZERS}")
+        else:
+            normalizer = _normalizer_name(normalizer)
+        if return_lse and normalizer != "softmax":
+            raise AttnkitError.build("return_lse only with normalizer='softmax'", f"normalizer={normalizer!r}",
+                                     "the log-normalizer is a softmax notion; drop return_lse")
+        if not 0.0 <= dropout_p < 1.0:
+            raise AttnkitError.build("dropout_p in [0, 1)", repr(dropout_p), "pass e.g. 0.1")
+        if dropout_p > 0 and seed is None:
+            seed = draw_seed()
+        if scale is None:
+            scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+
+        def bounds(t: Tensor | None, default: int) -> tuple[int, int]:
+            if t is None or B == 0:
+                return (default, default)
+            return int(t.min()), int(t.max())
+
+        spec = cls(
+            B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=q.dtype, device=q.device, scale=float(scale), causal=causal_n,
+            window=normalize_window(window), kv_lengths=kv, q_lengths=ql, mask=mask, float_mask=float_mask, bias=bias,
+            score_mod=score_mod, alibi_slopes=alibi_slopes, softcap=softcap, normalizer=normalizer,
+            dropout_p=float(dropout_p), seed=int(seed or 0), return_lse=return_lse, return_weights=return_weights,
+            kv_bounds=bounds(kv, S), q_bounds=bounds(ql, L),
+        )
+        # The alignment rule lives in align_offset alone; its bounds are set once, before the spec is shared.
+        offset = spec.align_offset()
+        offsets = (offset, offset) if isinstance(offset, int) else bounds(offset, S - L)
+        object.__setattr__(spec, "offset_bounds", offsets)
+        return spec
+
+
+# --------------------------------------------------------------------------- argument checks
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "sigmoid")
+
+
+def _shape(t: Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not isinstance(t, Tensor):
+            raise AttnkitError.build(f"{name} to be a torch.Tensor", type(t).__name__, "convert with torch.as_tensor")
+        if t.dim() != 4:
+            raise AttnkitError.build(
+                f"{name} of shape (B, {'H' if name == 'query' else 'G'}, {'L' if name == 'query' else 'S'}, "
+                f"{'E' if name == 'value' else 'D'})",
+                f"{t.dim()}-D {_shape(t)}",
+                "add a head dim with .unsqueeze(1), or split heads with .view(B, L, H, D).transpose(1, 2)",
+            )
+        if t.dtype not in _FLOATS:
+            raise AttnkitError.build(f"{name} of a floating dtype {_FLOATS}", str(t.dtype), f"use {name}.float()")
+        if t.dtype != q.dtype:
+            raise AttnkitError.build(f"{name} of dtype {q.dtype} like query", str(t.dtype), f"cast with .to({q.dtype})")
+        if t.device != q.device:
+            raise AttnkitError.build(f"{name} on {q.device} like query", str(t.device), f"move it with .to('{q.device}')")
+    B, H, L, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D:
+        raise AttnkitError.build(f"key of shape (B, G, S, D) with B={B}, D={D} like query", _shape(k), "match the batch and head dim")
+    G, S = k.shape[1], k.shape[2]
+    if G == 0 or H % G != 0:
+        raise AttnkitError.build(
+            f"key heads G dividing query heads H={H} (MHA G=H, GQA, MQA G=1)", f"G={G}", "repeat or regroup key/value heads"
+        )
+    if tuple(v.shape[:3]) != (B, G, S):
+        raise AttnkitError.build(f"value of shape (B, G, S, E) = ({B}, {G}, {S}, E) like key", _shape(v), "match key's first three dims")
+
+
+def _check_lengths(name: str, lengths: Tensor | None, B: int, n: int, device: torch.device) -> Tensor | None:
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (B,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise AttnkitError.build(f"{name} as an integer tensor of shape ({B},)", f"{lengths.dtype} {_shape(lengths)}", "one length per batch row")
+    if B and (int(lengths.min()) < 0 or int(lengths.max()) > n):
+        raise AttnkitError.build(f"{name} in [0, {n}]", str(lengths.tolist()), "lengths count real (non-padding) positions")
+    return lengths.to(torch.int64)
+
+
+def _check_4d(name: str, t: Tensor | None, q: Tensor, dims: tuple[int, int, int, int]) -> Tensor | None:
+    """A mask/bias broadcastable to (B, H, L, S), returned as a 4-D view."""
+    if t is None:
+        return None
+    if not isinstance(t, Tensor):
+        raise AttnkitError.build(f"{name} to be a tensor", type(t).__name__, "pass a torch.Tensor")
+    if t.device != q.device:
+        raise AttnkitError.build(f"{name} on {q.device}", str(t.device), f"move it with .to('{q.device}')")
+    try:
+        if torch.broadcast_shapes(t.shape, dims) != torch.Size(dims):
+            raise RuntimeError
+    except RuntimeError:
+        raise AttnkitError.build(
+            f"{name} broadcastable to (B, H, L, S) = {dims}", _shape(t), "use shape (B|1, H|1, L|1, S|1)"
+        ) from None
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t
+
+
+def _normalizer_name(fn: Callable[..., Tensor]) -> Normalizer:
+    """Map attnkit's own normalizer functions to their names, so engines can recognize them."""
+    known = {softmax: "softmax", **{f: n for n, f in NORMALIZERS.items()}}
+    return known.get(fn, fn)

@@ -24,12 +24,11 @@ from torch import Tensor
 
 from ..masks import block_class, visible
 from ..scores import apply_score_mods
-from ..softmax import SoftmaxState
+from ..softmax import _NEG_INF, SoftmaxState
 from ..spec import AttentionSpec, BlockIndex
 
 __all__ = ["block_forward", "block_backward", "tile_sizes"]
 
-_NEG_INF = float("-inf")
 # Scores held at once per tile, in elements (1 MiB of float32): small enough to stay in cache
 # between the QKᵀ and PV products, big enough that per-tile Python overhead is small
 # (measured best of 64K..4M elements on the 2-core benchmark machine, RESULTS.md).

@@ -25,16 +25,11 @@ from torch import Tensor
 from ..dropout import keep_mask
 from ..masks import block_class, visible
 from ..scores import apply_score_mods
-from ..softmax import SoftmaxState
+from ..softmax import _NEG_INF, SoftmaxState
 from ..spec import AttentionOutput, AttentionSpec, BlockIndex
+from . import _tiling
 
 NAME = "flash"
-
-_NEG_INF = float("-inf")
-# Rows of scores per block across all heads (B·H·Lb) and keys per block: sized so a block of
-# fp32 scores (~4 MB) stays near the cache while Python overhead per block stays small.
-TARGET_ROWS = 2048
-BLOCK_K = 512
 
 
 def unsupported(spec: AttentionSpec) -> str | None:
@@ -43,23 +38,6 @@ def unsupported(spec: AttentionSpec) -> str | None:
         name = spec.normalizer if isinstance(spec.normalizer, str) else getattr(spec.normalizer, "__name__", "callable")
         return f"normalizer={name!r} is reference-only (it needs the whole score row, not an online normalizer)"
     return None
-
-
-def _block_sizes(spec: AttentionSpec) -> tuple[int, int]:
-    bq = max(16, min(1024, TARGET_ROWS // max(1, spec.B * spec.H)))
-    bk = BLOCK_K
-    if spec.window is not None and None not in (spec.window[0], 0 if spec.causal else spec.window[1]):
-        # A narrow band: blocks about as wide as the band keep the computed area near O(L·w).
-        span = spec.window[0] + (0 if spec.causal else spec.window[1]) + 1
-        bk = max(64, min(bk, 1 << (span - 1).bit_length()))
-        bq = min(bq, bk)
-    return bq, bk
-
-
-def single_block(spec: AttentionSpec) -> bool:
-    """True when the whole (L, S) problem fits in one query block × one key block."""
-    bq, bk = _block_sizes(spec)
-    return spec.L <= bq and spec.S <= bk
 
 
 class _Plan:
@@ -72,7 +50,7 @@ class _Plan:
         self.q5 = q.to(ct).reshape(B * G, self.R, L, spec.D)  # (BG, R, L, D)
         self.k3 = k.to(ct).reshape(B * G, S, spec.D)  # (BG, S, D)
         self.v3 = v.to(ct).reshape(B * G, S, spec.E)  # (BG, S, E)
-        self.bq, self.bk = _block_sizes(spec)
+        self.bq, self.bk = _tiling.block_sizes(spec)  # shared with dispatch's one-block rule
         self.q_blocks = [(i, min(i + self.bq, L)) for i in range(0, L, self.bq)]
         self.k_blocks = [(j, min(j + self.bk, S)) for j in range(0, S, self.bk)]
         # causal/window alone depend only on (rows, cols, j0 - i0): diagonal blocks share one mask.

@@ -1,5 +1,8 @@
 """Ring attention (Liu et al. 2023): exact attention over a sequence sharded across processes.
 
+Users import it from :mod:`attnkit.distributed` (or as ``attnkit.ring_attention``); this
+module holds the algorithm, next to the other engines whose block kernel it shares.
+
 ``P`` ranks of a ``torch.distributed`` process group (gloo on CPU, NCCL on GPU) each hold
 ``L/P`` queries and ``S/P`` keys/values. The K/V shards travel around the ring: at step
 ``t`` rank ``r`` holds the shard of rank ``(r - t) mod P``, sends it on to ``r + 1`` and
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,7 +43,7 @@ from torch import Tensor
 
 from ..errors import AttnkitError
 from ..masks import block_class
-from ..softmax import merge_partials
+from ..softmax import _NEG_INF, merge_partials
 from ..spec import AttentionSpec
 from ._blocks import block_backward, block_forward
 
@@ -48,7 +51,6 @@ __all__ = ["ring_attention", "shard_sequence", "unshard_sequence", "gather_seque
 
 Layout = Literal["zigzag", "contiguous"]
 _LAYOUTS = ("zigzag", "contiguous")
-_NEG_INF = float("-inf")
 _TAG_KV, _TAG_DKV = 17, 18
 
 
@@ -197,29 +199,42 @@ def _split_kv(buf: Tensor, k_shape: torch.Size, v_shape: torch.Size) -> tuple[Te
     return buf[:nk].view(k_shape), buf[nk:].view(v_shape)
 
 
+def _rotate(k: Tensor, v: Tensor, ring: _Ring, what: str) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """Walk the K/V shards around the ring: yield ``(t, src, k_t, v_t)`` for ``t = 0 .. P-1``,
+    with ``k_t, v_t`` the shard of rank ``src = (rank - t) mod P``.
+
+    While the caller computes on one shard, the next one arrives: two K|V buffers in turn,
+    allocated once (no allocator churn, and the peak is exactly two shards). The wait for the
+    next shard comes after the caller's step, so everything the step sends overlaps it too.
+    """
+    if ring.size == 1:
+        yield 0, ring.rank, k, v
+        return
+    bufs = [_pack_kv(k, v), torch.empty(k.numel() + v.numel(), dtype=k.dtype, device=k.device)]
+    cur = 0
+    for t in range(ring.size):
+        step = f"pass K/V shards ({what} step {t})"
+        last = t == ring.size - 1
+        works = [] if last else ring.exchange(bufs[cur], bufs[1 - cur], _TAG_KV, step)
+        if last:
+            bufs[1 - cur] = bufs[cur]  # nothing more arrives: free the spare buffer
+        k_t, v_t = _split_kv(bufs[cur], k.shape, v.shape)
+        yield t, (ring.rank - t) % ring.size, k_t, v_t
+        if works:
+            ring.wait(works, step)
+            cur = 1 - cur
+
+
 def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: Layout) -> tuple[Tensor, Tensor]:
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
     outs = torch.zeros(spec.B, spec.H, q.shape[2], spec.E, dtype=ct, device=q.device)
     lses = torch.full((spec.B, spec.H, q.shape[2]), _NEG_INF, dtype=ct, device=q.device)
-    # Two K|V buffers in turn: compute on one while the next shard arrives in the other
-    # (allocated once: no allocator churn, and the peak is exactly two shards).
-    bufs = [_pack_kv(k, v), torch.empty(k.numel() + v.numel(), dtype=k.dtype, device=k.device)] if ring.size > 1 else []
-    cur = 0
-    for t in range(ring.size):
-        src = (ring.rank - t) % ring.size
-        last = t == ring.size - 1
-        works = [] if last or not bufs else ring.exchange(bufs[cur], bufs[1 - cur], _TAG_KV, f"pass K/V shards (forward step {t})")
-        if last and bufs:
-            bufs[1 - cur] = bufs[cur]  # nothing more arrives: free the spare buffer
-        k_t, v_t = _split_kv(bufs[cur], k.shape, v.shape) if bufs else (k, v)
+    for _, src, k_t, v_t in _rotate(k, v, ring, "forward"):
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
             o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
             outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
-        if works:
-            ring.wait(works, f"pass K/V shards (forward step {t})")
-            cur = 1 - cur
     return outs, lses
 
 
@@ -236,19 +251,12 @@ def _ring_backward(
         delta = delta - dlse.to(ct).masked_fill(torch.isinf(lse), 0.0)
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
-    kv = [_pack_kv(k, v), torch.empty(n, dtype=k.dtype, device=k.device)] if ring.size > 1 else []
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
     # rank, one on its way to the next rank (so the transfer overlaps the next step's compute).
     acc = [torch.empty(n, dtype=ct, device=k.device) for _ in range(3 if ring.size > 1 else 1)]
-    cur, comp, sending, receiving = 0, 0, -1, -1
+    comp, sending, receiving = 0, -1, -1
     acc_works: list[dist.Work] = []
-    for t in range(ring.size):
-        src = (ring.rank - t) % ring.size
-        last = t == ring.size - 1
-        works = [] if last or not kv else ring.exchange(kv[cur], kv[1 - cur], _TAG_KV, f"pass K/V shards (backward step {t})")
-        if last and kv:
-            kv[1 - cur] = kv[cur]  # nothing more arrives: free the spare buffer
-        k_t, v_t = _split_kv(kv[cur], k.shape, v.shape) if kv else (k, v)
+    for t, src, k_t, v_t in _rotate(k, v, ring, "backward"):
         g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
@@ -263,9 +271,6 @@ def _ring_backward(
             sending, receiving = comp, free
             acc_works = ring.exchange(acc[sending], acc[receiving], _TAG_DKV, f"pass dK/dV accumulators (backward step {t})")
             comp = ({0, 1, 2} - {sending, receiving}).pop()
-        if works:
-            ring.wait(works, f"pass K/V shards (backward step {t})")
-            cur = 1 - cur
     if ring.size > 1:
         ring.wait(acc_works, "return dK/dV to their owners")
     dk, dv = _split_kv(acc[receiving if ring.size > 1 else comp], k.shape, v.shape)
@@ -292,21 +297,8 @@ class _RingAttention(torch.autograd.Function):
 # --------------------------------------------------------------------------- public API
 
 
-def _check_local(q: Tensor, k: Tensor, v: Tensor, causal: bool, layout: str) -> None:
-    for name, t in (("query", q), ("key", k), ("value", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4 or not t.is_floating_point():
-            raise AttnkitError.build(
-                f"{name} shard as a 4-D floating tensor", f"{getattr(t, 'shape', type(t))}", "pass (B, H|G, L/P|S/P, D|E) shards"
-            )
-        if t.dtype != q.dtype or t.device != q.device:
-            raise AttnkitError.build(f"{name} in {q.dtype} on {q.device} like query", f"{t.dtype} on {t.device}", "cast/move it")
-    B, H, _, D = q.shape
-    G = k.shape[1]
-    if k.shape[0] != B or k.shape[3] != D or G == 0 or H % G or tuple(v.shape[:3]) != tuple(k.shape[:3]):
-        raise AttnkitError.build(
-            f"key (B, G, S/P, D) and value (B, G, S/P, E) with B={B}, D={D} and G dividing H={H}",
-            f"key {tuple(k.shape)}, value {tuple(v.shape)}", "shard q, k, v of one sequence the same way",
-        )
+def _check_shards(q: Tensor, k: Tensor, causal: bool, layout: str) -> None:
+    """What ring attention adds to the spec builder's checks of the local shards."""
     if causal and q.shape[2] != k.shape[2]:
         raise AttnkitError.build(
             "query and key shards of equal length for causal ring attention (one sequence)",
@@ -375,9 +367,11 @@ def ring_attention(
         )
     if layout not in _LAYOUTS:
         raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
-    _check_local(query, key, value, causal, layout)
     td = timedelta(seconds=timeout) if isinstance(timeout, (int, float)) else timeout
     ring = _Ring(group, td)
+    # The local shards are checked like attnkit.attention's tensors; the spec describes the whole sequence.
+    spec = AttentionSpec.build(query, key, value, causal=bool(causal), scale=scale, shards=ring.size)
+    _check_shards(query, key, causal, layout)
     B, H, Lc, D = query.shape
     G, Sc, E = key.shape[1], key.shape[2], value.shape[3]
     if check and ring.size > 1:
@@ -387,13 +381,6 @@ def ring_attention(
         meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad)]
         # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
         ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad]")
-    L, S = Lc * ring.size, Sc * ring.size
-    spec = AttentionSpec(
-        B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=query.dtype, device=query.device,
-        scale=float(scale) if scale is not None else (D**-0.5 if D else 1.0),
-        causal="bottom_right" if causal else None,
-        offset_bounds=(S - L, S - L), kv_bounds=(S, S), q_bounds=(L, L),
-    )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
         out, lse = _RingAttention.apply(query, key, value, spec, ring, layout)
     else:

@@ -7,7 +7,7 @@ Launch with torchrun (one process per rank; gloo on CPU, NCCL when CUDA is avail
 or without torchrun for a one-rank run (``python -m attnkit.examples.ring_attention``).
 
 1. Self-check: every rank builds the same small random sequence, runs
-   :func:`attnkit.engines.ring.ring_attention` forward and backward on its zig-zag shard, and
+   :func:`attnkit.distributed.ring_attention` forward and backward on its zig-zag shard, and
    rank 0 compares the gathered output and gradients with ``attnkit.attention`` on the whole
    sequence (fails with exit code 1 beyond ``--tol``).
 2. Long run: each rank creates only its own ``seq_len / P`` shard (nothing of size
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 import attnkit
-from attnkit.engines.ring import gather_sequence, ring_attention, shard_sequence
+from attnkit.distributed import gather_sequence, ring_attention, shard_sequence
 
 MiB = 1 << 20
 

@@ -2,6 +2,8 @@
 
 - :class:`MultiHeadAttention` (``attnkit/nn/multihead.py``): self/cross attention, GQA/MQA,
   KV cache for incremental decoding, ``from_torch``.
+- :class:`KVCache` (``attnkit/nn/kv_cache.py``, also ``attnkit.KVCache``): the growable,
+  optionally ragged key/value cache that ``MultiHeadAttention`` appends to.
 - :class:`DotAttention`, :class:`BilinearAttention`, :class:`AdditiveAttention`
   (``attnkit/nn/score_attention.py``): the classic encoder-decoder score functions.
 """
@@ -11,10 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["MultiHeadAttention", "DotAttention", "BilinearAttention", "AdditiveAttention"]
+__all__ = ["MultiHeadAttention", "KVCache", "DotAttention", "BilinearAttention", "AdditiveAttention"]
 
 _WHERE = {
     "MultiHeadAttention": "multihead",
+    "KVCache": "kv_cache",
     "DotAttention": "score_attention",
     "BilinearAttention": "score_attention",
     "AdditiveAttention": "score_attention",

@@ -1,16 +1,30 @@
-"""A growable key/value cache for incremental decoding.
+"""A growable key/value cache for incremental decoding (the one ``KVCache`` of attnkit).
 
 Keys and values live in preallocated ``(B, G, capacity, D)`` / ``(B, G, capacity, E)`` buffers;
 :meth:`KVCache.append` writes the new positions in place and returns views of everything cached
-so far. When the buffer is full its capacity doubles, so ``n`` single-token appends cost
+so far. Only when the spare capacity runs out are the buffers reallocated, to ``growth ×`` the
+current capacity (or to what the append needs, if that is more): ``n`` single-token appends cost
 ``O(log n)`` reallocations and ``O(n)`` copied positions in total (amortized ``O(1)`` per step)
 instead of the ``O(n²)`` copying of ``torch.cat`` at every step.
 
-The cache is self-contained (no engine, no module) so that a richer storage object can replace
-it without touching :class:`attnkit.nn.MultiHeadAttention`.
+Batch rows may hold different lengths (a ragged batch of caches): :attr:`KVCache.lengths` is
+``(B,)`` and ``append(..., counts=...)`` adds a different number of tokens per row, each row
+writing at its own length. Attention reads :attr:`~KVCache.keys` / :attr:`~KVCache.values`
+(views, no copy) with ``kv_lengths=cache.kv_lengths`` and bottom-right causal alignment, which
+puts each row's new queries at the end of that row's own cache::
+
+    k_all, v_all = cache.append(k_new, v_new)          # (B, G, T, D), (B, G, T, E)
+    out = attnkit.attention(q_new, k_all, v_all, kv_lengths=cache.kv_lengths, causal=True)
+
+:class:`attnkit.nn.MultiHeadAttention` does exactly this when given ``cache=``. With ``L ≤ 16``
+new queries and a long cache, ``engine="auto"`` picks the split-KV decode engine. The cache is
+self-contained (no engine, no module): it only stores tensors, so the engines never import it.
 """
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -21,116 +35,209 @@ __all__ = ["KVCache"]
 
 
 class KVCache:
-    """Keys ``(B, G, S, D)`` and values ``(B, G, S, E)`` appended along ``S``.
+    """Keys ``(B, G, S, D)`` and values ``(B, G, S, E)`` appended along ``S``, per batch row.
 
     Args:
-        initial_capacity: positions allocated by the first :meth:`append` (at least the
-            length of that append); later growth doubles the capacity.
+        initial_capacity: positions per row allocated by the first :meth:`append` (at least
+            the length of that append).
+        growth: factor > 1 by which the capacity grows when an append does not fit.
+        capacity: deprecated spelling of ``initial_capacity`` (the old ``attnkit.KVCache``).
+
+    Shapes, dtype and device are fixed by the first :meth:`append`.
 
     Attributes:
-        reallocations: how many times a buffer was (re)allocated, the first allocation
-            included. ``n`` single-token appends from empty give ``1 + ceil(log2(n / c0))``.
+        reallocations: how many times the buffers were replaced by larger ones (the cached
+            positions copied over). The first allocation is not a reallocation: ``n``
+            single-token appends from empty give ``ceil(log_growth(n / initial_capacity))``.
 
     Example:
-        >>> import torch
+        >>> import torch, attnkit
         >>> from attnkit.nn.kv_cache import KVCache
-        >>> cache = KVCache(initial_capacity=2)
-        >>> for _ in range(5):
-        ...     k_all, v_all = cache.append(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 4))
-        >>> k_all.shape, v_all.shape, len(cache), cache.capacity, cache.reallocations
-        (torch.Size([1, 2, 5, 8]), torch.Size([1, 2, 5, 4]), 5, 8, 3)
+        >>> cache = KVCache(initial_capacity=4)
+        >>> for t in range(10):
+        ...     k_all, v_all = cache.append(torch.randn(2, 1, 1, 8), torch.randn(2, 1, 1, 8))  # one token per step
+        >>> k_all.shape, len(cache), cache.capacity, cache.reallocations
+        (torch.Size([2, 1, 10, 8]), 10, 16, 2)
+        >>> q = torch.randn(2, 4, 1, 8)  # 4 query heads share the 1 cached head (MQA)
+        >>> attnkit.attention(q, cache.keys, cache.values, kv_lengths=cache.kv_lengths, causal=True).shape
+        torch.Size([2, 4, 1, 8])
     """
 
-    def __init__(self, initial_capacity: int = 16) -> None:
-        if isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 1:
-            raise AttnkitError.build("initial_capacity as a positive int", repr(initial_capacity), "e.g. 16")
+    def __init__(self, initial_capacity: int = 16, growth: float = 2.0, *, capacity: int | None = None) -> None:
+        if capacity is not None:
+            warnings.warn("KVCache(capacity=...) is deprecated; use KVCache(initial_capacity=...)",
+                          DeprecationWarning, stacklevel=2)
+            initial_capacity = capacity
+        bad_capacity = isinstance(initial_capacity, bool) or not isinstance(initial_capacity, int) or initial_capacity < 1
+        if bad_capacity or not growth > 1:
+            raise AttnkitError.build("initial_capacity as an int >= 1 and growth > 1",
+                                     f"initial_capacity={initial_capacity!r}, growth={growth!r}", "e.g. KVCache(16, growth=2.0)")
         self.initial_capacity = initial_capacity
+        self.growth = float(growth)
         self.reallocations = 0
         self._k: Tensor | None = None
         self._v: Tensor | None = None
-        self._len = 0
+        self._lengths: Tensor | None = None
+        self._max = 0  # Python int copy of lengths.max(): views without a device sync
+        self._ragged = False
+
+    # ------------------------------------------------------------------ state
 
     def __len__(self) -> int:
-        return self._len
+        """The longest row's length (the ``S`` of :attr:`keys`)."""
+        return self._max
 
     @property
     def capacity(self) -> int:
-        """Positions the current buffers hold before the next reallocation (0 when empty)."""
+        """Positions per row the current buffers hold before the next reallocation (0 when empty)."""
         return 0 if self._k is None else self._k.shape[2]
 
-    @property
-    def keys(self) -> Tensor | None:
-        """Cached keys ``(B, G, S, D)`` (a view into the buffer), or ``None`` before the first append."""
-        return None if self._k is None else self._k[:, :, : self._len]
+    def _need_append(self) -> None:
+        if self._k is None:
+            raise AttnkitError.build("a cache with at least one append", "an empty KVCache", "call append(k, v) first")
 
     @property
-    def values(self) -> Tensor | None:
-        """Cached values ``(B, G, S, E)`` (a view into the buffer), or ``None`` before the first append."""
-        return None if self._v is None else self._v[:, :, : self._len]
+    def lengths(self) -> Tensor:
+        """``(B,)`` int64: how many positions each batch row holds."""
+        self._need_append()
+        assert self._lengths is not None
+        return self._lengths
 
-    def reset(self) -> None:
-        """Forget the cached positions; the buffers are kept for reuse."""
-        self._len = 0
+    @property
+    def kv_lengths(self) -> Tensor | None:
+        """:attr:`lengths` if rows differ (pass as ``kv_lengths=``), ``None`` if all rows are full."""
+        return self.lengths if self._ragged else None
+
+    @property
+    def keys(self) -> Tensor:
+        """``(B, G, S, D)`` view of the cached keys, ``S = len(self)``; rows past their length are padding."""
+        self._need_append()
+        assert self._k is not None
+        return self._k[:, :, : self._max]
+
+    @property
+    def values(self) -> Tensor:
+        """``(B, G, S, E)`` view of the cached values."""
+        self._need_append()
+        assert self._v is not None
+        return self._v[:, :, : self._max]
+
+    # ------------------------------------------------------------------ updates
 
     def _check(self, k: Tensor, v: Tensor) -> None:
         for name, t in (("key", k), ("value", v)):
             if not isinstance(t, Tensor) or t.dim() != 4:
                 raise AttnkitError.build(
-                    f"{name} of shape (B, G, S_new, {'E' if name == 'value' else 'D'})",
+                    f"{name} of shape (B, G, T, {'E' if name == 'value' else 'D'})",
                     f"{type(t).__name__} {tuple(getattr(t, 'shape', ()))}",
-                    "append per-head tensors, e.g. k.view(B, S, G, D).transpose(1, 2)",
+                    "append per-head tensors, e.g. k.view(B, T, G, D).transpose(1, 2)",
                 )
         if k.shape[:3] != v.shape[:3]:
-            raise AttnkitError.build("key and value sharing (B, G, S_new)", f"{tuple(k.shape)} and {tuple(v.shape)}",
-                                     "append matching keys and values")
-        if self._k is not None:
-            assert self._v is not None
-            want_k = (self._k.shape[0], self._k.shape[1], self._k.shape[3])
-            want_v = (self._v.shape[0], self._v.shape[1], self._v.shape[3])
-            got_k, got_v = (k.shape[0], k.shape[1], k.shape[3]), (v.shape[0], v.shape[1], v.shape[3])
-            if got_k != want_k or got_v != want_v:
+            raise AttnkitError.build("key (B, G, T, D) and value (B, G, T, E) sharing (B, G, T)",
+                                     f"{tuple(k.shape)} and {tuple(v.shape)}", "append matching keys and values")
+        if k.dtype != v.dtype or k.device != v.device:
+            raise AttnkitError.build("key and value of one dtype and device", f"{k.dtype}/{k.device} and {v.dtype}/{v.device}",
+                                     "cast one of them with .to(...)")
+        if self._k is not None and self._v is not None:
+            want = (self._k.shape[0], self._k.shape[1], self._k.shape[3], self._v.shape[3])
+            got = (k.shape[0], k.shape[1], k.shape[3], v.shape[3])
+            if want != got or k.dtype != self._k.dtype or k.device != self._k.device:
                 raise AttnkitError.build(
-                    f"key (B, G, ·, D) = {want_k} and value (B, G, ·, E) = {want_v} like the cached ones",
-                    f"{got_k} and {got_v}",
-                    "use one cache per layer and batch; call reset() only for the same shapes",
+                    f"(B, G, D, E) = {want} in {self._k.dtype} on {self._k.device} like the cached ones",
+                    f"{got} in {k.dtype} on {k.device}",
+                    "use one cache per layer and keep shapes fixed; reorder() selects rows, reset() starts over",
                 )
-            if k.dtype != self._k.dtype or k.device != self._k.device or v.dtype != self._v.dtype:
-                raise AttnkitError.build(f"{self._k.dtype} tensors on {self._k.device} like the cache",
-                                         f"{k.dtype}/{v.dtype} on {k.device}", "cast with .to(...) before appending")
 
-    def _grow(self, needed: int, k: Tensor, v: Tensor) -> None:
-        """Make room for ``needed`` positions: double the capacity until it fits, copy the prefix."""
-        capacity = max(self.capacity, self.initial_capacity)
-        while capacity < needed:
-            capacity *= 2
-        B, G = k.shape[:2]
-        new_k = k.new_empty(B, G, capacity, k.shape[3])
-        new_v = v.new_empty(B, G, capacity, v.shape[3])
-        if self._k is not None and self._len:
-            assert self._v is not None
-            new_k[:, :, : self._len] = self._k[:, :, : self._len]
-            new_v[:, :, : self._len] = self._v[:, :, : self._len]
-        self._k, self._v = new_k, new_v
-        self.reallocations += 1
+    def _reserve(self, needed: int, like_k: Tensor, like_v: Tensor) -> None:
+        """Make room for ``needed`` positions per row, growing geometrically; copy what is cached."""
+        if self._k is not None and needed <= self.capacity:
+            return
+        new_cap = max(needed, self.initial_capacity)
+        if self._k is not None:
+            new_cap = max(needed, math.ceil(self.capacity * self.growth))
+        B, G, _, D = like_k.shape
+        # Zeros, not empty: padding past a row's length is never read by attention, but zeros
+        # keep the buffers free of garbage that a user slicing keys by hand might trip over.
+        k_buf = like_k.new_zeros(B, G, new_cap, D)
+        v_buf = like_v.new_zeros(B, G, new_cap, like_v.shape[3])
+        if self._k is not None and self._v is not None:
+            k_buf[:, :, : self._max] = self._k[:, :, : self._max]
+            v_buf[:, :, : self._max] = self._v[:, :, : self._max]
+            self.reallocations += 1
+        self._k, self._v = k_buf, v_buf
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append ``k (B, G, S_new, D)`` and ``v (B, G, S_new, E)``; return all cached keys and values.
+    def _counts(self, counts: Tensor | None, B: int, T: int, device: torch.device) -> Tensor | None:
+        """``counts`` checked as ``(B,)`` ints in ``[0, T]``; ``None`` when every row takes all ``T``."""
+        if counts is None:
+            return None
+        counts = torch.as_tensor(counts, device=device)
+        bad_range = B and not counts.is_floating_point() and (int(counts.min()) < 0 or int(counts.max()) > T)
+        if counts.shape != (B,) or counts.is_floating_point() or bad_range:
+            raise AttnkitError.build(f"counts of shape ({B},) with ints in [0, {T}]", f"{counts.tolist()}",
+                                     "count the real new tokens per row")
+        counts = counts.to(torch.int64)
+        return None if B and bool((counts == T).all()) else counts
 
-        The returned tensors are views of length ``S = len(self)`` into the buffers: they stay
-        valid until the next ``append`` (which may write into or reallocate the buffers), so do
-        not keep them across steps. ``S_new = 0`` is allowed. The cache is for inference: it
-        stores detached copies, so no gradient flows into the appended tensors.
+    @torch.no_grad()
+    def append(self, k: Tensor, v: Tensor, *, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Append ``k (B, G, T, D)`` and ``v (B, G, T, E)``; return all cached keys and values.
+
+        Args:
+            k, v: the new positions. ``T = 0`` is allowed.
+            counts: optional ``(B,)`` ints in ``[0, T]``: row ``b`` takes only its first
+                ``counts[b]`` new positions (the rest of ``k[b]`` is padding), making the
+                batch ragged. Without it every row takes all ``T``, each at its own length.
+
+        Returns:
+            ``(keys, values)``, the views :attr:`keys` and :attr:`values` of length
+            ``S = len(self)``. They stay valid until the next ``append`` (which may write into
+            or reallocate the buffers), so do not keep them across steps. The cache is for
+            inference: it stores copies, so no gradient flows into the appended tensors.
 
         Raises:
-            AttnkitError: if the shapes, dtype or device differ from the cached ones.
+            AttnkitError: if the shapes, dtype or device differ from the cached ones, or
+                ``counts`` is out of range.
         """
         self._check(k, v)
-        end = self._len + k.shape[2]
-        if self._k is None or end > self.capacity:
-            self._grow(end, k, v)
+        B, T = k.shape[0], k.shape[2]
+        if self._lengths is None:
+            self._lengths = torch.zeros(B, dtype=torch.int64, device=k.device)
+        counts = self._counts(counts, B, T, k.device)
+        if not self._ragged and counts is None:  # every row at the same length: one slice write
+            self._reserve(self._max + T, k, v)
+            assert self._k is not None and self._v is not None
+            self._k[:, :, self._max : self._max + T] = k
+            self._v[:, :, self._max : self._max + T] = v
+            self._lengths += T
+            self._max += T
+            return self.keys, self.values
+        # Ragged: row b writes its first counts[b] positions at lengths[b] + t.
+        counts_ = counts if counts is not None else torch.full((B,), T, dtype=torch.int64, device=k.device)
+        new_lengths = self._lengths + counts_
+        new_max = int(new_lengths.max()) if B else 0
+        self._reserve(max(new_max, self._max), k, v)
         assert self._k is not None and self._v is not None
-        with torch.no_grad():
-            self._k[:, :, self._len : end] = k
-            self._v[:, :, self._len : end] = v
-        self._len = end
-        return self._k[:, :, :end], self._v[:, :, :end]
+        t = torch.arange(T, device=k.device)
+        rows, steps = torch.nonzero(t[None, :] < counts_[:, None], as_tuple=True)  # (b, t) pairs to write
+        pos = self._lengths[rows] + steps
+        self._k[rows, :, pos] = k[rows, :, steps]
+        self._v[rows, :, pos] = v[rows, :, steps]
+        self._lengths = new_lengths
+        self._max = max(new_max, self._max)
+        self._ragged = bool((new_lengths != self._max).any())
+        return self.keys, self.values
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (e.g. beams): ``index`` ``(B',)`` into the current batch."""
+        if self._k is None or self._v is None or self._lengths is None:
+            return
+        self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+        self._lengths = self._lengths.index_select(0, index)
+        self._max = int(self._lengths.max()) if self._lengths.numel() else 0
+        self._ragged = bool((self._lengths != self._max).any())
+
+    def reset(self) -> None:
+        """Forget the cached positions; the buffers are kept for reuse (shapes stay fixed)."""
+        if self._lengths is not None:
+            self._lengths.zero_()
+        self._max, self._ragged = 0, False

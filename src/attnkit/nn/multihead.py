@@ -116,7 +116,7 @@ class MultiHeadAttention(nn.Module):
                 f"dropout={self.dropout}, batch_first={self.batch_first}")
 
     def new_cache(self, initial_capacity: int = 16) -> KVCache:
-        """An empty KV cache for incremental decoding with this module (see :meth:`forward`)."""
+        """An empty :class:`attnkit.KVCache` for incremental decoding with this module (see :meth:`forward`)."""
         return KVCache(initial_capacity)
 
     @classmethod
@@ -207,8 +207,9 @@ class MultiHeadAttention(nn.Module):
             causal, window, kv_lengths, q_lengths: structured masks of :func:`attnkit.attention`.
                 ``causal=True`` is bottom-right aligned: with a cache, the ``L`` new queries sit
                 at the last ``L`` key positions, so decoding step by step equals full causal attention.
-            cache: a :class:`~attnkit.nn.kv_cache.KVCache` (see :meth:`new_cache`); this call's
-                projected keys/values are appended and every cached position is attended.
+            cache: an :class:`attnkit.KVCache` (see :meth:`new_cache`); this call's projected
+                keys/values are appended (to every row, each at its own length) and every cached
+                position is attended. A ragged cache supplies ``kv_lengths`` unless it is given.
             engine: forwarded to :func:`attnkit.attention`.
 
         Returns:
@@ -238,6 +239,7 @@ class MultiHeadAttention(nn.Module):
         v = self.v_proj(value).reshape(B, -1, G, D).transpose(1, 2)  # (B, G, S_new, D)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, G, S, D): everything cached so far
+            kv_lengths = cache.kv_lengths if kv_lengths is None else kv_lengths  # rows of a ragged cache differ
         S = k.shape[2]
 
         parts = []
