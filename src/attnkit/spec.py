@@ -89,6 +89,11 @@ class AttentionSpec:
         return_lse, return_weights: what the caller asked for.
         offset_bounds, kv_bounds, q_bounds: Python-int (min, max) over the batch of the
             query alignment offset and of the lengths, for block skipping without syncs.
+        q_nonfinite, kv_nonfinite: whether the query / key-value tensors may hold NaN or ±inf
+            (``True`` when unknown: the check is skipped where it would cost as much as the
+            attention itself, e.g. for decoding shapes). Engines use it to keep hidden keys
+            from influencing anything (DESIGN.md) and to decline specs they would get wrong.
+        needs_grad: autograd will differentiate the result (some engines then decline).
     """
 
     B: int
@@ -119,6 +124,9 @@ class AttentionSpec:
     offset_bounds: tuple[int, int] = (0, 0)
     kv_bounds: tuple[int, int] = (0, 0)
     q_bounds: tuple[int, int] = (0, 0)
+    q_nonfinite: bool = True
+    kv_nonfinite: bool = True
+    needs_grad: bool = False
 
     @property
     def compute_dtype(self) -> torch.dtype:
