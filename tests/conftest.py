@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import attnkit
+from attnkit.engines import ENGINE_ORDER
+
 # The suite runs on 2 cores; keep torch from oversubscribing under pytest.
 torch.set_num_threads(2)
 
@@ -44,3 +47,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# Every engine, forced: a test of an engine must never let dispatch pick (it could pick the oracle).
+ENGINES = list(ENGINE_ORDER)
+
+
+def skip_unless_accepts(engine: str, q, k, v, **kwargs) -> None:
+    """Skip (with the engine's own reason) when ``engine`` cannot compute this spec."""
+    try:
+        attnkit.explain(q, k, v, engine=engine, **kwargs)
+    except attnkit.AttnkitError as why:
+        pytest.skip(f"{engine}: {why}")

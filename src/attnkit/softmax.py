@@ -339,7 +339,10 @@ def merge_partials(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> Pa
         out = o_a·exp(lse_a - lse) + o_b·exp(lse_b - lse)
 
     computed in float32 (float64 for float64) and returned in ``o_a``'s dtype. Rows empty
-    in both parts give ``out = 0, lse = -inf`` — no NaN. This is the one merge used by the
+    in both parts give ``out = 0, lse = -inf`` — no NaN. The weights use the stable form
+    ``sigmoid(lse_a - lse_b)``; a float32 ``lse`` near ``±1e4`` carries ``|lse|·2⁻²⁴ ≈ 6e-4`` of
+    rounding, which becomes relative error of the weights (keep partials' lse in float32 or
+    better, never in half). This is the one merge used by the
     flash, decode and ring engines.
 
     Example:
