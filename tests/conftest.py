@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+import attnkit
+from attnkit.engines import ENGINE_ORDER
 
 # The suite runs on 2 cores; keep torch from oversubscribing under pytest.
 torch.set_num_threads(2)
+
+# Property tests: "ci" is the default (derandomized: the same examples every run, >= 2,000 in all);
+# `pytest --hypothesis-profile=thorough` explores ten times more, with fresh random examples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=10 * 700, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("ATTNKIT_HYPOTHESIS_PROFILE", "ci"))
 
 
 def err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -44,3 +56,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# Every engine, forced: a test of an engine must never let dispatch pick (it could pick the oracle).
+ENGINES = list(ENGINE_ORDER)
+
+
+def skip_unless_accepts(engine: str, q, k, v, **kwargs) -> None:
+    """Skip (with the engine's own reason) when ``engine`` cannot compute this spec."""
+    try:
+        attnkit.explain(q, k, v, engine=engine, **kwargs)
+    except attnkit.AttnkitError as why:
+        pytest.skip(f"{engine}: {why}")

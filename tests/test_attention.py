@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import attnkit
 from attnkit import AttnkitError
 
-from conftest import assert_flash_rule, err, qkv
+from conftest import ENGINES, assert_flash_rule, err, qkv, skip_unless_accepts
 
 SHAPES = [  # B, H, G, L, S, D, E
     (2, 4, 4, 97, 97, 59, 59),
@@ -46,13 +46,15 @@ def brute_mask(L, S, *, causal=None, window=None, kv_len=None, q_len=None):
     return m
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("causal", [False, "top_left"])
-def test_matches_sdpa(shape, causal):
+def test_every_engine_matches_float64_reference(engine, shape, causal):
     B, H, G, L, S, D, E = shape
     q, k, v = qkv(B, H, G, L, S, D, E, seed=sum(shape))
-    ref64 = attnkit.attention(q.double(), k.double(), v.double(), causal=causal)
-    ours = attnkit.attention(q, k, v, causal=causal)
+    skip_unless_accepts(engine, q, k, v, causal=causal)
+    ref64 = attnkit.attention(q.double(), k.double(), v.double(), causal=causal, engine="reference")
+    ours = attnkit.attention(q, k, v, causal=causal, engine=engine)
     theirs = _sdpa(q, k, v, is_causal=bool(causal))
     assert ours.shape == (B, H, L, E) and ours.dtype == q.dtype
     assert_flash_rule(ours, theirs, ref64)
@@ -60,23 +62,28 @@ def test_matches_sdpa(shape, causal):
     assert err(ref64, _sdpa(q.double(), k.double(), v.double(), is_causal=bool(causal))) < 1e-12
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_flash_rule(dtype):
+def test_low_precision_flash_rule(engine, dtype):
     q, k, v = qkv(2, 4, 2, 65, 80, 64, seed=3)
-    ref64 = attnkit.attention(q.double(), k.double(), v.double())
-    ours = attnkit.attention(q.to(dtype), k.to(dtype), v.to(dtype))
+    skip_unless_accepts(engine, q.to(dtype), k.to(dtype), v.to(dtype))
+    ref64 = attnkit.attention(q.double(), k.double(), v.double(), engine="reference")
+    ours = attnkit.attention(q.to(dtype), k.to(dtype), v.to(dtype), engine=engine)
     assert ours.dtype == dtype
     assert_flash_rule(ours, _sdpa(q.to(dtype), k.to(dtype), v.to(dtype)), ref64)
 
 
-def test_gradients_match_sdpa():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_gradients_match_float64_reference(engine):
     q, k, v = qkv(2, 4, 2, 37, 45, 24, seed=5, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(2, 1, 37, 45, generator=torch.Generator().manual_seed(1)) > 0.3
+    skip_unless_accepts(engine, q, k, v, mask=mask)
     do = torch.randn(2, 4, 37, 24, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    ours = torch.autograd.grad((attnkit.attention(q, k, v, mask=mask) * do).sum(), (q, k, v))
+    ours = torch.autograd.grad((attnkit.attention(q, k, v, mask=mask, engine=engine) * do).sum(), (q, k, v))
+    ref = torch.autograd.grad((attnkit.attention(q, k, v, mask=mask, engine="reference") * do).sum(), (q, k, v))
     theirs = torch.autograd.grad((_sdpa(q, k, v, attn_mask=mask) * do).sum(), (q, k, v))
-    for a, b in zip(ours, theirs):
-        assert err(a, b) < 1e-12
+    for a, b, c in zip(ours, ref, theirs):
+        assert err(a, b) < 1e-12 and err(b, c) < 1e-12
 
 
 @pytest.mark.parametrize("causal", [True, "top_left", False])

@@ -77,7 +77,13 @@ def attention(
         ``out`` ``(B, H, L, E)`` in the input dtype, or ``AttentionOutput`` if asked for lse or
         weights. Rows with no visible key give ``out = 0``, ``lse = -inf``, weights 0 and zero
         gradients. Empty ``L`` or ``S`` are allowed. float16/bfloat16 inputs are normalized
-        and accumulated in float32.
+        and accumulated in float32; float masks and biases keep float32 precision.
+        NaN/inf: a NaN in a query row makes that row NaN; a NaN/inf in a *visible* key or value
+        reaches the rows that see it (as in plain arithmetic); keys that are not visible
+        (masked, past ``kv_lengths``, outside the window or causal band) never influence
+        anything, whatever they hold. Scores that overflow the compute dtype
+        (``|q·k·scale| > 3.4e38`` in float32, e.g. entries near 1e19) give NaN rows as in
+        torch; pass float64 inputs or rescale ``q``/``k`` (``scale``) if your values are that large.
 
     Raises:
         AttnkitError: for mismatched shapes, dtypes or devices, invalid options, or a forced

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from .errors import AttnkitError
 from .spec import AttentionSpec, BlockIndex
 
 __all__ = ["apply_score_mods", "alibi_slopes", "alibi_bias"]
@@ -62,5 +63,14 @@ def apply_score_mods(s: Tensor, spec: AttentionSpec, idx: BlockIndex) -> Tensor:
         if extra is not None:
             s = s + idx.gather(extra).to(s.dtype)
     if spec.score_mod is not None:
-        s = spec.score_mod(s, idx.b, idx.h, idx.i, idx.j)
+        out = spec.score_mod(s, idx.b, idx.h, idx.i, idx.j)
+        if not isinstance(out, Tensor) or not out.is_floating_point() or out.shape != s.shape:
+            got = f"{type(out).__name__} {tuple(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
+            raise AttnkitError.build(
+                f"score_mod(score, b, h, i, j) to return a float tensor of the score block's shape {tuple(s.shape)}",
+                got,
+                "compute elementwise on `score` (e.g. `score + bias[h]`, `torch.where(i >= j, score, -inf)`), "
+                "keeping its shape",
+            )
+        s = out
     return s

@@ -45,51 +45,87 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _prepare(x: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
-    """Upcast, apply temperature and mask; returns logits in the compute dtype."""
+def _check_dim(x: Tensor, dim: int, name: str = "x") -> int:
+    """``dim`` as a non-negative index of ``x``, or an AttnkitError (no silent wrap-around)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise AttnkitError.build("dim as an int", f"{type(dim).__name__} {dim!r}", "pass e.g. dim=-1")
+    n = max(x.dim(), 1)
+    if not -n <= dim < n:
+        raise AttnkitError.build(f"dim in [{-n}, {n - 1}] for {name} of shape {tuple(x.shape)}", str(dim), "pass e.g. dim=-1")
+    return dim % n
+
+
+def _check_floating(x: object, name: str = "x") -> Tensor:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise AttnkitError.build(
-            "x to be a floating-point tensor",
+            f"{name} to be a floating-point tensor",
             f"{type(x).__name__} of dtype {getattr(x, 'dtype', None)}",
-            "convert with x.float()",
+            f"convert with {name}.float() (an integer tensor would be truncated)",
         )
-    if not temperature > 0:
-        raise AttnkitError.build("temperature > 0", repr(temperature), "pass a positive temperature such as 1.0")
+    return x
+
+
+def _check_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise AttnkitError.build("a finite temperature > 0", repr(temperature), "pass a positive temperature such as 1.0")
+    return float(temperature)
+
+
+def _prepare(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> Tensor:
+    """Upcast, mask and apply temperature; returns logits in the compute dtype.
+
+    The temperature divides ``x - max`` rather than ``x``: the softmax is unchanged (shift
+    invariance), but ``x / T`` overflows for tiny T or huge x (``[1, 2] / 1e-40`` is ``inf``,
+    and ``inf - inf`` is NaN) while ``(x - max) / T`` is ``<= 0`` and tends to the exact
+    limit: one-hot on the maximum (uniform over ties). :func:`logsumexp` adds ``max / T`` back.
+    """
+    _check_floating(x)
+    dim = _check_dim(x, dim)
+    temperature = _check_temperature(temperature)
     x = x.to(compute_dtype(x.dtype))
-    if temperature != 1.0:
-        x = x / temperature
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise AttnkitError.build("a boolean mask (True = keep)", f"dtype {mask.dtype}", "pass mask.bool()")
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise AttnkitError.build("a boolean mask (True = keep)", f"{getattr(mask, 'dtype', type(mask).__name__)}", "pass mask.bool()")
         try:
-            torch.broadcast_shapes(mask.shape, x.shape)
+            ok = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
         except RuntimeError:
+            ok = False
+        if not ok:  # a mask must not broadcast x to a bigger shape
             raise AttnkitError.build(
-                f"mask broadcastable to {tuple(x.shape)}", f"{tuple(mask.shape)}", "reshape or unsqueeze the mask"
-            ) from None
+                f"mask broadcastable to x's shape {tuple(x.shape)}", f"{tuple(mask.shape)}", "reshape or unsqueeze the mask"
+            )
         x = x.masked_fill(~mask, _NEG_INF)
     return x
 
 
+def _temper(z: Tensor, dim: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """``((z - m) / T, m)`` with ``m`` the safe row max (see :func:`_safe_max`)."""
+    m = _safe_max(z, dim)
+    return (z - m) / temperature, m
+
+
 def _safe_max(x: Tensor, dim: int) -> Tensor:
-    """Row max with ``-inf`` rows replaced by 0, detached: subtracting it keeps exp() <= 1 (no
-    overflow) without changing the result, and a fully masked row gives exp(-inf - 0) = 0, not NaN."""
+    """Row max, detached, with infinite maxima replaced by 0: subtracting it keeps exp() <= 1 (no
+    overflow) without changing the result; a fully masked row gives exp(-inf - 0) = 0, not NaN,
+    and a row holding +inf gives exp(inf) = inf (logsumexp = inf, as torch), not inf - inf = NaN."""
     if x.shape[dim] == 0:
         shape = list(x.shape)
         shape[dim] = 1
         return x.new_zeros(shape)
     m = x.detach().amax(dim=dim, keepdim=True)
-    return m.masked_fill(m == _NEG_INF, 0.0)
+    return m.masked_fill(m.isinf(), 0.0)
 
 
-def _lse_keepdim(x: Tensor, dim: int) -> Tensor:
-    """log Σ exp(x) along ``dim`` (keepdim), ``-inf`` for empty/fully masked rows, zero-gradient safe."""
-    m = _safe_max(x, dim)
-    total = torch.exp(x - m).sum(dim=dim, keepdim=True)
+def _shifted_lse(y: Tensor, dim: int) -> Tensor:
+    """``log Σ exp(y)`` (keepdim) of rows already shifted so their max is 0 (or empty / -inf).
+
+    Kept separate from the shift so callers can form ``(x - m) - log Σ`` without ever
+    holding ``m + log Σ``: at ``|m| = 1e4`` that sum's float32 spacing is 1e-3 (DESIGN.md).
+    Empty rows give ``-inf``; their backward stays finite (log of a masked 1, not of 0).
+    """
+    total = torch.exp(y).sum(dim=dim, keepdim=True)
     empty = total == 0
-    # log(1) on empty rows keeps the backward finite (grad of log at 0 would be inf·0 = NaN).
-    lse = m + torch.log(total.masked_fill(empty, 1.0))
-    return lse.masked_fill(empty, _NEG_INF)
+    return torch.log(total.masked_fill(empty, 1.0)).masked_fill(empty, _NEG_INF)
 
 
 def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -113,9 +149,10 @@ def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature
         >>> attnkit.softmax(torch.tensor([1e4, 0.0]))  # the naive formula gives nan here
         tensor([1., 0.])
     """
-    z = _prepare(x, mask, temperature)
+    z = _prepare(x, dim, mask, temperature)
     if z.shape[dim] == 0:
         return z.to(x.dtype)
+    z, _ = _temper(z, dim, temperature)
     # torch's fused softmax already subtracts the row max; only rows with nothing visible
     # (all -inf) need care: it would give 0/0 = NaN there, so compute them on zeros and
     # zero the result (masked_fill also zeroes their gradient).
@@ -134,9 +171,11 @@ def log_softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, tempera
         >>> attnkit.log_softmax(torch.tensor([0.0, 0.0])).exp()
         tensor([0.5000, 0.5000])
     """
-    z = _prepare(x, mask, temperature)
-    lse = _lse_keepdim(z, dim)
-    out = (z - lse.masked_fill(lse == _NEG_INF, 0.0)).masked_fill(lse == _NEG_INF, _NEG_INF)
+    z = _prepare(x, dim, mask, temperature)
+    y, _ = _temper(z, dim, temperature)
+    lse = _shifted_lse(y, dim)
+    # (x - m) - log Σ: both terms small, so the result keeps full relative precision at any offset.
+    out = (y - lse.masked_fill(lse == _NEG_INF, 0.0)).masked_fill(lse == _NEG_INF, _NEG_INF)
     return out.to(x.dtype)
 
 
@@ -150,9 +189,16 @@ def logsumexp(
         >>> attnkit.logsumexp(torch.tensor([1000.0, 1000.0], dtype=torch.float64))  # naive: log(inf) = inf
         tensor(1000.6931, dtype=torch.float64)
     """
-    z = _prepare(x, mask, temperature)
-    lse = _lse_keepdim(z, dim)
+    z = _prepare(x, dim, mask, temperature)
+    lse = _lse_keepdim(z, dim, temperature)
     return (lse if keepdim else lse.squeeze(dim)).to(x.dtype)
+
+
+def _lse_keepdim(z: Tensor, dim: int, temperature: float = 1.0) -> Tensor:
+    """``m / T + log Σ exp((z - m) / T)`` (keepdim); ``-inf`` for empty or fully masked rows."""
+    y, m = _temper(z, dim, temperature)
+    lse = _shifted_lse(y, dim)
+    return lse + m / temperature
 
 
 # --------------------------------------------------------------------------- mergeable state
@@ -201,7 +247,15 @@ class SoftmaxState:
         With ``inplace=True`` the chunk's memory is reused for ``p`` (the flash engine's
         inner loop); the state's own tensors are always updated in place.
         """
-        dim = dim % chunk.dim()
+        _check_floating(chunk, "chunk")
+        dim = _check_dim(chunk, dim, "chunk")
+        row_shape = chunk.shape[:dim] + chunk.shape[dim + 1 :]
+        if chunk.dim() != self.m.dim() + 1 or row_shape != self.m.shape:
+            raise AttnkitError.build(
+                f"a chunk whose shape without dim {dim} is the state's row shape {tuple(self.m.shape)}",
+                f"{tuple(chunk.shape)}",
+                "pass the same rows every time (no broadcasting), the reduced dimension at `dim`",
+            )
         if chunk.shape[dim] == 0:
             return chunk.to(self.m.dtype), torch.ones_like(self.m)
         m_new = torch.maximum(self.m, chunk.amax(dim=dim))
@@ -215,6 +269,11 @@ class SoftmaxState:
 
     def merge(self, other: "SoftmaxState") -> "SoftmaxState":
         """The state of the union of both rows' elements (exact, order independent up to rounding)."""
+        if not isinstance(other, SoftmaxState) or other.m.shape != self.m.shape:
+            got = tuple(other.m.shape) if isinstance(other, SoftmaxState) else type(other).__name__
+            raise AttnkitError.build(
+                f"a SoftmaxState of row shape {tuple(self.m.shape)}", f"{got}", "merge states of the same rows"
+            )
         m = torch.maximum(self.m, other.m)
         return SoftmaxState(m, self.l * _rescale(self.m, m) + other.l * _rescale(other.m, m))
 
@@ -225,10 +284,17 @@ class SoftmaxState:
         return (self.m.masked_fill(empty, 0.0) + torch.log(self.l.masked_fill(empty, 1.0))).masked_fill(empty, _NEG_INF)
 
     def normalize(self, chunk: Tensor, dim: int = -1) -> Tensor:
-        """Final probabilities of a chunk of this row: ``exp(chunk - lse)``; 0 for empty rows."""
-        lse = self.lse.unsqueeze(dim % chunk.dim())
-        # An empty row has lse = -inf and chunk = -inf: shift by 0 instead so exp(-inf) = 0, not NaN.
-        return torch.exp(chunk - lse.masked_fill(lse == _NEG_INF, 0.0))
+        """Final probabilities of a chunk of this row: ``exp(chunk - lse)``; 0 for empty rows.
+
+        Computed as ``exp((chunk - m) - log l)``: ``chunk - lse`` would carry the rounding of
+        ``lse`` itself (1e-3 at an offset of 1e4 in float32) into every probability.
+        """
+        dim = _check_dim(chunk, dim, "chunk")
+        empty = self.l == 0
+        m = self.m.masked_fill(empty, 0.0).unsqueeze(dim)
+        log_l = torch.log(self.l.masked_fill(empty, 1.0)).unsqueeze(dim)
+        # An empty row has chunk = -inf and m = 0: exp(-inf) = 0, not NaN.
+        return torch.exp((chunk - m) - log_l)
 
 
 def online_softmax(x: Tensor, dim: int = -1, block: int = 128) -> Tensor:
@@ -244,8 +310,10 @@ def online_softmax(x: Tensor, dim: int = -1, block: int = 128) -> Tensor:
         >>> torch.allclose(attnkit.online_softmax(x, block=64), torch.softmax(x, -1), atol=1e-6)
         True
     """
-    if block < 1:
-        raise AttnkitError.build("block >= 1", repr(block), "pass a positive block size")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise AttnkitError.build("block as an int >= 1", repr(block), "pass a positive block size such as 128")
+    _check_floating(x)
+    dim = _check_dim(x, dim)
     z = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
     state = SoftmaxState.empty(z.shape[:-1], dtype=z.dtype, device=z.device)
     for start in range(0, z.shape[-1], block):
@@ -271,7 +339,10 @@ def merge_partials(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> Pa
         out = o_a·exp(lse_a - lse) + o_b·exp(lse_b - lse)
 
     computed in float32 (float64 for float64) and returned in ``o_a``'s dtype. Rows empty
-    in both parts give ``out = 0, lse = -inf`` — no NaN. This is the one merge used by the
+    in both parts give ``out = 0, lse = -inf`` — no NaN. The weights use the stable form
+    ``sigmoid(lse_a - lse_b)``; a float32 ``lse`` near ``±1e4`` carries ``|lse|·2⁻²⁴ ≈ 6e-4`` of
+    rounding, which becomes relative error of the weights (keep partials' lse in float32 or
+    better, never in half). This is the one merge used by the
     flash, decode and ring engines.
 
     Example:
@@ -283,11 +354,23 @@ def merge_partials(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> Pa
         >>> torch.allclose(out, attnkit.attention(q, k, v), atol=1e-6)
         True
     """
+    for name, t in (("o_a", o_a), ("lse_a", lse_a), ("o_b", o_b), ("lse_b", lse_b)):
+        _check_floating(t, name)
+    if o_b.shape != o_a.shape or o_a.dim() < 1 or lse_a.shape != o_a.shape[:-1] or lse_b.shape != o_a.shape[:-1]:
+        raise AttnkitError.build(
+            "o_a and o_b of one shape (..., L, E) and lse_a, lse_b of shape (..., L)",
+            f"o_a {tuple(o_a.shape)}, lse_a {tuple(lse_a.shape)}, o_b {tuple(o_b.shape)}, lse_b {tuple(lse_b.shape)}",
+            "merge partial results of the same queries (no broadcasting)",
+        )
     ct = compute_dtype(o_a.dtype)
     lse_a, lse_b = lse_a.to(ct), lse_b.to(ct)
+    # The sigmoid form (ring-flash-attention#34): the weights depend only on the difference
+    # d = lse_a - lse_b, which is exact for close values, not on lse_a - lse (rounded twice).
+    both_empty = (lse_a == _NEG_INF) & (lse_b == _NEG_INF)
+    d = (lse_a - lse_b).masked_fill(both_empty, 0.0)
+    w_a = torch.sigmoid(d).masked_fill(both_empty, 0.0).unsqueeze(-1)
+    w_b = torch.sigmoid(-d).masked_fill(both_empty, 0.0).unsqueeze(-1)
     lse = torch.logaddexp(lse_a, lse_b)
-    w_a = _rescale(lse_a, lse).unsqueeze(-1)
-    w_b = _rescale(lse_b, lse).unsqueeze(-1)
     out = o_a.to(ct) * w_a + o_b.to(ct) * w_b
     return Partial(out.to(o_a.dtype), lse)
 
@@ -325,11 +408,13 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits2d: Tensor, y: Tensor, keep: Tensor, reduction: str, denom: float) -> Tensor:  # type: ignore[override]
-        lse = _lse_keepdim(logits2d, 1)
+        # Work with z - max throughout: lse - z at an offset of 1e4 would lose 1e-3 to rounding.
+        shifted = logits2d - _safe_max(logits2d, 1)
+        lse = _shifted_lse(shifted, 1)
         # y·(lse - z) with 0·inf avoided where y = 0 (a -inf logit of a class not targeted);
         # a NaN logit still propagates to its own row.
-        per_row = torch.where(y == 0, 0.0, y * (lse - logits2d)).sum(1)
-        ctx.save_for_backward(logits2d, lse, y, keep)
+        per_row = torch.where(y == 0, 0.0, y * (lse - shifted)).sum(1)
+        ctx.save_for_backward(shifted, lse, y, keep)
         ctx.reduction, ctx.denom = reduction, denom
         if reduction == "none":
             return per_row
@@ -338,8 +423,8 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        logits2d, lse, y, keep = ctx.saved_tensors
-        p = torch.exp(logits2d - lse)
+        shifted, lse, y, keep = ctx.saved_tensors
+        p = torch.exp(shifted - lse)
         # d loss_i / d z_i = keep_i·p_i - y_i (y is already zero on ignored rows); Σ_c y_ic = keep_i.
         g = p * keep.unsqueeze(1) - y
         if ctx.reduction == "none":

@@ -9,6 +9,7 @@ call it); engines read the spec and never re-validate. Index tensors follow the 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union
 
@@ -97,6 +98,11 @@ class AttentionSpec:
         return_lse, return_weights: what the caller asked for.
         offset_bounds, kv_bounds, q_bounds: Python-int (min, max) over the batch of the
             query alignment offset and of the lengths, for block skipping without syncs.
+        q_nonfinite, kv_nonfinite: whether the query / key-value tensors may hold NaN or ±inf
+            (``True`` when unknown: the check is skipped where it would cost as much as the
+            attention itself, e.g. for decoding shapes). Engines use it to keep hidden keys
+            from influencing anything (DESIGN.md) and to decline specs they would get wrong.
+        needs_grad: autograd will differentiate the result (some engines then decline).
     """
 
     B: int
@@ -127,6 +133,9 @@ class AttentionSpec:
     offset_bounds: tuple[int, int] = (0, 0)
     kv_bounds: tuple[int, int] = (0, 0)
     q_bounds: tuple[int, int] = (0, 0)
+    q_nonfinite: bool = True
+    kv_nonfinite: bool = True
+    needs_grad: bool = False
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -205,8 +214,10 @@ class AttentionSpec:
             if alibi_slopes.shape not in ((H,), (B, H)) or not alibi_slopes.is_floating_point():
                 raise AttnkitError.build(f"float alibi_slopes of shape ({H},) or ({B}, {H})", _shape(alibi_slopes), "use attnkit.alibi_slopes(H)")
             alibi_slopes = alibi_slopes.to(compute_dtype(q.dtype)).expand(B, H)
-        if softcap is not None and not softcap > 0:
-            raise AttnkitError.build("softcap > 0 or None", repr(softcap), "e.g. softcap=50.0 (Gemma 2)")
+        if softcap is not None:
+            softcap = _real("softcap", softcap, fix="pass a finite cap > 0 such as softcap=50.0 (Gemma 2), or None")
+            if not softcap > 0:
+                raise AttnkitError.build("softcap > 0 or None", repr(softcap), "e.g. softcap=50.0 (Gemma 2)")
         if isinstance(normalizer, str):
             if normalizer not in _NORMALIZERS:
                 raise AttnkitError.build(f"normalizer in {_NORMALIZERS} or a callable", repr(normalizer), "check the spelling")
@@ -217,12 +228,23 @@ class AttentionSpec:
         if return_lse and normalizer != "softmax":
             raise AttnkitError.build("return_lse only with normalizer='softmax'", f"normalizer={normalizer!r}",
                                      "the log-normalizer is a softmax notion; drop return_lse")
+        dropout_p = _real("dropout_p", dropout_p, fix="pass a probability such as 0.1")
         if not 0.0 <= dropout_p < 1.0:
             raise AttnkitError.build("dropout_p in [0, 1)", repr(dropout_p), "pass e.g. 0.1")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise AttnkitError.build("seed as an int or None", repr(seed), "pass e.g. seed=0, or None to draw one")
         if dropout_p > 0 and seed is None:
             seed = draw_seed()
         if scale is None:
             scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+        scale = _real("scale", scale, fix="pass a finite multiplier such as 1/sqrt(D), or None for that default")
+        for name, flag in (("return_lse", return_lse), ("return_weights", return_weights)):
+            if not isinstance(flag, bool):
+                raise AttnkitError.build(f"{name} as a bool", repr(flag), f"pass {name}=True or False")
+        extras = [t for t in (float_mask, bias) if t is not None]
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *extras))
+        q_nonfinite = _may_be_nonfinite(q)
+        kv_nonfinite = q.shape[2] < _KV_CHECK_MIN_QUERIES or _may_be_nonfinite(k) or _may_be_nonfinite(v)
 
         def bounds(t: Tensor | None, default: int) -> tuple[int, int]:
             if t is None or B == 0:
@@ -235,6 +257,7 @@ class AttentionSpec:
             score_mod=score_mod, alibi_slopes=alibi_slopes, softcap=softcap, normalizer=normalizer,
             dropout_p=float(dropout_p), seed=int(seed or 0), return_lse=return_lse, return_weights=return_weights,
             kv_bounds=bounds(kv, S), q_bounds=bounds(ql, L),
+            q_nonfinite=q_nonfinite, kv_nonfinite=kv_nonfinite, needs_grad=needs_grad,
         )
         # The alignment rule lives in align_offset alone; its bounds are set once, before the spec is shared.
         offset = spec.align_offset()
@@ -270,6 +293,9 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
             raise AttnkitError.build(f"{name} of dtype {q.dtype} like query", str(t.dtype), f"cast with .to({q.dtype})")
         if t.device != q.device:
             raise AttnkitError.build(f"{name} on {q.device} like query", str(t.device), f"move it with .to('{q.device}')")
+        if t.device.type == "meta":
+            raise AttnkitError.build(f"{name} with data (a cpu or cuda tensor)", "a meta tensor (shape only)",
+                                     "materialize it, e.g. torch.empty_like(t, device='cpu'), or trace with torch.compile")
     B, H, L, D = q.shape
     if k.shape[0] != B or k.shape[3] != D:
         raise AttnkitError.build(f"key of shape (B, G, S, D) with B={B}, D={D} like query", _shape(k), "match the batch and head dim")
@@ -311,6 +337,28 @@ def _check_4d(name: str, t: Tensor | None, q: Tensor, dims: tuple[int, int, int,
     while t.dim() < 4:
         t = t.unsqueeze(0)
     return t
+
+
+def _real(name: str, value: object, *, fix: str) -> float:
+    """A finite real number (int, float, numpy scalar, 0-d tensor), or an AttnkitError."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise AttnkitError.build(f"{name} as a finite number", repr(value), fix)
+    return float(value)
+
+
+def _may_be_nonfinite(t: Tensor) -> bool:
+    """Whether ``t`` holds NaN or ±inf: one pass (aminmax propagates NaN), no full-size mask."""
+    if t.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(t)
+    return not bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+# Up to this many queries, a pass over K and V to look for NaN/inf would cost about as much as
+# the attention itself (decoding); the spec then says "unknown" and engines take care anyway.
+_KV_CHECK_MIN_QUERIES = 17
 
 
 def _normalizer_name(fn: Callable[..., Tensor]) -> Normalizer:

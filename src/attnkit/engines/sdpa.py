@@ -8,6 +8,7 @@ dispatch falls through to the flash engine.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,6 +36,12 @@ def unsupported(spec: AttentionSpec) -> str | None:
         return "SDPA takes one attn_mask and not together with is_causal"
     if spec.L == 0 or spec.S == 0:
         return "empty sequence"
+    if spec.q_nonfinite or spec.kv_nonfinite:
+        # Its CPU kernel turns all-NaN score rows into zeros and lets hidden NaN keys leak (0·NaN).
+        return "inputs may hold NaN/inf (or were not checked, for decoding shapes); SDPA's CPU kernel zeroes NaN rows"
+    if spec.needs_grad and spec.dtype in (torch.float16, torch.bfloat16):
+        # torch's CPU flash backward adds each block's dQ/dK/dV straight into half buffers.
+        return "half-precision backward: SDPA accumulates gradients in fp16/bf16; attnkit promises float32"
     return None
 
 
@@ -42,13 +49,10 @@ def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput
     """Attention via SDPA for ``q (B, H, L, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``."""
     attn_mask = next((t for t in (spec.mask, spec.float_mask, spec.bias) if t is not None), None)
     if attn_mask is not None and attn_mask.is_floating_point():
-        attn_mask = attn_mask.to(q.dtype)
+        # float32 for half inputs (SDPA's CPU kernel accepts it and adds in float32): a cast to
+        # half would round 2049 to 2048 and 7e4 to inf.
+        attn_mask = attn_mask.to(spec.compute_dtype)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, is_causal=spec.causal is not None, scale=spec.scale, enable_gqa=spec.G != spec.H
     )
-    # SDPA's CPU kernel treats an all-NaN score row like a fully masked one and returns 0;
-    # DESIGN.md wants NaN to stay visible in its row, so restore it (a cheap O(L·D) check).
-    nan_rows = q.isnan().any(-1, keepdim=True)
-    if nan_rows.any():
-        out = out.masked_fill(nan_rows, float("nan"))
     return AttentionOutput(out)

@@ -1,0 +1,166 @@
+"""Property tests (hypothesis): every engine that accepts a spec agrees with the float64 reference.
+
+Shapes (odd D, L != S, L = 1, empty) × masks (bool, float, causal in both alignments, windows,
+lengths, fully masked rows, NaN/inf in hidden keys) × GQA × dtypes × engines, checked with
+FlashAttention's rule: ``max|ours - ref64| <= 2·max|baseline - ref64| + floor``, where the baseline
+is the reference engine in the same dtype. Profiles (tests/conftest.py): ``ci`` (the default,
+derandomized, >= 2,000 examples in all) and ``thorough`` (``pytest --hypothesis-profile=thorough``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import attnkit
+from attnkit import AttnkitError
+
+from conftest import ENGINES, err
+
+FLOOR = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+_SETTINGS = dict(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@st.composite
+def problems(draw, dtypes=(torch.float32, torch.float64)):
+    """A random attention call: tensors, keyword arguments, and a description for failures."""
+    B, G, R = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 3]))
+    L, S = draw(st.integers(0, 19)), draw(st.integers(0, 23))
+    D, E = draw(st.sampled_from([1, 3, 8, 11])), draw(st.sampled_from([1, 5, 8]))
+    dtype = draw(st.sampled_from(dtypes))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    scale = draw(st.sampled_from([None, 0.3, 2.0]))
+    q = torch.randn(B, G * R, L, D, generator=g, dtype=torch.float64) * 2
+    k = torch.randn(B, G, S, D, generator=g, dtype=torch.float64) * 2
+    v = torch.randn(B, G, S, E, generator=g, dtype=torch.float64)
+    kw: dict = {"scale": scale}
+    kind = draw(st.sampled_from(["none", "bool", "float", "causal", "top_left", "window", "kv_lengths", "q_lengths", "empty_rows"]))
+    if kind == "bool":
+        kw["mask"] = torch.rand(B, 1, L, S, generator=g) > 0.4
+    elif kind == "float":
+        kw["mask"] = (torch.randn(1, G * R, L, S, generator=g, dtype=torch.float64) * 3).to(dtype)
+    elif kind in ("causal", "top_left"):
+        kw["causal"] = True if kind == "causal" else "top_left"
+    elif kind == "window":
+        kw["window"] = (draw(st.integers(0, 6)), draw(st.sampled_from([0, 3, None])))
+        kw["causal"] = draw(st.booleans())
+    elif kind == "kv_lengths":
+        kw["kv_lengths"] = torch.randint(0, S + 1, (B,), generator=g)
+        kw["causal"] = draw(st.booleans())
+    elif kind == "q_lengths":
+        kw["q_lengths"] = torch.randint(0, L + 1, (B,), generator=g)
+        kw["kv_lengths"] = torch.randint(0, S + 1, (B,), generator=g)
+    elif kind == "empty_rows" and L:
+        mask = torch.rand(B, G * R, L, S, generator=g) > 0.3
+        mask[:, :, : max(1, L // 3)] = False  # fully masked rows: out 0, lse -inf
+        kw["mask"] = mask
+    garbage = draw(st.sampled_from([None, float("nan"), float("inf"), float("-inf")]))
+    if garbage is not None and "kv_lengths" in kw:
+        # A KV cache allocated with torch.empty: whatever lies past the lengths must not matter.
+        for b, n in enumerate(kw["kv_lengths"].tolist()):
+            k[b, :, n:] = garbage
+            v[b, :, n:] = garbage
+    engine = draw(st.sampled_from(ENGINES))
+    return q.to(dtype), k.to(dtype), v.to(dtype), kw, engine, f"{kind} {dtype} B{B} G{G} R{R} L{L} S{S} D{D} E{E}"
+
+
+def _run(q, k, v, kw, engine, **extra):
+    try:
+        return attnkit.attention(q, k, v, engine=engine, **kw, **extra)
+    except AttnkitError as why:
+        if "computes exactly" in str(why):
+            return None  # the forced engine declines this spec, with a reason; nothing to compare
+        raise
+
+
+def _as64(kw: dict) -> dict:
+    return {n: (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t) for n, t in kw.items()}
+
+
+def _check_forward(q, k, v, kw, engine, what):
+    ours = _run(q, k, v, kw, engine, return_lse=True)
+    if ours is None:
+        return
+    ref64 = attnkit.attention(q.double(), k.double(), v.double(), engine="reference", return_lse=True, **_as64(kw))
+    base = attnkit.attention(q, k, v, engine="reference", return_lse=True, **kw)
+    floor = FLOOR[q.dtype]
+    assert ours.out.dtype == q.dtype and ours.out.shape == ref64.out.shape, what
+    assert torch.isfinite(ours.out).all(), f"{engine}: non-finite output from finite visible inputs ({what})"
+    assert err(ours.out, ref64.out) <= 2 * err(base.out, ref64.out) + floor, f"{engine} out ({what})"
+    assert err(ours.lse, ref64.lse) <= 2 * err(base.lse, ref64.lse) + floor * 10, f"{engine} lse ({what})"
+
+
+@settings(max_examples=700, **_SETTINGS)
+@given(problems())
+def test_forward_and_lse_agree_with_float64_reference(p):
+    _check_forward(*p)
+
+
+@settings(max_examples=500, **_SETTINGS)
+@given(problems(dtypes=(torch.float16, torch.bfloat16)))
+def test_half_precision_forward_follows_the_flash_rule(p):
+    _check_forward(*p)
+
+
+@settings(max_examples=500, **_SETTINGS)
+@given(problems())
+def test_gradients_agree_with_float64_reference(p):
+    q, k, v, kw, engine, what = p
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    ours = _run(*leaves, kw, engine)
+    if ours is None or ours.numel() == 0:
+        return
+    g = torch.randn(ours.shape, generator=torch.Generator().manual_seed(ours.numel()), dtype=torch.float64)
+    got = torch.autograd.grad(ours, leaves, g.to(q.dtype), allow_unused=True)
+    l64 = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(attnkit.attention(*l64, engine="reference", **_as64(kw)), l64, g, allow_unused=True)
+    lb = [t.clone().requires_grad_() for t in (q, k, v)]
+    base = torch.autograd.grad(attnkit.attention(*lb, engine="reference", **kw), lb, g.to(q.dtype), allow_unused=True)
+    hidden_garbage = ~torch.isfinite(k).all(-1, keepdim=True) | ~torch.isfinite(v).all(-1, keepdim=True)
+    for name, a, r, b in zip("qkv", got, ref, base):
+        zero = torch.zeros(())
+        a, r, b = (zero if t is None else t for t in (a, r, b))
+        if name != "q" and hidden_garbage.any():  # gradients *of* garbage keys are not compared
+            a, r, b = (t.masked_fill(hidden_garbage, 0.0) if t.dim() else t for t in (a, r, b))
+        assert torch.isfinite(a).all(), f"{engine} d{name} not finite ({what})"
+        assert err(a, r) <= 2 * err(b, r) + FLOOR[q.dtype] * 10, f"{engine} d{name} ({what})"
+
+
+@settings(max_examples=400, **_SETTINGS)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 6),
+    st.sampled_from([0.0, 1e4, -1e4, 80.0]),
+    st.integers(0, 2**16),
+)
+def test_partials_merge_in_any_order_and_extreme_logits_stay_finite(S, parts, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, S, generator=g, dtype=torch.float64) * 5 + offset
+    x[0, : S // 2] = float("-inf")  # masked entries
+    cuts = sorted(torch.randint(0, S + 1, (parts - 1,), generator=g).tolist())
+    bounds = list(zip([0, *cuts], [*cuts, S]))
+    states = []
+    for a, b in bounds:
+        st_ = attnkit.SoftmaxState.empty((3,), dtype=torch.float32)
+        st_.update(x[:, a:b].float().clone())
+        states.append(st_)
+    order = torch.randperm(len(states), generator=g).tolist()
+    merged = states[order[0]]
+    for i in order[1:]:
+        merged = merged.merge(states[i])
+    exact = torch.logsumexp(x, -1)
+    torch_err = float((torch.logsumexp(x.float(), -1).double() - exact).abs().max())
+    # One float32 rounding of the result (torch's error) plus a rescale rounding per merged part.
+    bound = 2 * torch_err + parts * 2e-7 * (1 + abs(offset)) + 1e-6
+    assert float((merged.lse.double() - exact).abs().max()) <= bound
+    p = attnkit.softmax(x.float())
+    assert torch.isfinite(p).all() and torch.allclose(p.sum(-1), torch.ones(3), atol=1e-5)
+    assert float((attnkit.log_softmax(x.float()).double() - torch.log_softmax(x, -1)).nan_to_num(0.0, 0.0, 0.0).abs().max()) <= (
+        2 * float((torch.log_softmax(x.float(), -1).double() - torch.log_softmax(x, -1)).nan_to_num(0.0, 0.0, 0.0).abs().max()) + 1e-6
+    )
+    assert not math.isnan(float(attnkit.logsumexp(x.float()).sum()))
