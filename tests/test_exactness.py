@@ -275,3 +275,37 @@ def test_score_mod_must_return_a_tensor_of_the_block_shape():
         attnkit.attention(q, k, v, score_mod=lambda s, b, h, i, j: 1.0, engine="reference")
     with pytest.raises(AttnkitError, match="score_mod"):
         attnkit.attention(q, k, v, score_mod=lambda s, b, h, i, j: s.sum(-1), engine="reference")
+
+
+# --------------------------------------------------------------------------- modules: clear errors
+
+
+def test_multihead_rejects_integer_input_and_missing_devices():
+    mha = attnkit.nn.MultiHeadAttention(16, 4)
+    with pytest.raises(AttnkitError, match="floating-point"):
+        mha(torch.randint(0, 10, (2, 5, 16)))
+    if not torch.cuda.is_available():
+        with pytest.raises(AttnkitError, match="CUDA"):
+            attnkit.nn.MultiHeadAttention(16, 4, device="cuda")
+
+
+def test_kv_cache_reorder_checks_the_index():
+    cache = attnkit.KVCache()
+    k = torch.randn(2, 1, 3, 4)
+    cache.append(k, k)
+    with pytest.raises(AttnkitError, match=r"row indices in \[0, 2\)"):
+        cache.reorder(torch.tensor([0, 5]))
+    with pytest.raises(AttnkitError, match="integer"):
+        cache.reorder(torch.tensor([0.0, 1.0]))
+    cache.reorder(torch.tensor([1, 1, 0]))
+    assert cache.keys.shape[0] == 3 and torch.equal(cache.keys[0], k[1])
+
+
+def test_top_level_kv_cache_works_with_multihead_attention():
+    torch.manual_seed(0)
+    mha = attnkit.nn.MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    full, _ = mha(x, causal=True)
+    cache = attnkit.KVCache()
+    steps = [mha(x[:, t : t + 1], cache=cache, causal=True)[0] for t in range(6)]
+    assert err(torch.cat(steps, 1), full) < 1e-5

@@ -231,8 +231,15 @@ class KVCache:
         """Select batch rows (e.g. beams): ``index`` ``(B',)`` into the current batch."""
         if self._k is None or self._v is None or self._lengths is None:
             return
-        self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
-        self._lengths = self._lengths.index_select(0, index)
+        index = torch.as_tensor(index, device=self._k.device)
+        B = self._k.shape[0]
+        if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+            raise AttnkitError.build("index as a 1-D integer tensor of batch rows", f"{index.dtype} {tuple(index.shape)}",
+                                     "pass e.g. torch.tensor([0, 0, 1]) (beam b keeps row index[b])")
+        if index.numel() and (int(index.min()) < -B or int(index.max()) >= B):
+            raise AttnkitError.build(f"row indices in [0, {B})", str(index.tolist()), "index rows of the current batch")
+        self._k, self._v = self._k.index_select(0, index % B), self._v.index_select(0, index % B)
+        self._lengths = self._lengths.index_select(0, index % B)
         self._max = int(self._lengths.max()) if self._lengths.numel() else 0
         self._ragged = bool((self._lengths != self._max).any())
 

@@ -94,6 +94,7 @@ class MultiHeadAttention(nn.Module):
         self.vdim = embed_dim if vdim is None else vdim
         self.head_dim = embed_dim // num_heads
         self.dropout, self.batch_first = float(dropout), batch_first
+        _check_device(device)
         kw = dict(bias=bias, device=device, dtype=dtype)
         kv_out = num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, **kw)
@@ -229,6 +230,10 @@ class MultiHeadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise AttnkitError.build(f"{name} as a floating-point tensor (B, ·, {dim})",
+                                         f"{type(t).__name__} of dtype {getattr(t, 'dtype', None)}",
+                                         f"embed token ids first (nn.Embedding), or convert with {name}.float()")
             if t.dim() != 3 or t.shape[-1] != dim:
                 raise AttnkitError.build(f"{name} of shape (B, ·, {dim})" + ("" if self.batch_first else " after (L, B) → (B, L)"),
                                          str(tuple(t.shape)), "check batch_first and the module's kdim/vdim")
@@ -266,3 +271,16 @@ class MultiHeadAttention(nn.Module):
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
+
+
+def _check_device(device: torch.device | str | None) -> None:
+    """A device torch can allocate on here, or an AttnkitError (torch raises deep inside nn.Linear)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AttnkitError.build("a torch device such as 'cpu' or 'cuda:0'", repr(device), "check the spelling") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AttnkitError.build("a device this machine has", f"{device!r} (torch sees no CUDA device here)",
+                                 "use device='cpu', or install a CUDA build of torch on a machine with a GPU")
