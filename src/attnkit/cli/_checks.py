@@ -109,10 +109,10 @@ def output_file(option: str, path: str | Path, suffixes: Sequence[str] | None = 
     """A file the command can (over)write: right suffix, not a directory, its folder present (or
     creatable with ``mkdir=True``) and writable. Nothing is created. Returns the :class:`Path`."""
     p = Path(path).expanduser()
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise AttnkitError.build(f"{option} ending in {' or '.join(suffixes)}", str(p), f"rename it, e.g. {p.with_suffix(suffixes[0]).name}")
     if p.is_dir():
         raise AttnkitError.build(f"{option} a file path", f"a directory: {p}", f"name a file inside it, e.g. {p / ('out' + (suffixes or ['.txt'])[0])}")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise AttnkitError.build(f"{option} ending in {' or '.join(suffixes)}", str(p), f"rename it, e.g. {p.with_suffix(suffixes[0]).name}")
     if p.exists():
         if not os.access(p, os.W_OK):
             raise AttnkitError.build(f"{option} a writable file", f"no write permission on {p}", "choose another path")
