@@ -73,6 +73,34 @@ def no_model(monkeypatch):
     _forbid(monkeypatch, _model, "load")
 
 
+# ---- the one place: cli.main turns library and file errors into one line ----------------------
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied", "/x/attention.html"),
+                                   UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+                                   json.JSONDecodeError("Expecting value", "", 0), EOFError("Ran out of input")])
+def test_main_turns_file_errors_into_one_line(monkeypatch, capsys, error):
+    from attnkit.cli import walkthrough
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(walkthrough, "softmax_steps", fail)
+    err = _main_error(capsys, "softmax", "1", "2")
+    assert type(error).__name__ in err and "\n" not in err.strip()
+
+
+def test_main_keeps_tracebacks_for_bugs(monkeypatch):
+    from attnkit.cli import walkthrough
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug in attnkit, not a bad input")
+
+    monkeypatch.setattr(walkthrough, "softmax_steps", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(["softmax", "1"])
+
+
 # ---- tracebacks today: attnkit softmax, attnkit bench ----------------------------------
 
 
@@ -398,3 +426,11 @@ def test_one_huge_line_is_skipped_by_line_number(tmp_path, capsys):
     (tmp_path / "long.tsv").write_text("a" * 300 + "\tb\n" + "c" * 300 + "\td\n")
     err = _main_error(capsys, "seq2seq", "train", "--data", str(tmp_path / "long.tsv"), "--out", str(tmp_path / "r2"))
     assert "raise --max-length" in err
+
+
+def test_checks_docstring_examples():
+    import doctest
+
+    from attnkit.cli import _checks
+
+    assert doctest.testmod(_checks, optionflags=doctest.ELLIPSIS).failed == 0
