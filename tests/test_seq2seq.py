@@ -341,6 +341,15 @@ def test_fingerprints_are_stored_and_resume_checks_them(tmp_path):
         Trainer.resume(tmp_path)
 
 
+def test_unwritable_out_dir_fails_before_training(tmp_path, monkeypatch):
+    from attnkit import AttnkitError
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(Trainer, "train_step", lambda *a: pytest.fail("trained although --out is unusable"))
+    with pytest.raises(AttnkitError, match="writable training directory"):
+        Trainer(TrainConfig(**TINY), tmp_path / "file" / "run")
+
+
 def test_stale_temporary_checkpoints_are_removed_on_start(tmp_path):
     (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"killed mid-write")
     (tmp_path / "notes.tmp").write_text("not ours")

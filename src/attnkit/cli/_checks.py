@@ -105,9 +105,9 @@ def _writable_dir_for(option: str, target: Path) -> None:
                                  "choose another location")
 
 
-def output_file(option: str, path: str | Path, suffixes: Sequence[str] | None = None, *, mkdir: bool = False) -> Path:
-    """A file the command can (over)write: right suffix, not a directory, its folder present (or
-    creatable with ``mkdir=True``) and writable. Nothing is created. Returns the :class:`Path`."""
+def output_file(option: str, path: str | Path, suffixes: Sequence[str] | None = None) -> Path:
+    """A file the command can (over)write: not a directory, the right suffix, its folder present
+    and writable. Nothing is created. Returns the :class:`Path`."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise AttnkitError.build(f"{option} a file path", f"a directory: {p}", f"name a file inside it, e.g. {p / ('out' + (suffixes or ['.txt'])[0])}")
@@ -117,7 +117,7 @@ def output_file(option: str, path: str | Path, suffixes: Sequence[str] | None = 
         if not os.access(p, os.W_OK):
             raise AttnkitError.build(f"{option} a writable file", f"no write permission on {p}", "choose another path")
         return p
-    if not mkdir and not p.parent.is_dir():
+    if not p.parent.is_dir():
         what = "is a file" if p.parent.exists() else "does not exist"
         raise AttnkitError.build(f"{option} in an existing directory", f"{p.parent} {what}",
                                  "create the directory first, or choose another path")

@@ -5,7 +5,8 @@ broken part (a truncated weights file only once the weights load). :func:`check_
 the files first — ``config.json`` a JSON object, a weights file whose safetensors header covers
 the file exactly, tokenizer files present — so a broken folder costs milliseconds and one line
 naming the file and the fix. :func:`load` then wraps what only loading can find (a configuration
-the model class rejects, such as 7 heads for a hidden size of 384).
+the model class rejects). :func:`tokens_within_limits` checks the text against the model's
+position limit and ``--max-length`` with the tokenizer alone, before the model loads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import AttnkitError
 
-__all__ = ["check_folder", "load"]
+__all__ = ["check_folder", "load", "tokens_within_limits", "token_or_position"]
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
@@ -118,3 +119,44 @@ def load(model: str | None) -> tuple[Any, Callable[[], Any], str, int | None]:
                        "fix config.json (heads, sizes) to match the weights, or " + _REDOWNLOAD) from None
 
     return tokenizer, load_model, name, limit
+
+
+def tokens_within_limits(tokenizer: Any, text: str, max_length: int | None, limit: int | None) -> list[str]:
+    """The tokens the model will see; refuses texts over the position limit and a --max-length that
+    cannot be honoured, and says when the text was truncated."""
+    ids = tokenizer(text)["input_ids"]
+    n = len(ids)
+    if max_length is not None and limit is not None and max_length > limit:
+        raise AttnkitError.build(f"--max-length <= {limit} (the model's position limit)", str(max_length),
+                                 f"pass --max-length {limit}")
+    if max_length is None and limit is not None and n > limit:
+        raise AttnkitError.build(f"a text of at most {limit} tokens (the model's position limit)", f"{n} tokens",
+                                 f"pass --max-length {limit} to truncate it, or shorten the text")
+    if max_length is not None and n > max_length:
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        if len(ids) > max_length:  # the tokenizer keeps its special tokens whatever max_length says
+            special = n - len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            raise AttnkitError.build(f"--max-length >= {special + 1} (the {special} special tokens and one word)",
+                                     str(max_length), f"pass --max-length {special + 1} or more")
+        print(f"truncated the text from {n} to {len(ids)} tokens (--max-length {max_length})")
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    unk = getattr(tokenizer, "unk_token", None)
+    plain = [t for t, s in zip(tokens, tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)) if not s]
+    if unk is not None and plain and all(t == unk for t in plain):
+        raise AttnkitError.build("a text the tokenizer knows", f"only {unk} (unknown) tokens",
+                                 "check the text; with --model, check that the folder holds the model's own tokenizer files")
+    return tokens
+
+
+def token_or_position(tokens: list[str], token: str) -> str | int:
+    """``--token`` as a word of the text, or else, when it is an integer, as a token position."""
+    from ..inspect import locate
+
+    try:
+        locate(tokens, token)
+        return token
+    except AttnkitError:
+        try:
+            return int(token)
+        except ValueError:
+            return token  # locate raises again below, naming the tokens

@@ -9,6 +9,7 @@ the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`at
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import Any
 
 from ..errors import AttnkitError
@@ -29,8 +30,7 @@ def _table(ranked: list[Any], top: int) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from ..inspect import capture, find_heads, locate, strongest_heads
-
-    from ._model import load
+    from ._model import load, token_or_position, tokens_within_limits
 
     if not args.text.strip():
         raise AttnkitError.build("a non-empty TEXT", repr(args.text), f"e.g. {_EXAMPLE}")
@@ -40,12 +40,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.png:
         _checks.output_file("--png", args.png, (".png", ".svg"))
     tokenizer, load_model, name, limit = load(args.model)
-    tokens = _tokens_within_limits(tokenizer, args.text, args.max_length, limit)
-    args.token = _token_or_position(tokens, args.token)
+    tokens = tokens_within_limits(tokenizer, args.text, args.max_length, limit)
+    args.token = token_or_position(tokens, args.token)
     occurrence = args.occurrence - 1
     locate(tokens, args.token, occurrence=occurrence)  # fail before loading the model
-    import warnings
-
     with warnings.catch_warnings():  # truncation was announced above, in --max-length terms
         warnings.simplefilter("ignore", UserWarning)
         maps = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
@@ -84,47 +82,6 @@ def _run(args: argparse.Namespace) -> int:
     if written:
         print("wrote " + " and ".join(written))
     return 0
-
-
-def _tokens_within_limits(tokenizer: Any, text: str, max_length: int | None, limit: int | None) -> list[str]:
-    """The tokens the model will see; refuses texts over the position limit and a --max-length that
-    cannot be honoured, and says when the text was truncated."""
-    ids = tokenizer(text)["input_ids"]
-    n = len(ids)
-    if max_length is not None and limit is not None and max_length > limit:
-        raise AttnkitError.build(f"--max-length <= {limit} (the model's position limit)", str(max_length),
-                                 f"pass --max-length {limit}")
-    if max_length is None and limit is not None and n > limit:
-        raise AttnkitError.build(f"a text of at most {limit} tokens (the model's position limit)", f"{n} tokens",
-                                 f"pass --max-length {limit} to truncate it, or shorten the text")
-    if max_length is not None and n > max_length:
-        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-        if len(ids) > max_length:  # the tokenizer keeps its special tokens whatever max_length says
-            special = n - len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            raise AttnkitError.build(f"--max-length >= {special + 1} (the {special} special tokens and one word)",
-                                     str(max_length), f"pass --max-length {special + 1} or more")
-        print(f"truncated the text from {n} to {len(ids)} tokens (--max-length {max_length})")
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    unk = getattr(tokenizer, "unk_token", None)
-    plain = [t for t, s in zip(tokens, tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)) if not s]
-    if unk is not None and plain and all(t == unk for t in plain):
-        raise AttnkitError.build("a tokenizer that knows the words of the text", f"only {unk} tokens",
-                                 "the --model folder lacks its tokenizer files: save them with tokenizer.save_pretrained")
-    return tokens
-
-
-def _token_or_position(tokens: list[str], token: str) -> str | int:
-    """``--token`` as a word of the text, or else, when it is an integer, as a token position."""
-    from ..inspect import locate
-
-    try:
-        locate(tokens, token)
-        return token
-    except AttnkitError:
-        try:
-            return int(token)
-        except ValueError:
-            return token  # locate raises again below, naming the tokens
 
 
 def _positive(text: str) -> int:

@@ -149,8 +149,10 @@ def read_data(config: TrainConfig, path: str | Path | None = None) -> Data:
     path = config.data if path is None else path
     examples, skipped = [], []
     for e in load_tsv(path):
-        long = max(len(_tokens(e.source, config.level)), len(_tokens(e.target, config.level))) > config.max_length
-        (skipped if long else examples).append(e.line if long else e)
+        if max(len(_tokens(e.source, config.level)), len(_tokens(e.target, config.level))) > config.max_length:
+            skipped.append(e.line)
+        else:
+            examples.append(e)
     if len(examples) < 2:
         raise AttnkitError.build(f"a TSV file with at least 2 pairs of at most {config.max_length} tokens",
                                  f"{len(examples)} in {path} ({len(skipped)} longer)",
@@ -310,8 +312,12 @@ class Trainer:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _clean_stale(self.out_dir)
+            # Prove the directory writable now, not at the first save an epoch later.
+            fd, probe = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=self.out_dir)
+            os.close(fd)
+            os.unlink(probe)
             if _state is None and config.data != "dates":
-                _copy_atomic(config.data, self.out_dir / DATA)  # also proves the directory writable before training
+                _copy_atomic(config.data, self.out_dir / DATA)
         except OSError as err:
             raise AttnkitError.build("a writable training directory", f"{self.out_dir} ({err.strerror or err})",
                                      "choose another --out") from None
