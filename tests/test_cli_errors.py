@@ -423,6 +423,8 @@ def test_one_huge_line_is_skipped_by_line_number(tmp_path, capsys):
     from attnkit.seq2seq.train import load_checkpoint
 
     assert load_checkpoint(out)["max_len"] <= 2 * 256 + 2
+    assert main(["seq2seq", "evaluate", "--model", str(out), "--data", str(corpus)]) == 0  # and in evaluate --data
+    assert "skipped 1 pair(s) with sources longer than the run's 256 tokens, at line(s) 3" in capsys.readouterr().out
     (tmp_path / "long.tsv").write_text("a" * 300 + "\tb\n" + "c" * 300 + "\td\n")
     err = _main_error(capsys, "seq2seq", "train", "--data", str(tmp_path / "long.tsv"), "--out", str(tmp_path / "r2"))
     assert "raise --max-length" in err

@@ -335,6 +335,8 @@ def test_fingerprints_are_stored_and_resume_checks_them(tmp_path):
     torch.save(state, tmp_path / CHECKPOINT)
     with pytest.raises(AttnkitError, match="112 pairs in generated dates"):
         Trainer.resume(tmp_path)
+    with pytest.raises(AttnkitError, match="generated dates"):  # a file for a dates run is not silently ignored
+        Trainer.resume(tmp_path, data=tmp_path / "other.tsv")
     state["fingerprint"]["data"], state["fingerprint"]["vocab"] = data.fingerprint, "0" * 64
     torch.save(state, tmp_path / CHECKPOINT)
     with pytest.raises(AttnkitError, match="vocabularies"):

@@ -43,11 +43,11 @@ def _check_train(args: argparse.Namespace) -> None:
     _checks.output_dir("--out", args.out)
 
 
-def _say_skipped(trainer: object, max_length: int) -> None:
-    lines = getattr(trainer, "skipped", [])
+def _say_skipped(lines: list[int], what: str) -> None:
+    """One line listing the TSV lines left out as too long (the first 20 of them)."""
     if lines:
         shown = ", ".join(map(str, lines[:20])) + (", ..." if len(lines) > 20 else "")
-        print(f"skipped {len(lines)} pair(s) longer than {max_length} tokens (--max-length), at line(s) {shown}")
+        print(f"skipped {len(lines)} pair(s) {what}, at line(s) {shown}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -77,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"training on {len(trainer.train_set)} examples ({config.data}, {config.level} level), held out "
               f"{len(trainer.valid_set)}; score={config.score}, {n_params:,} parameters, {torch.get_num_threads()} threads")
-    _say_skipped(trainer, trainer.config.max_length)
+    _say_skipped(trainer.skipped, f"longer than {trainer.config.max_length} tokens (--max-length)")
     start = time.perf_counter()
     try:
         result = trainer.run(epochs=args.epochs, max_minutes=args.max_minutes, progress=not args.no_progress)
@@ -129,13 +129,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data:
         _checks.input_file("--data", args.data)
     torch.set_num_threads(args.threads)
-    translator = load_translator(args.model)
+    state = load_checkpoint(args.model)
+    translator, config = load_translator(args.model, state), config_of(state)
     if args.data:
-        examples, title = load_tsv(args.data), args.data
+        # the training cap applies here too: one huge line would pad a whole batch of 512 to its length
+        examples, title, skipped = [], args.data, []
+        for e in load_tsv(args.data):
+            if len(translator.src_vocab.tokens(e.source)) > config.max_length:
+                skipped.append(e.line)
+            else:
+                examples.append(e)
+        _say_skipped(skipped, f"with sources longer than the run's {config.max_length} tokens")
     else:  # the run's own held-out split: regenerated dates or its copy data.tsv, never a path stored in the checkpoint
-        state = load_checkpoint(args.model)
         examples = run_data(args.model, state).valid
-        title = f"held-out split of {config_of(state).data}"
+        title = f"held-out split of {config.data}"
     examples = examples[: args.limit] if args.limit is not None else examples
     report = evaluate(translator, examples, beam=args.beam, length_penalty=args.length_penalty,
                       bucket_width=args.bucket_width)

@@ -181,6 +181,9 @@ def run_data(directory: str | Path, state: dict[str, Any], data: str | Path | No
     vocabulary differ from the ones the run was trained on.
     """
     config, directory = config_of(state), Path(directory)
+    if data is not None and config.data == "dates":
+        raise AttnkitError.build(f"no --data for {directory} (it trained on generated dates)", str(data),
+                                 "leave --data out to resume, or start a new run with another --out to train on the file")
     if data is None and config.data != "dates":
         data = directory / DATA
         if not data.is_file():
@@ -245,7 +248,8 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
         raise AttnkitError.build(f"a checkpoint of format {_FORMAT} in {path}", repr(fmt)[:60],
                                  "retrain the model with this attnkit version")
     missing = [k for k in _KEYS if k not in state]
-    if missing or not isinstance(state["config"], dict) or not isinstance(state["model_config"], dict):
+    if missing or not all(isinstance(state[k], dict) for k in ("config", "model_config", "fingerprint")) \
+            or not {"data", "pairs", "vocab"} <= set(state["fingerprint"]):
         raise AttnkitError.build(f"a complete checkpoint in {path}", f"missing or damaged entries {missing[:4]}", _FIX_DAMAGED)
     return state
 
@@ -269,9 +273,9 @@ def _model_from(state: dict[str, Any]) -> Seq2Seq:
     return model
 
 
-def load_translator(directory: str | Path) -> Translator:
-    """The trained model of a training directory, ready to translate."""
-    state = load_checkpoint(directory)
+def load_translator(directory: str | Path, state: dict[str, Any] | None = None) -> Translator:
+    """The trained model of a training directory (or of its already loaded ``state``), ready to translate."""
+    state = load_checkpoint(directory) if state is None else state
     return Translator(_model_from(state), Vocab.from_dict(state["src_vocab"]), Vocab.from_dict(state["tgt_vocab"]),
                       int(state["max_len"]))
 
