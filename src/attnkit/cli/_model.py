@@ -114,7 +114,7 @@ def load(model: str | None) -> tuple[Any, Callable[[], Any], str, int | None]:
     def load_model() -> Any:
         try:
             return tf.AutoModel.from_pretrained(str(folder)).eval()
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:  # e.g. 7 heads for a hidden size of 384
+        except (OSError, EOFError, ValueError, RuntimeError, KeyError, TypeError) as err:  # e.g. shapes that do not match
             raise _bad(folder, "a model transformers can build from its config.json and weights", _first_line(err),
                        "fix config.json (heads, sizes) to match the weights, or " + _REDOWNLOAD) from None
 
