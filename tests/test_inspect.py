@@ -249,6 +249,47 @@ def test_load_rejects_other_files(tmp_path):
         _maps().save(tmp_path / "maps.pt")
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("damage", ["missing", "directory", "empty", "truncated", "garbage", "no header"])
+def test_load_damaged_files_name_path_and_fix(tmp_path, suffix, damage):
+    """Issue 13: BadZipFile, KeyError, JSONDecodeError, SafetensorError become one AttnkitError."""
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    path = _maps().save(tmp_path / f"m{suffix}")
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    elif damage == "directory":
+        path.unlink()
+        path.mkdir()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\x01garbage" * 100)
+    elif suffix == ".npz":  # no header, or a header that is not JSON
+        np.savez(path, weights=np.zeros((1, 1, 1, 1, 1)), query_mask=np.ones((1, 1), bool), key_mask=np.ones((1, 1), bool),
+                 header=np.array("{not json"))
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"weights": torch.zeros(1, 1, 1, 1, 1)}, str(path), metadata={"attnkit": "{not json"})
+    with pytest.raises(AttnkitError, match="fix: ") as info:
+        AttentionMaps.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_never_unpickles(tmp_path):
+    path = tmp_path / "m.npz"
+    np.savez(path, weights=np.array([object()], dtype=object), query_mask=np.ones((1, 1), bool),
+             key_mask=np.ones((1, 1), bool), header=np.array("{}"))
+    with pytest.raises(AttnkitError, match="damaged"):
+        AttentionMaps.load(path)
+    with pytest.raises(AttnkitError, match=".npz or .safetensors"):
+        AttentionMaps.load(tmp_path / "m.pkl")
+
+
 # --- record: explicit hooks on nn attention modules -------------------------------------------
 def _modules():
     from attnkit.nn import MultiHeadAttention
@@ -392,6 +433,10 @@ def test_capture_512_tokens(minilm):
     text = " ".join([SENTENCE] * 40)
     with pytest.raises(AttnkitError, match="max_length=512"):
         capture(model, tok, text)
+    with pytest.raises(AttnkitError, match="max_length <= 512"):  # issue 13: no longer skips the limit
+        capture(model, tok, text, max_length=600)
+    with pytest.raises(AttnkitError, match="special tokens"):  # 1 token cannot hold [CLS] and [SEP]
+        capture(model, tok, SENTENCE, max_length=1)
     with pytest.warns(UserWarning, match="truncated"):
         maps = capture(model, tok, text, max_length=512)
     assert maps.weights[0].shape == (1, 12, 512, 512)

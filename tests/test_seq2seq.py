@@ -273,3 +273,111 @@ def test_docstring_examples(name):
         pytest.importorskip("matplotlib")
     module = importlib.import_module(f"attnkit.seq2seq.{name}")
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+# ---- damaged files and changed data (issue 13) -----------------------------------------
+
+
+def _saved_run(tmp_path):
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 1}), tmp_path)
+    trainer.run(progress=False, log=None)
+    return tmp_path / CHECKPOINT
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not a dict", "missing keys"])
+def test_damaged_checkpoint_names_path_and_fix(tmp_path, damage):
+    from attnkit import AttnkitError
+
+    path = _saved_run(tmp_path)
+    data = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif damage == "not a dict":
+        torch.save([1, 2, 3], path)
+    else:
+        state = load_checkpoint(tmp_path)
+        del state["optimizer"]
+        torch.save(state, path)
+    with pytest.raises(AttnkitError, match="fix: ") as info:
+        train_mod.load_translator(tmp_path)
+    assert str(path) in str(info.value)
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, ("PWNED",))
+
+
+def test_checkpoint_pickles_are_refused_not_executed(tmp_path, monkeypatch):
+    from attnkit import AttnkitError
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "attnkit.seq2seq/2", "x": _Exploit()}, tmp_path / CHECKPOINT)
+    with pytest.raises(AttnkitError, match="refused, not executed"):
+        load_checkpoint(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_fingerprints_are_stored_and_resume_checks_them(tmp_path):
+    from attnkit import AttnkitError
+
+    _saved_run(tmp_path)
+    state = load_checkpoint(tmp_path)
+    data = train_mod.read_data(train_mod.config_of(state))
+    assert state["fingerprint"]["data"] == data.fingerprint and state["fingerprint"]["pairs"] == 112
+    state["fingerprint"]["data"] = "0" * 64  # the data the run was trained on is not the data it would read now
+    torch.save(state, tmp_path / CHECKPOINT)
+    with pytest.raises(AttnkitError, match="112 pairs in generated dates"):
+        Trainer.resume(tmp_path)
+    with pytest.raises(AttnkitError, match="generated dates"):  # a file for a dates run is not silently ignored
+        Trainer.resume(tmp_path, data=tmp_path / "other.tsv")
+    state["fingerprint"]["data"], state["fingerprint"]["vocab"] = data.fingerprint, "0" * 64
+    torch.save(state, tmp_path / CHECKPOINT)
+    with pytest.raises(AttnkitError, match="vocabularies"):
+        Trainer.resume(tmp_path)
+
+
+def test_unwritable_out_dir_fails_before_training(tmp_path, monkeypatch):
+    from attnkit import AttnkitError
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(Trainer, "train_step", lambda *a: pytest.fail("trained although --out is unusable"))
+    with pytest.raises(AttnkitError, match="writable training directory"):
+        Trainer(TrainConfig(**TINY), tmp_path / "file" / "run")
+
+
+def test_stale_temporary_checkpoints_are_removed_on_start(tmp_path):
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"killed mid-write")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    Trainer(TrainConfig(**TINY), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]
+
+
+def test_tsv_errors_name_the_path_never_the_contents(tmp_path):
+    from attnkit import AttnkitError
+    from attnkit.seq2seq.data import load_tsv
+
+    for path, what in [(tmp_path / "nope.tsv", "no such file"), (tmp_path, "a directory")]:
+        with pytest.raises(AttnkitError, match=what) as info:
+            load_tsv(path)
+        assert str(path) in str(info.value) and "fix: " in str(info.value)
+    secret = tmp_path / "secret.tsv"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(AttnkitError) as info:
+        load_tsv(secret)
+    assert f"{secret}:1" in str(info.value) and "root:x" not in str(info.value)
+
+
+def test_long_pairs_are_skipped_with_their_line_numbers(tmp_path):
+    lines = [f"{w}\t{w[::-1]}" for w in ["abc", "de", "fgh", "ij"]]
+    lines[1] = "x" * 50 + "\tshort"
+    (tmp_path / "c.tsv").write_text("\n".join(lines) + "\n")
+    data = train_mod.read_data(TrainConfig(data=str(tmp_path / "c.tsv"), max_length=10))
+    assert data.skipped == [2] and len(data.train) + len(data.valid) == 3
+    assert all(e.line in (1, 3, 4) for e in data.train + data.valid)

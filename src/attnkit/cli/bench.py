@@ -8,9 +8,16 @@ import sys
 from datetime import date
 
 from ..errors import AttnkitError
+from . import _checks
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Everything is checked before the first timed run: a bad --output would otherwise fail at the very end.
+    _checks.positive("--threads", args.threads, zero="torch's choice")
+    _checks.positive("--repeats", args.repeats)
+    _checks.finite("--budget", args.budget, low=0.0, example=20.0)
+    if args.output:
+        _checks.output_file("--output", args.output)
     import torch
 
     from . import benchmark as bench

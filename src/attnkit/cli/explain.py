@@ -9,35 +9,15 @@ the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`at
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
-from typing import Any, Callable
+import warnings
+from typing import Any
 
 from ..errors import AttnkitError
+from . import _checks
 
 __all__ = ["register"]
 
 _EXAMPLE = 'attnkit explain "The animal didn\'t cross the street because it was too tired." --token it'
-
-
-def _load(model: str | None) -> tuple[Any, Callable[[], Any], str]:
-    """(tokenizer, model loader, display name) for a local folder, or the packaged MiniLM."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never reach for the hub
-    from ..integrations import hf
-
-    tf = hf._transformers()
-    tf.utils.logging.set_verbosity_error()
-    tf.utils.logging.disable_progress_bar()
-    if model is None:
-        folder, name = hf.minilm_path(), "all-MiniLM-L6-v2"
-    else:
-        folder = Path(model).expanduser()
-        if not (folder / "config.json").is_file():
-            raise AttnkitError.build("--model PATH to a local Hugging Face model folder (with config.json)", str(folder),
-                                     "pass the folder that holds config.json and the weights, or drop --model for all-MiniLM-L6-v2")
-        name = folder.resolve().name
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
-    return tokenizer, lambda: tf.AutoModel.from_pretrained(str(folder)).eval(), name
 
 
 def _table(ranked: list[Any], top: int) -> str:
@@ -50,14 +30,23 @@ def _table(ranked: list[Any], top: int) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from ..inspect import capture, find_heads, locate, strongest_heads
+    from ._model import load, token_or_position, tokens_within_limits
 
     if not args.text.strip():
         raise AttnkitError.build("a non-empty TEXT", repr(args.text), f"e.g. {_EXAMPLE}")
-    tokenizer, load_model, name = _load(args.model)
-    ids = tokenizer(args.text, truncation=args.max_length is not None, max_length=args.max_length)["input_ids"]
+    # Output paths first: a bad one must not cost a model load.
+    if args.html:
+        _checks.output_file("--html", args.html, (".html", ".htm"))
+    if args.png:
+        _checks.output_file("--png", args.png, (".png", ".svg"))
+    tokenizer, load_model, name, limit = load(args.model)
+    tokens = tokens_within_limits(tokenizer, args.text, args.max_length, limit)
+    args.token = token_or_position(tokens, args.token)
     occurrence = args.occurrence - 1
-    locate(tokenizer.convert_ids_to_tokens(ids), args.token, occurrence=occurrence)  # fail before loading the model
-    maps = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
+    locate(tokens, args.token, occurrence=occurrence)  # fail before loading the model
+    with warnings.catch_warnings():  # truncation was announced above, in --max-length terms
+        warnings.simplefilter("ignore", UserWarning)
+        maps = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
     tokens = maps.tokens[0]
     rows = locate(tokens, args.token, occurrence=occurrence)
     where = f'"{args.token}" (token {rows[0]}' + (f"-{rows[-1]}" if len(rows) > 1 else "") + ")"
@@ -82,11 +71,14 @@ def _run(args: argparse.Namespace) -> int:
         page = save_html(maps, args.html, title=title, layer=best.layer, focus=rows[0], heads=[best.head])
         written.append(f"{page} (interactive viewer, opens offline in any browser)")
     if args.png:
+        from matplotlib import rc_context
+
         from ..viz import plot_head, save
 
-        fig = plot_head(maps, best.layer, best.head, query=rows[0])
-        fig.axes[0].set_title(f'{name}: layer {best.layer} head {best.head}, row of "{args.token}" outlined')
-        written.append(f"{save(fig, args.png)} (layer {best.layer} head {best.head})")
+        with rc_context({"text.parse_math": False}):  # tokens and titles are plain text: "$x$" is not math
+            fig = plot_head(maps, best.layer, best.head, query=rows[0])
+            fig.axes[0].set_title(f'{name}: layer {best.layer} head {best.head}, row of "{args.token}" outlined')
+            written.append(f"{save(fig, args.png)} (layer {best.layer} head {best.head})")
     if written:
         print("wrote " + " and ".join(written))
     return 0
@@ -110,7 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=f"example: {_EXAMPLE}   |   add --key animal to rank heads by the weight on one word",
     )
     p.add_argument("text", help="the sentence or passage to run")
-    p.add_argument("--token", required=True, help="the word to follow, as written in the text (subword pieces are joined)")
+    p.add_argument("--token", required=True, help="the word to follow, as written in the text (subword pieces are "
+                                                  "joined), or a token position counted from 0")
     p.add_argument("--key", help="rank heads by the weight the token gives this word")
     p.add_argument("--occurrence", type=_positive, default=1, metavar="N", help="follow the N-th occurrence of --token (default 1)")
     p.add_argument("--model", metavar="PATH", help="a local Hugging Face encoder or decoder folder (default: all-MiniLM-L6-v2 "

@@ -1,20 +1,32 @@
 """The ``attnkit`` command: a thin argparse layer over the library.
 
-Each subcommand parses its arguments, calls library functions and prints. Errors are one
-line on stderr with exit status 2, never a traceback.
+Each subcommand parses its arguments, validates them (:mod:`._checks`) before any model loads
+or trains, calls library functions and prints. Every error is one line on stderr,
+``attnkit CMD: error: expected ..., got ...; fix: ...``, with exit status 2 — never a traceback.
+:func:`main` is the one place that turns errors into that line: :class:`AttnkitError` as it is,
+and the foreign errors that loading files and models can raise (:data:`FOREIGN`) with the file
+named and a generic fix. Anything else is a bug of attnkit and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
 import sys
+import zipfile
 from typing import Sequence
 
 from .. import __version__
 from ..errors import AttnkitError
-from . import bench, explain, seq2seq, softmax
+from . import _checks, bench, explain, seq2seq, softmax
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "FOREIGN"]
+
+#: Errors of reading files and models (OS, decoding, pickles refused by ``weights_only``, zips).
+#: ``safetensors``' own error class is added when that package is loaded.
+FOREIGN: tuple[type[BaseException], ...] = (OSError, UnicodeError, json.JSONDecodeError, EOFError,
+                                            pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,12 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _foreign() -> tuple[type[BaseException], ...]:
+    extra = []
+    st = sys.modules.get("safetensors")
+    if st is not None and hasattr(st, "SafetensorError"):
+        extra.append(st.SafetensorError)
+    return FOREIGN + tuple(extra)
+
+
+def _one_line(err: BaseException) -> str:
+    """A foreign error as ``expected ..., got ...; fix: ...`` (its first line, shortened)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return str(AttnkitError.build("readable, intact files", f"{type(err).__name__}: {text}",
+                                  "check the path, its permissions and that the file is complete"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attnkit`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _checks.utf8_args(argv)
         return int(args.run(args) or 0)
     except AttnkitError as err:
-        print(f"attnkit {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        message = str(err)
+    except _foreign() as err:
+        message = _one_line(err)
+    print(f"attnkit {args.command}: error: {message}", file=sys.stderr)
+    return 2

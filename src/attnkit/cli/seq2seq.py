@@ -14,22 +14,54 @@ from pathlib import Path
 import torch
 
 from ..errors import AttnkitError
+from . import _checks
 
 __all__ = ["register"]
 
-def _threads(n: int) -> None:
-    if n < 1:
-        raise AttnkitError.build("--threads >= 1", str(n), "e.g. --threads 1")
-    torch.set_num_threads(n)
+
+def _common(args: argparse.Namespace) -> None:
+    """Checks shared by the three commands; then the thread count is set."""
+    _checks.positive("--threads", args.threads)
+    if hasattr(args, "beam"):
+        _checks.positive("--beam", args.beam)
+        _checks.finite("--length-penalty", args.length_penalty, low=0.0, low_inclusive=True, example=0.6)
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """Every option of ``train``, before any data is read or any step runs."""
+    _common(args)
+    for option in ("epochs", "hidden", "embed", "batch_size", "train_size", "valid_size", "max_length"):
+        value = getattr(args, option)
+        if value is not None:
+            _checks.positive("--" + option.replace("_", "-"), value)
+    if args.max_minutes is not None:
+        _checks.finite("--max-minutes", args.max_minutes, low=0.0, example=10)
+    _checks.finite("--lr", args.lr, low=0.0, example=3e-3)
+    _checks.finite("--dropout", args.dropout, low=0.0, high=1.0, low_inclusive=True, example=0.1)
+    if args.data not in (None, "dates"):
+        _checks.input_file("--data", args.data)
+    _checks.output_dir("--out", args.out)
+
+
+def _say_skipped(lines: list[int], what: str) -> None:
+    """One line listing the TSV lines left out as too long (the first 20 of them)."""
+    if lines:
+        shown = ", ".join(map(str, lines[:20])) + (", ..." if len(lines) > 20 else "")
+        print(f"skipped {len(lines)} pair(s) {what}, at line(s) {shown}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..seq2seq.train import CHECKPOINT, Trainer, TrainConfig
 
-    _threads(args.threads)
+    _check_train(args)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.resume:
-        trainer = Trainer.resume(out)
+        trainer = Trainer.resume(out, data=None if args.data in (None, "dates") else args.data)
+        target = args.epochs or trainer.config.epochs
+        if trainer.epoch >= target:
+            raise AttnkitError.build(f"--epochs above the {trainer.epoch} epochs {out} has trained", str(target),
+                                     f"pass --epochs {trainer.epoch + 1} or more to train further")
         print(f"resuming {out} at epoch {trainer.epoch + 1}, batch {trainer.batch}/{trainer.batches_per_epoch} "
               f"(options other than --epochs/--max-minutes come from the checkpoint)")
     else:
@@ -37,14 +69,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise AttnkitError.build(f"an --out directory without {CHECKPOINT}", f"{out} already holds one",
                                      "pass --resume to continue it, or choose another --out")
         config = TrainConfig(
-            data=args.data, level=args.level, score=args.score, embed=args.embed, hidden=args.hidden,
+            data=args.data or "dates", level=args.level, score=args.score, embed=args.embed, hidden=args.hidden,
             dropout=args.dropout, epochs=args.epochs or TrainConfig.epochs, batch_size=args.batch_size, lr=args.lr,
-            train_size=args.train_size, valid_size=args.valid_size, seed=args.seed,
+            train_size=args.train_size, valid_size=args.valid_size, seed=args.seed, max_length=args.max_length,
         )
         trainer = Trainer(config, out)
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"training on {len(trainer.train_set)} examples ({config.data}, {config.level} level), held out "
               f"{len(trainer.valid_set)}; score={config.score}, {n_params:,} parameters, {torch.get_num_threads()} threads")
+    _say_skipped(trainer.skipped, f"longer than {trainer.config.max_length} tokens (--max-length)")
     start = time.perf_counter()
     try:
         result = trainer.run(epochs=args.epochs, max_minutes=args.max_minutes, progress=not args.no_progress)
@@ -57,12 +90,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from ..seq2seq.train import load_translator
 
-    _threads(args.threads)
+    _common(args)
+    if args.plot:
+        if len(args.text) != 1:
+            raise AttnkitError.build("exactly one text with --plot", f"{len(args.text)} texts", "plot one text at a time")
+        _checks.output_file("--plot", args.plot, (".png", ".svg"))
+        if importlib.util.find_spec("matplotlib") is None:
+            raise AttnkitError.build("matplotlib for --plot", "it is not installed", "pip install 'attnkit[viz]'")
+    torch.set_num_threads(args.threads)
     translator = load_translator(args.model)
-    if args.plot and len(args.text) != 1:
-        raise AttnkitError.build("exactly one text with --plot", f"{len(args.text)} texts", "plot one text at a time")
     for text in args.text:
         t = translator.translate(text, beam=args.beam, length_penalty=args.length_penalty)
         print(f"{t.output}\t(log p = {t.log_prob:.4f})" if args.verbose else t.output)
@@ -80,17 +120,30 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..seq2seq.data import load_tsv
     from ..seq2seq.evaluate import evaluate, format_report
-    from ..seq2seq.train import config_of, load_checkpoint, load_data, load_translator
+    from ..seq2seq.train import config_of, load_checkpoint, load_translator, run_data
 
-    _threads(args.threads)
-    translator = load_translator(args.model)
+    _common(args)
+    _checks.positive("--bucket-width", args.bucket_width)
+    if args.limit is not None:
+        _checks.positive("--limit", args.limit)
     if args.data:
-        examples, title = load_tsv(args.data), args.data
-    else:
-        config = config_of(load_checkpoint(args.model))
-        _, examples = load_data(config)
+        _checks.input_file("--data", args.data)
+    torch.set_num_threads(args.threads)
+    state = load_checkpoint(args.model)
+    translator, config = load_translator(args.model, state), config_of(state)
+    if args.data:
+        # the training cap applies here too: one huge line would pad a whole batch of 512 to its length
+        examples, title, skipped = [], args.data, []
+        for e in load_tsv(args.data):
+            if len(translator.src_vocab.tokens(e.source)) > config.max_length:
+                skipped.append(e.line)
+            else:
+                examples.append(e)
+        _say_skipped(skipped, f"with sources longer than the run's {config.max_length} tokens")
+    else:  # the run's own held-out split: regenerated dates or its copy data.tsv, never a path stored in the checkpoint
+        examples = run_data(args.model, state).valid
         title = f"held-out split of {config.data}"
-    examples = examples[: args.limit] if args.limit else examples
+    examples = examples[: args.limit] if args.limit is not None else examples
     report = evaluate(translator, examples, beam=args.beam, length_penalty=args.length_penalty,
                       bucket_width=args.bucket_width)
     print(format_report(report, title=title))
@@ -112,7 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = cmds.add_parser("train", help="train a model", description="Teacher-forced training with Adam; a checkpoint "
                         "is written atomically after every epoch.",
                         epilog="example: attnkit seq2seq train --data dates --score general --out runs/dates")
-    t.add_argument("--data", default="dates", help='"dates" (generated, no download) or a source<TAB>target file')
+    t.add_argument("--data", default=None, help='"dates" (generated, no download; the default) or a source<TAB>target '
+                   'file (copied into --out); with --resume: checked against the run\'s data')
     t.add_argument("--score", default="general", choices=SCORES, help="attention score, or none for a fixed context")
     t.add_argument("--epochs", type=int, default=None, help="total epochs (default 4; on --resume: extend to N)")
     t.add_argument("--out", default="attnkit-seq2seq", help="training directory (default ./attnkit-seq2seq)")
@@ -127,6 +181,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--train-size", type=int, default=20_000, help="generated training examples (dates)")
     t.add_argument("--valid-size", type=int, default=2_000, help="generated held-out examples (dates)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-length", type=int, default=256, metavar="N",
+                   help="skip (and list) pairs whose source or target has more than N tokens (default 256)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     common(t)
     t.set_defaults(run=_cmd_train)

@@ -57,14 +57,17 @@ def softmax_steps(values: list[float], temperature: float = 1.0) -> SoftmaxSteps
         raise AttnkitError.build("numbers, not NaN", str(values), "remove the NaN")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise AttnkitError.build("a finite temperature > 0", repr(temperature), "e.g. --temperature 0.5")
+    if any(math.isinf(v) for v in values):
+        raise AttnkitError.build("finite numbers", str(values), "softmax of ±inf is a limit, not a number")
     scaled = [v / temperature for v in values]
+    if any(math.isinf(s) for s in scaled):  # a tiny temperature overflows finite scores
+        raise AttnkitError.build(f"scores x/T that stay finite with T={temperature:g}",
+                                 "x/T = [" + ", ".join(f"{s:g}" for s in scaled) + "]", "use a larger temperature")
     with np.errstate(over="ignore", invalid="ignore"):
         naive = np.exp(np.array(scaled, dtype=np.float32))
         naive_total = naive.sum(dtype=np.float32)
         naive_probs = naive / naive_total
     shift = max(scaled)
-    if math.isinf(shift):
-        raise AttnkitError.build("finite numbers", str(values), "softmax of ±inf is a limit, not a number")
     exps = [math.exp(s - shift) for s in scaled]  # every exponent ≤ 0: no overflow
     total = math.fsum(exps)
     return SoftmaxSteps(
@@ -99,14 +102,16 @@ def format_steps(steps: SoftmaxSteps, *, digits: int = 3, explain: bool = False,
         out.append(f"input x = {seq(steps.values)}")
         if steps.temperature != 1.0:
             out.append(f"divide by the temperature T = {steps.temperature:g}: x/T = {seq(xs)}")
-        # Show the textbook e^x when it fits in float64, otherwise the shifted form.
-        literal = max(xs) < 709.0
+        # Show the textbook e^x when the sum fits in float64 (and does not underflow to 0),
+        # otherwise the shifted form.
+        literal = -700.0 < max(xs) and max(xs) + math.log(len(xs)) < 709.0
         shift = 0.0 if literal else steps.shift
         label = "x" if literal else f"(x - {_num(shift, digits)})"
         exps = [math.exp(x - shift) for x in xs]
         total = math.fsum(exps)
         if not literal:
-            out.append(f"e^x would overflow, so subtract the max {_num(shift, digits)} first (it cancels out):")
+            way = "underflow to 0" if max(xs) <= -700.0 else "overflow"
+            out.append(f"e^x would {way}, so subtract the max {_num(shift, digits)} first (it cancels out):")
         out.append("1. exponentiate each score (always positive; larger scores grow fastest):")
         out += [f"   e^{label.replace('x', _num(x, digits), 1)} = {_num(e, digits + 1)}" for x, e in zip(xs, exps)]
         out.append(f"2. add them up: {' + '.join(_num(e, digits + 1) for e in exps)} = {_num(total, digits + 1)}")

@@ -37,13 +37,19 @@ def _use_attnkit(model: Any) -> Iterator[None]:
 
 
 def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int | None, limit: int | None) -> list[dict[str, list[int]]]:
+    if max_length is not None and limit is not None and max_length > limit:  # truncating to it would still overflow
+        raise AttnkitError.build(f"max_length <= {limit} (the model's position limit)", str(max_length),
+                                 f"pass max_length={limit}")
     encs = []
     for text in texts:
         enc = tokenizer(text, return_special_tokens_mask=True)
         n = len(enc["input_ids"])
         if max_length is not None and n > max_length:
-            warnings.warn(f"attnkit.inspect.capture: a text of {n} tokens was truncated to max_length={max_length}", stacklevel=3)
             enc = tokenizer(text, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+            if len(enc["input_ids"]) > max_length:  # tokenizers keep their special tokens whatever max_length says
+                raise AttnkitError.build("max_length above the number of special tokens", f"max_length={max_length}, "
+                                         f"{len(enc['input_ids'])} tokens after truncation", "pass a larger max_length")
+            warnings.warn(f"attnkit.inspect.capture: a text of {n} tokens was truncated to max_length={max_length}", stacklevel=3)
         elif limit is not None and n > limit:
             raise AttnkitError.build(f"texts of at most {limit} tokens (the model's position limit)", f"{n} tokens",
                                      f"pass max_length={limit} to truncate, or shorten the text")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,6 +16,13 @@ from ..errors import AttnkitError
 __all__ = ["AttentionMaps"]
 
 _FORMAT = "attnkit.AttentionMaps/1"
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged ``.npz`` / ``.safetensors`` file raises (beyond attnkit's own checks)."""
+    st = sys.modules.get("safetensors")
+    extra = (st.SafetensorError,) if st is not None and hasattr(st, "SafetensorError") else ()
+    return (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile, *extra)
 
 
 def _real_positions(mask: Tensor) -> slice | Tensor:
@@ -179,11 +188,44 @@ class AttentionMaps:
 
     @classmethod
     def load(cls, path: str | Path) -> "AttentionMaps":
-        """Read maps written by :meth:`save` (weights come back as float32)."""
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
+        """Read maps written by :meth:`save` (weights come back as float32).
 
+        Pickles are never executed (``.npz`` is read with ``allow_pickle=False``).
+
+        Raises:
+            AttnkitError: naming the path and the fix when the file is missing, of another
+                kind, truncated or damaged.
+        """
+        path = Path(path)
+        if path.suffix not in (".npz", ".safetensors"):
+            raise AttnkitError.build("a path ending in .npz or .safetensors", str(path), "pass a file written by AttentionMaps.save")
+        if not path.is_file():
+            raise AttnkitError.build(f"a {path.suffix} file written by AttentionMaps.save",
+                                     f"{'a directory' if path.is_dir() else 'no such file'}: {path}", "check the path")
+        try:
+            header_text, weights, qm, km = cls._read(path)
+            header = json.loads(header_text)
+            if not isinstance(header, dict) or header.get("format") != _FORMAT:
+                fmt = header.get("format") if isinstance(header, dict) else None
+                raise AttnkitError.build(f"a file written by AttentionMaps.save ({_FORMAT}) in {path}", repr(fmt)[:60],
+                                         "save it with attnkit")
+            return cls(list(weights.float().unbind(0)), header["tokens"], qm.bool(), km.bool(),
+                       key_tokens=header["key_tokens"], special=header["special"], meta=header["meta"])
+        except AttnkitError:
+            raise
+        except _read_errors() as err:  # numpy, zipfile, json and safetensors each raise their own kinds
+            raise AttnkitError.build(f"an intact file written by AttentionMaps.save in {path}",
+                                     f"a damaged or truncated file ({type(err).__name__})",
+                                     "save the maps again (AttentionMaps.save)") from None
+
+    @staticmethod
+    def _read(path: Path) -> tuple[str, Tensor, Tensor, Tensor]:
+        """(JSON header, weights (N, B, H, L, S), query mask, key mask) as stored."""
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+            except ImportError:
+                raise AttnkitError.build("the safetensors package", "not installed", "pip install safetensors") from None
             with safe_open(str(path), framework="pt") as f:
                 header_text = (f.metadata() or {}).get("attnkit", "{}")
                 weights, qm, km = (f.get_tensor(n) for n in ("weights", "query_mask", "key_mask"))
@@ -191,8 +233,4 @@ class AttentionMaps:
             with np.load(path, allow_pickle=False) as f:
                 header_text = str(f["header"])
                 weights, qm, km = (torch.from_numpy(f[n]) for n in ("weights", "query_mask", "key_mask"))
-        header = json.loads(header_text)
-        if header.get("format") != _FORMAT:
-            raise AttnkitError.build(f"a file written by AttentionMaps.save ({_FORMAT})", repr(header.get("format")), "save it with attnkit")
-        return cls(list(weights.float().unbind(0)), header["tokens"], qm.bool(), km.bool(),
-                   key_tokens=header["key_tokens"], special=header["special"], meta=header["meta"])
+        return header_text, weights, qm, km

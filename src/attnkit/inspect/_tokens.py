@@ -71,6 +71,8 @@ def locate(tokens: Sequence[str], word: str | int, *, occurrence: int = 0) -> li
                 break
     if len(matches) <= occurrence:
         shown = " ".join(display(t).replace("\n", "\\n") for t in tokens[:40]) + (" …" if n > 40 else "")
-        got = repr(word) if not matches else f"{len(matches)} occurrence(s) of {word!r}, asked for number {occurrence}"
+        nth = occurrence + 1  # occurrence counts from 0: occurrence=2 asks for the 3rd
+        suffix = "th" if 11 <= nth % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(nth % 10, "th")
+        got = repr(word) if not matches else f"{len(matches)} occurrence(s) of {word!r}, asked for the {nth}{suffix}"
         raise AttnkitError.build(f"a word of the text, whose tokens are: {shown}", got, "pick one of those tokens (or a position)")
     return matches[occurrence]

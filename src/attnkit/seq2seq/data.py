@@ -96,7 +96,8 @@ class Example:
     ``spans`` maps a field name to the ``(start, end)`` slice of ``source`` that writes
     it (empty for corpora without annotations); ``target_fields[i]`` names the field of
     ``target[i]`` (``"year"``, ``"month"``, ``"day"`` or ``"sep"``; empty when unknown).
-    Treat ``spans`` as read-only.
+    ``line`` is the 1-based line of a TSV file the pair came from (0 for generated pairs; not
+    compared). Treat ``spans`` as read-only.
     """
 
     source: str
@@ -104,6 +105,7 @@ class Example:
     spans: dict[str, Span] = field(default_factory=dict, hash=False)
     fmt: str = ""
     target_fields: tuple[str, ...] = ()
+    line: int = field(default=0, compare=False)  # 1-based line of the file it was read from (0: generated)
 
     def __post_init__(self) -> None:
         for name, (start, end) in self.spans.items():
@@ -328,13 +330,20 @@ def load_tsv(path: str | Path) -> list[Example]:
       (``English<TAB>French<TAB>CC-BY 2.0 (France) Attribution: ...``) load as they are.
     * Whitespace around each field is stripped. An empty source or target, a line without
       a tab, or bytes that are not UTF-8 raise :class:`AttnkitError` naming the file and
-      the 1-based line number; so does a file without any pair.
+      the 1-based line number (never the line's contents); so do a file without any pair
+      and a path that cannot be read.
 
-    Examples have ``fmt="tsv"`` and no spans or target fields.
+    Examples have ``fmt="tsv"``, their ``line`` number and no spans or target fields.
     """
     path = Path(path)
     examples = []
-    lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        what = "a directory" if path.is_dir() else "no such file" if not path.exists() else err.strerror or "unreadable"
+        raise AttnkitError.build("a readable source<TAB>target file", f"{what}: {path}",
+                                 "check the path (relative paths start in the current directory)") from None
+    lines = data.removeprefix(b"\xef\xbb\xbf").splitlines()
     for lineno, raw in enumerate(lines, start=1):
         where = f"{path}:{lineno}"
         try:
@@ -349,7 +358,7 @@ def load_tsv(path: str | Path) -> list[Example]:
         cols = line.split("\t")
         if len(cols) < 2:
             raise AttnkitError.build(
-                "source<TAB>target", f"a line without a tab at {where}: {line[:60]!r}",
+                "source<TAB>target", f"a line without a tab at {where}",
                 "separate source and target with one tab character",
             )
         source, target = cols[0].strip(), cols[1].strip()
@@ -359,7 +368,7 @@ def load_tsv(path: str | Path) -> list[Example]:
                 "a non-empty source and target", f"an empty {side} at {where}",
                 "fill in or delete that line",
             )
-        examples.append(Example(source, target, fmt="tsv"))
+        examples.append(Example(source, target, fmt="tsv", line=lineno))
     if not examples:
         raise AttnkitError.build(
             "at least one source<TAB>target line", f"none in {path}", "check the path and contents",

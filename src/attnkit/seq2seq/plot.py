@@ -28,7 +28,8 @@ def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens:
     """Heatmap of ``weights (T, S)``: row ``t`` is output token ``t``'s attention over the source.
 
     Colours run from 0 to 1 so figures of different inputs compare. Saves to ``path`` (``.png``
-    or ``.svg``) when given. Returns the ``matplotlib.figure.Figure``.
+    or ``.svg``) when given. Labels and title are plain text (a ``$`` is not mathtext). Returns
+    the ``matplotlib.figure.Figure``.
 
     Example:
         >>> import torch
@@ -53,7 +54,8 @@ def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens:
     title = title or "attention α_t over the source at each output step"
     from matplotlib import rc_context
 
-    with rc_context({"font.family": list(_families(_is_wide("".join(src + out) + title)))}):  # CJK labels need a CJK font
+    with rc_context({"text.parse_math": False}), \
+            rc_context({"font.family": list(_families(_is_wide("".join(src + out) + title)))}):  # CJK labels need a CJK font
         fig = _with_viz(w, src, out) if importlib.util.find_spec("attnkit.viz") else _with_matplotlib(w, src, out)
         ax = fig.axes[0]
         ax.set_xlabel("source")

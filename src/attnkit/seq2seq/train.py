@@ -3,12 +3,21 @@
 Each batch minimizes the cross-entropy of the gold next token, ``-Σ_t log p(y_t | y_<t, x)``,
 with the gold prefix fed to the decoder (teacher forcing), averaged over non-padding tokens.
 
-A training directory holds one file, ``checkpoint.pt``: the configuration, both vocabularies,
-the model, the optimizer, torch's RNG state, the position (epoch and batch within it) and the
-history. It is written to a temporary file in the same directory and moved into place with
-``os.replace``, so a crash or Ctrl-C leaves the previous checkpoint intact. The batch order of
-epoch ``e`` is a function of ``(seed, e)`` only, so resuming — even mid-epoch — continues with
-exactly the batches, dropout draws and optimizer state an uninterrupted run would have used.
+A training directory holds ``checkpoint.pt``: the configuration, both vocabularies, the model,
+the optimizer, torch's RNG state, the position (epoch and batch within it), the history and a
+fingerprint (SHA-256) of the training data and of the vocabularies. A run on a TSV file also
+keeps a copy of the file, ``data.tsv``, so resuming and evaluating read the run's own data from
+any working directory, and a path stored inside a checkpoint is never opened. Both files are
+written to a temporary file in the same directory and moved into place with ``os.replace``, so a
+crash or Ctrl-C leaves the previous version intact (a temporary file left by ``kill -9`` is
+removed on the next start). The batch order of epoch ``e`` is a function of ``(seed, e)`` only,
+so resuming — even mid-epoch — continues with exactly the batches, dropout draws and optimizer
+state an uninterrupted run would have used; resuming with other data or another vocabulary is
+refused.
+
+Pairs longer than ``max_length`` tokens (source or target) are skipped and reported by line
+number: training cost grows faster than linearly with length, and decoding runs up to twice the
+longest target, so one 100,000-character line would stall a run for hours.
 
 >>> import tempfile
 >>> cfg = TrainConfig(train_size=64, valid_size=16, hidden=16, embed=8, epochs=1, batch_size=32)
@@ -21,10 +30,15 @@ exactly the batches, dropout draws and optimizer state an uninterrupted run woul
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import pickle
 import random
+import shutil
 import tempfile
+import zipfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,15 +51,18 @@ from attnkit.errors import AttnkitError
 from attnkit.softmax import softmax_cross_entropy
 
 from .data import Example, dates_dataset, load_tsv
+from .vocab import _tokens
 from .decode import Translator
 from .model import ModelConfig, Seq2Seq, pad_batch
 from .vocab import Vocab
 
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "Trainer", "config_of", "load_checkpoint", "load_data",
-           "load_translator", "save_atomic"]
+__all__ = ["CHECKPOINT", "DATA", "Data", "TrainConfig", "TrainResult", "Trainer", "config_of", "load_checkpoint",
+           "load_data", "load_translator", "read_data", "run_data", "save_atomic"]
 
 CHECKPOINT = "checkpoint.pt"
-_FORMAT = "attnkit.seq2seq/1"
+DATA = "data.tsv"  # the run's copy of a TSV training file
+_FORMAT = "attnkit.seq2seq/2"  # /2: data and vocabulary fingerprints, the data copy, max_length
+_FIX_DAMAGED = "the file is damaged (truncated or not written by attnkit); retrain, or restore it from a copy"
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,8 @@ class TrainConfig:
     """Everything that defines a run. ``data`` is ``"dates"`` (generated) or the path of a TSV file.
 
     ``train_size``/``valid_size`` apply to ``dates``; a TSV file is shuffled with ``seed`` and
-    split, ``valid_fraction`` of it held out. The defaults train the date task to >= 95% held-out
+    split, ``valid_fraction`` of it held out. Pairs whose source or target has more than
+    ``max_length`` tokens are skipped. The defaults train the date task to >= 95% held-out
     exact match in a few minutes on 2 CPU cores (see ``benchmarks/RESULTS.md``).
     """
 
@@ -71,12 +89,16 @@ class TrainConfig:
     valid_size: int = 2_000
     valid_fraction: float = 0.1
     seed: int = 0
+    max_length: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("embed", "hidden", "epochs", "batch_size", "train_size", "valid_size"):
-            if getattr(self, name) < 1:
+        for name in ("embed", "hidden", "epochs", "batch_size", "train_size", "valid_size", "max_length"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise AttnkitError.build(f"{name} >= 1", str(getattr(self, name)), f"pass a positive {name}")
-        if not 0 < self.valid_fraction < 1 or self.lr <= 0 or self.clip <= 0 or not 0 <= self.dropout < 1:
+        numbers = (self.valid_fraction, self.lr, self.clip, self.dropout)
+        # written as "not (x > 0)" so that NaN fails too
+        if (not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers) or not 0 < self.valid_fraction < 1
+                or not self.lr > 0 or not self.clip > 0 or not 0 <= self.dropout < 1):
             raise AttnkitError.build("0 < valid_fraction < 1, lr > 0, clip > 0, 0 <= dropout < 1",
                                      f"{self.valid_fraction}, {self.lr}, {self.clip}, {self.dropout}",
                                      "e.g. valid_fraction=0.1, lr=3e-3, clip=1.0, dropout=0.1")
@@ -97,17 +119,89 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """The train and held-out examples a config defines (the same every time)."""
+@dataclass
+class Data:
+    """The examples a run trains and holds out, the TSV lines skipped as too long, and their fingerprint."""
+
+    train: list[Example]
+    valid: list[Example]
+    skipped: list[int] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of every (source, target) pair in order, train then held out."""
+        h = hashlib.sha256()
+        for e in (*self.train, *self.valid):
+            h.update(json.dumps([e.source, e.target], ensure_ascii=False).encode("utf-8") + b"\n")
+        return h.hexdigest()
+
+
+def read_data(config: TrainConfig, path: str | Path | None = None) -> Data:
+    """The examples a config defines (the same every time): generated dates, or the TSV file
+    ``path`` (default ``config.data``) shuffled with the seed and split.
+
+    Pairs with more than ``config.max_length`` source or target tokens are left out and their
+    line numbers listed in ``skipped``; a file with fewer than 2 pairs left raises.
+    """
     if config.data == "dates":
-        return dates_dataset(config.train_size, config.valid_size, seed=config.seed)
-    examples = load_tsv(config.data)
+        train, valid = dates_dataset(config.train_size, config.valid_size, seed=config.seed)
+        return Data(train, valid)
+    path = config.data if path is None else path
+    examples, skipped = [], []
+    for e in load_tsv(path):
+        if max(len(_tokens(e.source, config.level)), len(_tokens(e.target, config.level))) > config.max_length:
+            skipped.append(e.line)
+        else:
+            examples.append(e)
     if len(examples) < 2:
-        raise AttnkitError.build("a TSV file with at least 2 pairs", f"{len(examples)} in {config.data}",
-                                 "add more lines")
+        raise AttnkitError.build(f"a TSV file with at least 2 pairs of at most {config.max_length} tokens",
+                                 f"{len(examples)} in {path} ({len(skipped)} longer)",
+                                 "add more lines, or raise --max-length" if skipped else "add more lines")
     random.Random(config.seed).shuffle(examples)
     n_valid = min(len(examples) - 1, max(1, round(config.valid_fraction * len(examples))))
-    return examples[n_valid:], examples[:n_valid]
+    return Data(examples[n_valid:], examples[:n_valid], skipped)
+
+
+def load_data(config: TrainConfig, path: str | Path | None = None) -> tuple[list[Example], list[Example]]:
+    """The train and held-out examples of :func:`read_data`."""
+    data = read_data(config, path)
+    return data.train, data.valid
+
+
+def _vocab_fingerprint(src: Vocab, tgt: Vocab) -> str:
+    text = json.dumps([src.to_dict(), tgt.to_dict()], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_data(directory: str | Path, state: dict[str, Any], data: str | Path | None = None) -> Data:
+    """The data of the run saved in ``directory``, checked against the checkpoint's fingerprints.
+
+    Reads only what the user named: generated dates, the run's own copy ``directory/data.tsv``,
+    or ``data`` when given — never a path stored in the checkpoint. Refuses data whose pairs or
+    vocabulary differ from the ones the run was trained on.
+    """
+    config, directory = config_of(state), Path(directory)
+    if data is not None and config.data == "dates":
+        raise AttnkitError.build(f"no --data for {directory} (it trained on generated dates)", str(data),
+                                 "leave --data out to resume, or start a new run with another --out to train on the file")
+    if data is None and config.data != "dates":
+        data = directory / DATA
+        if not data.is_file():
+            raise AttnkitError.build(f"the run's copy of its training data, {data}", "no such file",
+                                     "restore it, or pass the original file with --data")
+    got = read_data(config, data)
+    want = state["fingerprint"]
+    if got.fingerprint != want["data"]:
+        source = "generated dates" if config.data == "dates" else str(data)
+        raise AttnkitError.build(f"the data this run was trained on ({want['pairs']} pairs, sha256 {want['data'][:12]})",
+                                 f"{len(got.train) + len(got.valid)} pairs in {source} (sha256 {got.fingerprint[:12]})",
+                                 f"pass the original file, or leave --data out to use the run's copy ({directory / DATA}); "
+                                 "to train on new data start a new run with another --out")
+    vocabs = Vocab.build((e.source for e in got.train), config.level), Vocab.build((e.target for e in got.train), config.level)
+    if _vocab_fingerprint(*vocabs) != want["vocab"]:
+        raise AttnkitError.build("the vocabularies stored in the checkpoint", "other vocabularies built from the same data "
+                                 "(another attnkit version?)", "retrain with this version, or resume with the version that trained it")
+    return got
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -126,35 +220,82 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
+_KEYS = ("config", "model_config", "src_vocab", "tgt_vocab", "max_len", "model", "optimizer", "rng", "epoch", "batch",
+         "step", "elapsed", "epoch_loss", "history", "fingerprint")
+
+
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """The checkpoint dict of a training directory (tensors and plain Python values only)."""
+    """The checkpoint dict of a training directory (tensors and plain Python values only).
+
+    Loaded with ``weights_only=True``: a pickle that would run code is refused, never executed.
+
+    Raises:
+        AttnkitError: naming the file and the fix when it is missing, unreadable, truncated,
+            not a checkpoint, or of another format.
+    """
     path = Path(directory) / CHECKPOINT
     if not path.is_file():
         raise AttnkitError.build(f"a training directory containing {CHECKPOINT}", f"no {path}",
                                  "train first: attnkit seq2seq train --out DIR")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != _FORMAT:
-        raise AttnkitError.build(f"a checkpoint of format {_FORMAT}", repr(state.get("format")), "retrain the model")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as err:
+        refused = isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)
+        got = "a pickle that would run code (refused, not executed)" if refused else f"an unreadable file ({type(err).__name__})"
+        raise AttnkitError.build(f"an attnkit checkpoint in {path}", got, _FIX_DAMAGED) from None
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise AttnkitError.build(f"a checkpoint of format {_FORMAT} in {path}", repr(fmt)[:60],
+                                 "retrain the model with this attnkit version")
+    missing = [k for k in _KEYS if k not in state]
+    if missing or not all(isinstance(state[k], dict) for k in ("config", "model_config", "fingerprint")) \
+            or not {"data", "pairs", "vocab"} <= set(state["fingerprint"]):
+        raise AttnkitError.build(f"a complete checkpoint in {path}", f"missing or damaged entries {missing[:4]}", _FIX_DAMAGED)
     return state
 
 
 def config_of(state: dict[str, Any]) -> TrainConfig:
     """The :class:`TrainConfig` saved in a checkpoint dict (unknown keys from other versions are ignored)."""
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
+    try:
+        return TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
+    except (TypeError, AttributeError) as err:
+        raise AttnkitError.build("a checkpoint configuration of known options", type(err).__name__, _FIX_DAMAGED) from None
 
 
 def _model_from(state: dict[str, Any]) -> Seq2Seq:
-    model = Seq2Seq(ModelConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
+    try:
+        model = Seq2Seq(ModelConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, RuntimeError, KeyError) as err:
+        raise AttnkitError.build("model weights matching the checkpoint's model_config",
+                                 f"{type(err).__name__} while loading them", _FIX_DAMAGED) from None
     return model
 
 
-def load_translator(directory: str | Path) -> Translator:
-    """The trained model of a training directory, ready to translate."""
-    state = load_checkpoint(directory)
+def load_translator(directory: str | Path, state: dict[str, Any] | None = None) -> Translator:
+    """The trained model of a training directory (or of its already loaded ``state``), ready to translate."""
+    state = load_checkpoint(directory) if state is None else state
     return Translator(_model_from(state), Vocab.from_dict(state["src_vocab"]), Vocab.from_dict(state["tgt_vocab"]),
-                      state["max_len"])
+                      int(state["max_len"]))
+
+
+def _clean_stale(out_dir: Path) -> None:
+    """Remove temporary files a killed :func:`save_atomic` left behind (``.checkpoint.pt.*.tmp``)."""
+    for name in (CHECKPOINT, DATA):
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _copy_atomic(src: str | Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as g:
+            shutil.copyfileobj(g, f)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _pack(examples: list[Example], src_vocab: Vocab, tgt_vocab: Vocab) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -167,9 +308,24 @@ def _pack(examples: list[Example], src_vocab: Vocab, tgt_vocab: Vocab) -> tuple[
 class Trainer:
     """A training run in ``out_dir``: build fresh with ``Trainer(config, out_dir)`` or :meth:`resume`."""
 
-    def __init__(self, config: TrainConfig, out_dir: str | Path, *, _state: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, _state: dict[str, Any] | None = None,
+                 _data: Data | None = None) -> None:
         self.config, self.out_dir = config, Path(out_dir)
-        self.train_set, self.valid_set = load_data(config)
+        data = read_data(config) if _data is None else _data  # before writing anything: a bad file costs nothing
+        self.train_set, self.valid_set, self.skipped = data.train, data.valid, data.skipped
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _clean_stale(self.out_dir)
+            # Prove the directory writable now, not at the first save an epoch later.
+            fd, probe = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=self.out_dir)
+            os.close(fd)
+            os.unlink(probe)
+            if _state is None and config.data != "dates":
+                _copy_atomic(config.data, self.out_dir / DATA)
+        except OSError as err:
+            raise AttnkitError.build("a writable training directory", f"{self.out_dir} ({err.strerror or err})",
+                                     "choose another --out") from None
+        self._fingerprint = {"data": data.fingerprint, "pairs": len(data.train) + len(data.valid)}
         if _state is None:
             self.src_vocab = Vocab.build((e.source for e in self.train_set), config.level)
             self.tgt_vocab = Vocab.build((e.target for e in self.train_set), config.level)
@@ -187,17 +343,32 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._data = _pack(self.train_set, self.src_vocab, self.tgt_vocab)
         if _state is not None:
-            self.optimizer.load_state_dict(_state["optimizer"])
-            torch.set_rng_state(_state["rng"])
-            self.epoch, self.batch, self.step = int(_state["epoch"]), int(_state["batch"]), int(_state["step"])
-            self.elapsed, self.history = float(_state["elapsed"]), list(_state["history"])
-            self.epoch_loss = float(_state["epoch_loss"])
+            self._restore(_state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+            self.elapsed, self.history = float(state["elapsed"]), list(state["history"])
+            self.epoch_loss = float(state["epoch_loss"])
+        except AttnkitError:
+            raise
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:
+            raise AttnkitError.build(f"a resumable checkpoint in {self.out_dir / CHECKPOINT}",
+                                     f"{type(err).__name__} restoring the optimizer and position", _FIX_DAMAGED) from None
+        if not 0 <= self.batch <= self.batches_per_epoch:
+            raise AttnkitError.build(f"a batch position in [0, {self.batches_per_epoch}]", str(self.batch), _FIX_DAMAGED)
 
     @classmethod
-    def resume(cls, out_dir: str | Path) -> Trainer:
-        """Continue the run saved in ``out_dir`` exactly where it stopped."""
+    def resume(cls, out_dir: str | Path, data: str | Path | None = None) -> Trainer:
+        """Continue the run saved in ``out_dir`` exactly where it stopped.
+
+        The data is the run's own (regenerated dates, or its copy ``out_dir/data.tsv``), or
+        ``data`` when given; either must match the checkpoint's fingerprint (see :func:`run_data`).
+        """
         state = load_checkpoint(out_dir)
-        return cls(config_of(state), out_dir, _state=state)
+        return cls(config_of(state), out_dir, _state=state, _data=run_data(out_dir, state, data))
 
     @property
     def batches_per_epoch(self) -> int:
@@ -213,6 +384,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
             "epoch": self.epoch, "batch": self.batch, "step": self.step, "elapsed": self.elapsed,
             "epoch_loss": self.epoch_loss, "history": self.history,
+            "fingerprint": {**self._fingerprint, "vocab": _vocab_fingerprint(self.src_vocab, self.tgt_vocab)},
         }
 
     def save(self) -> Path:
