@@ -74,23 +74,44 @@ def test_token_labels_readable_and_thinned():
 
 
 def test_cjk_labels_render_with_a_cjk_font(tmp_path):
-    from attnkit.viz._heatmap import _cjk_font
+    from attnkit.viz._fonts import cjk_font
 
-    if _cjk_font() is None:
+    if cjk_font() is None:
         pytest.skip("no CJK font installed (Debian: apt-get install fonts-noto-cjk, see .ci/install_browser.sh)")
     maps = _maps(tokens=["[CLS]", "猫", "が", "道", "を", "渡", "る", "[SEP]"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        viz.save(viz.plot_head(maps, 0, 0), tmp_path / "cjk.png", dpi=72)
+        fig = viz.plot_head(maps, 0, 0)
+        fig.axes[0].set_title("猫 title set after plotting")  # e.g. by attnkit explain
+        viz.save(fig, tmp_path / "cjk.png", dpi=72)
     assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert cjk_font() in fig.axes[0].title.get_fontfamily()
+    upright = {t.get_text(): t.get_rotation() for t in fig.axes[0].get_xticklabels()}
+    assert upright["猫"] == 0 and upright["[CLS]"] == 90  # single CJK characters are not rotated
 
 
-def test_missing_cjk_font_warns(monkeypatch):
-    import attnkit.viz._heatmap as hm
+def test_alignment_plot_uses_the_same_font_helper(tmp_path):
+    from attnkit.seq2seq.plot import plot_alignment
+    from attnkit.viz._fonts import cjk_font
 
-    monkeypatch.setattr(hm, "_cjk_font", lambda: None)
-    with pytest.warns(UserWarning, match="fonts-noto-cjk"):
-        hm._families(["猫"])
+    if cjk_font() is None:
+        pytest.skip("no CJK font installed")
+    fig = plot_alignment(torch.softmax(torch.randn(2, 3), -1), list("北京站"), ["a", "b"], title="北京 → ab",
+                         path=tmp_path / "a.png")
+    assert cjk_font() in fig.axes[0].title.get_fontfamily()
+
+
+def test_missing_cjk_font_warns_once(monkeypatch, tmp_path):
+    import attnkit.viz._fonts as fonts
+
+    monkeypatch.setattr(fonts, "cjk_font", lambda: None)
+    monkeypatch.setattr(fonts, "_warned", False)
+    maps = _maps(tokens=["[CLS]", "猫", "が", "道", "を", "渡", "る", "[SEP]"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viz.save(viz.plot_layer(maps, 0), tmp_path / "boxes.png", dpi=40)
+    assert [str(w.message) for w in caught if "CJK" in str(w.message) or "missing from font" in str(w.message)] == [
+        "attnkit: no CJK font found, CJK text will show as boxes; install one (Debian: apt-get install fonts-noto-cjk)"]
 
 
 # --- HTML viewer -------------------------------------------------------------------------------

@@ -23,8 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import AttnkitError
-from ..inspect import AttentionMaps, display
-from ..inspect._analysis import _rollout_one
+from ..inspect import AttentionMaps, display, rollout_sequence
 
 __all__ = ["to_html", "save_html"]
 
@@ -95,7 +94,7 @@ def payload(maps: AttentionMaps, *, sequence: int = 0, top_k: int = 8, thumb: in
         "thumb": _u8(_max_pool(seq, tq, tk), 1.0),
     }
     if maps.is_self_attention:
-        r = _rollout_one(seq).numpy()  # (l, l), same as rollout(maps)[sequence] without padding
+        r = rollout_sequence(seq).numpy()  # (l, l), same as rollout(maps)[sequence] without padding
         row_max = np.maximum(r.max(-1, keepdims=True), 1e-12)  # per-row scale: [CLS]-like columns would wash out the rest
         arrays["rollout"] = _u8(r / row_max, 1.0)
         arrays["rollout_rowmax"] = row_max[:, 0].astype(np.float32)
