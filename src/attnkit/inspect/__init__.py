@@ -5,6 +5,8 @@
 - :func:`record` hooks attnkit/torch attention modules explicitly for the length of a block.
 - Analyses: :func:`head_mean`, :func:`head_max`, :func:`rollout` (:func:`rollout_sequence` for one unpadded sequence), :func:`entropy`,
   :func:`top_keys`, :func:`find_heads`, :func:`strongest_heads`.
+- :meth:`AttentionMaps.words` joins word pieces (to = sum, from = mean: :data:`AGGREGATION`);
+  :meth:`AttentionMaps.to_bertviz` gives BertViz's inputs; in Jupyter the maps show the viewer.
 - :meth:`AttentionMaps.save` / :meth:`AttentionMaps.load` keep maps in ``.npz`` or
   ``.safetensors`` files for later viewing (``attnkit.viz``).
 
@@ -23,8 +25,10 @@ from ._capture import capture
 from ._maps import AttentionMaps
 from ._record import Recorder, record
 from ._tokens import display, locate
+from ._words import AGGREGATION, merge_word_pieces, word_groups
 
 __all__ = [
+    "AGGREGATION",
     "AttentionMaps",
     "HeadScore",
     "KeyWeight",
@@ -36,9 +40,11 @@ __all__ = [
     "head_max",
     "head_mean",
     "locate",
+    "merge_word_pieces",
     "record",
     "rollout",
     "rollout_sequence",
     "strongest_heads",
     "top_keys",
+    "word_groups",
 ]
