@@ -32,6 +32,9 @@ class Viewer:
     def __init__(self, page: str, height: int = 640) -> None:
         self.page, self.height = page, int(height)
 
+    def __repr__(self) -> str:
+        return f"Viewer({len(self.page.encode()) // 1024} KB page, shown inline by Jupyter)"
+
     def _repr_html_(self) -> str:
         return (f'<iframe srcdoc="{html.escape(self.page, quote=True)}" sandbox="allow-scripts" '
                 f'style="width: 100%; height: {self.height}px; border: 1px solid #d7dde4; border-radius: 4px;" '
