@@ -142,7 +142,7 @@ def test_html_payload_decodes_to_top_k():
     seq = maps.sequence(0)  # (N, H, l, s)
     N, H, l, s, k = seq.shape[0], seq.shape[1], seq.shape[2], seq.shape[3], data["kmax"]
     assert (page["N"], page["H"], data["l"], data["s"], k, page["top_k"]) == (N, H, l, s, 5, 5)
-    assert (np.diff(arr["off"].astype(np.int64)) == 5).all()  # every row keeps 5 keys
+    assert (arr["cnt"] == 5).all()  # every row keeps 5 keys
     idx = arr["idx"].reshape(N, H, l, k)
     val = arr["val"].view(np.float16).astype(np.float32).reshape(N, H, l, k)
     ref = -np.sort(-seq, -1)[..., :k]
@@ -163,14 +163,14 @@ def test_keep_mass_keeps_the_fewest_keys_holding_that_share():
     data = _embedded(viz.to_html(maps, top_k=None, keep_mass=0.9))["sequences"][0]
     arr = _arrays(data)
     seq = maps.sequence(0).reshape(-1, len(SENTENCE)).astype(np.float64)
-    counts = np.diff(arr["off"].astype(np.int64))
+    counts = arr["cnt"]
     srt = -np.sort(-seq, -1)
     cum = np.cumsum(srt, -1)
     want = (cum < 0.9 - 1e-9).sum(-1) + 1  # the fewest keys reaching 90%
     np.testing.assert_array_equal(counts, want)
     assert data["hidden_max"] <= 0.1 + 1e-6 and data["kmax"] == want.max()
     capped = _arrays(_embedded(viz.to_html(maps, top_k=2, keep_mass=0.9))["sequences"][0])
-    np.testing.assert_array_equal(np.diff(capped["off"].astype(np.int64)), np.minimum(want, 2))
+    np.testing.assert_array_equal(capped["cnt"], np.minimum(want, 2))
     with pytest.raises(AttnkitError, match="keep_mass"):
         viz.to_html(maps, keep_mass=1.5)
 

@@ -4,7 +4,7 @@ The page is rendered from ``templates/viewer.html.j2`` with jinja2; its script a
 inlined from ``viewer.js`` / ``viewer.css``. The attention data are embedded compactly:
 
 - head view: each query's kept keys per (layer, head) — its ``top_k`` heaviest, or the fewest
-  holding ``keep_mass`` of its weight — as row offsets (uint32), key indices (uint16) and
+  holding ``keep_mass`` of its weight — as counts per row (uint16), key indices (uint16) and
   weights (float16); the cut and how much weight it hides are stated on the page;
 - ``bad``: one flag per (layer, head, query) row holding NaN or inf, shown as such;
 - model view: every head max-pooled to at most ``thumb × thumb`` cells, 8-bit;
@@ -43,7 +43,8 @@ def _env() -> Any:
 
 
 def _keep(seq: np.ndarray, top_k: int | None, keep_mass: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keys kept per row, heaviest first, as CSR: ``offsets (R+1,)``, ``idx``, ``val`` over rows ``R = N·H·l``.
+    """Keys kept per row, heaviest first: ``counts (R,)`` and the rows' ``idx``, ``val`` one after
+    the other, over the rows ``R = N·H·l``.
 
     A row keeps its ``top_k`` heaviest keys, or fewer: the fewest whose weights add up to
     ``keep_mass``. Non-finite weights sort last (+inf first) and are kept as they are.
@@ -58,8 +59,7 @@ def _keep(seq: np.ndarray, top_k: int | None, keep_mass: float | None) -> tuple[
         cum = np.cumsum(np.nan_to_num(vals.astype(np.float64), nan=0.0, posinf=1.0), axis=-1)
         count = np.minimum(count, (cum < keep_mass - 1e-9).sum(-1) + 1)
     mask = np.arange(s)[None, :] < count[:, None]
-    offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.uint32)
-    return offsets, order[mask], vals[mask]
+    return count, order[mask], vals[mask]
 
 
 def _max_pool(seq: np.ndarray, tq: int, tk: int) -> np.ndarray:
@@ -107,13 +107,14 @@ def payload(maps: AttentionMaps, *, sequence: int = 0, top_k: int | None = 8, ke
     N, H, l, s = seq.shape
     if l == 0 or s == 0:
         raise AttnkitError.build("a sequence with at least one token", f"sequence {sequence}: l={l}, s={s}", "pick a non-empty sequence")
-    offsets, idx, vals = _keep(seq, top_k, keep_mass)
+    counts, idx, vals = _keep(seq, top_k, keep_mass)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     bad = ~np.isfinite(seq).all(-1)  # (N, H, l): rows holding NaN or inf
-    kept = np.add.reduceat(np.nan_to_num(vals.astype(np.float64), nan=0.0), offsets[:-1].astype(np.int64)) if len(vals) else np.zeros(N * H * l)
+    kept = np.add.reduceat(np.nan_to_num(vals.astype(np.float64), nan=0.0), starts)  # every row keeps >= 1 key
     hidden = np.clip(1.0 - kept, 0.0, 1.0).reshape(N, H, l)[~bad]  # weight not kept, per finite row
     tq, tk = min(l, thumb), min(s, thumb)
     arrays: dict[str, np.ndarray] = {
-        "off": offsets,
+        "cnt": counts.astype(np.uint16 if s <= 65535 else np.uint32),  # keys kept per row
         "idx": idx.astype(np.uint16 if s <= 65535 else np.uint32),
         "val": vals.astype(np.float16).view(np.uint16),
         "bad": bad.astype(np.uint8),
@@ -132,7 +133,7 @@ def payload(maps: AttentionMaps, *, sequence: int = 0, top_k: int | None = 8, ke
         "tokens": tokens,
         "keys": [display(t) for t in maps.keys_of(sequence)],
         "special": maps.specials_of(sequence) if maps.is_self_attention else [False] * s,
-        "l": l, "s": s, "kmax": int(np.diff(offsets.astype(np.int64)).max()), "thumb": [tq, tk],
+        "l": l, "s": s, "kmax": int(counts.max()), "thumb": [tq, tk],
         "hidden_mean": _finite(float(hidden.mean())) if hidden.size else 0.0,
         "hidden_max": _finite(float(hidden.max())) if hidden.size else 0.0,
         "bad_rows": int(bad.sum()),

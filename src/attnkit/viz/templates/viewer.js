@@ -44,7 +44,9 @@
     const { l, s, kmax } = Q;
     const bin = await inflate(Q.blob);
     const arr = (name) => { const [off, dtype, len] = Q.toc[name]; return new TYPES[dtype](bin.buffer, bin.byteOffset + off, len); };
-    const OFF = arr("off"), IDX = arr("idx"), BAD = arr("bad"), THUMB = arr("thumb");
+    const CNT = arr("cnt"), IDX = arr("idx"), BAD = arr("bad"), THUMB = arr("thumb");
+    const OFF = new Uint32Array(CNT.length + 1); // row r's keys are IDX[OFF[r] .. OFF[r + 1])
+    for (let r = 0; r < CNT.length; r++) OFF[r + 1] = OFF[r] + CNT[r];
     const VAL = Float32Array.from(arr("val"), (b) => HALF[b]);
     const ROLL = Q.toc.rollout ? arr("rollout") : null; // 8-bit, each row scaled to its max
     const ROLL_MAX = Q.toc.rollout_rowmax ? arr("rollout_rowmax") : null;
