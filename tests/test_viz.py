@@ -99,6 +99,7 @@ def test_alignment_plot_uses_the_same_font_helper(tmp_path):
     fig = plot_alignment(torch.softmax(torch.randn(2, 3), -1), list("北京站"), ["a", "b"], title="北京 → ab",
                          path=tmp_path / "a.png")
     assert cjk_font() in fig.axes[0].title.get_fontfamily()
+    assert {t.get_rotation() for t in fig.axes[0].get_xticklabels()} == {0.0}  # one-character labels upright
 
 
 def test_missing_cjk_font_warns_once(monkeypatch, tmp_path):

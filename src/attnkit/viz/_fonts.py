@@ -79,7 +79,8 @@ def fit_fonts(fig: Any) -> Any:
     """Give every text of ``fig`` that holds CJK characters a CJK fallback font; returns ``fig``.
 
     Covers tick labels, titles, suptitles, axis and colorbar labels, whenever they were set.
-    Single wide characters on an x axis are set upright (a rotated ``北`` reads sideways).
+    Single wide characters on an x axis are set upright (a rotated ``北`` reads sideways), and so
+    is every x label when none is wider than two columns.
     """
     from matplotlib.text import Text
 
@@ -90,10 +91,17 @@ def fit_fonts(fig: Any) -> Any:
         for t in wide:
             t.set_fontfamily(fam)
     for ax in fig.axes:
-        for label in ax.get_xticklabels():
-            if len(label.get_text()) == 1 and is_wide(label.get_text()):
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        short = all(_columns(t.get_text()) <= 2 for t in labels)  # e.g. characters of a date: all upright
+        for label in labels:
+            if short or (len(label.get_text()) == 1 and is_wide(label.get_text())):
                 label.set_rotation(0)
     return fig
+
+
+def _columns(text: str) -> int:
+    """Display width of ``text`` in columns (a CJK character takes two)."""
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
 
 
 @contextlib.contextmanager
