@@ -319,8 +319,14 @@
       const top = sized(rTop, s * Z, LH);
       top.font = labelFont(); top.textAlign = "left"; top.textBaseline = "middle";
       for (let j = 0; j < s; j += step) {
+        top.fillStyle = Q.special[j] ? "#5b6775" : "#1d2733";
+        if ([...Q.keys[j]].length === 1) { // one character (e.g. 北): upright, it would read sideways
+          top.textAlign = "center"; top.textBaseline = "bottom"; top.fillText(Q.keys[j], j * Z + Z / 2, LH - 3);
+          top.textAlign = "left"; top.textBaseline = "middle";
+          continue;
+        }
         top.save(); top.translate(j * Z + Z / 2, LH - 4); top.rotate(-Math.PI / 2);
-        top.fillStyle = Q.special[j] ? "#5b6775" : "#1d2733"; top.fillText(Q.keys[j], 0, 0, LH - 6);
+        top.fillText(Q.keys[j], 0, 0, LH - 6);
         top.restore();
       }
     }
