@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import tempfile
-import webbrowser
 from pathlib import Path
 from typing import Any
 
@@ -90,5 +89,7 @@ def show(maps: AttentionMaps, *, height: int = 640, **options: Any) -> None:
 
         display(v)
     else:
+        import webbrowser
+
         path = v.save(Path(tempfile.mkdtemp(prefix="attnkit-")) / "attention.html")
         webbrowser.open(path.as_uri())
