@@ -275,3 +275,17 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_show_outside_a_notebook_opens_the_page_in_a_browser(monkeypatch):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    assert viz.show(_maps(), view="model") is None
+    assert len(opened) == 1 and opened[0].startswith("file://") and opened[0].endswith("attention.html")
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    page = Path(urlparse(opened[0]).path).read_text(encoding="utf-8")
+    assert _embedded(page)["start"]["view"] == "model"
