@@ -40,12 +40,12 @@ def _load(model: str | None) -> tuple[Any, Callable[[], Any], str]:
     return tokenizer, lambda: tf.AutoModel.from_pretrained(str(folder)).eval(), name
 
 
-def _check_readable(tokenizer: Any, ids: list[int], name: str) -> None:
+def _check_readable(tokenizer: Any, tokens: list[str], name: str) -> None:
     """Refuse text the model cannot read (mostly unknown tokens), before the model loads."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    specials = set(getattr(tokenizer, "all_special_ids", [])) - {unk}
-    real = [i for i in ids if i not in specials]
-    n_unk = sum(i == unk for i in real) if unk is not None else 0
+    unk = getattr(tokenizer, "unk_token", None)
+    specials = set(getattr(tokenizer, "all_special_tokens", [])) - {unk}
+    real = [t for t in tokens if t not in specials]
+    n_unk = sum(t == unk for t in real) if unk is not None else 0
     if real and n_unk * 2 > len(real):
         raise AttnkitError.build(f"text that {name} can read", f"{n_unk} of {len(real)} tokens unknown ({tokenizer.unk_token})",
                                  "pass --model PATH to a multilingual model folder, e.g. bert-base-multilingual-cased "
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         raise AttnkitError.build("a non-empty TEXT", repr(args.text), f"e.g. {_EXAMPLE}")
     tokenizer, load_model, name = _load(args.model)
     ids = tokenizer(args.text, truncation=args.max_length is not None, max_length=args.max_length)["input_ids"]
-    _check_readable(tokenizer, ids, name)
+    _check_readable(tokenizer, tokenizer.convert_ids_to_tokens(ids), name)
     occurrence = args.occurrence - 1
     locate(tokenizer.convert_ids_to_tokens(ids), args.token, occurrence=occurrence)  # fail before loading the model
     pieces = capture(load_model(), tokenizer, args.text, max_length=args.max_length)

@@ -22,7 +22,8 @@ def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens:
     """Heatmap of ``weights (T, S)``: row ``t`` is output token ``t``'s attention over the source.
 
     Colours run from 0 to 1 so figures of different inputs compare. Saves to ``path`` (``.png``
-    or ``.svg``) when given. Returns the ``matplotlib.figure.Figure``.
+    or ``.svg``) when given. Labels and title are plain text (a ``$`` is not mathtext). Returns
+    the ``matplotlib.figure.Figure``.
 
     Example:
         >>> import torch
@@ -45,15 +46,18 @@ def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens:
     show = lambda t: "␣" if t == " " else t  # noqa: E731 — a space label would be invisible
     src, out = [show(t) for t in source_tokens], [show(t) for t in output_tokens]
     title = title or "attention α_t over the source at each output step"
+    from matplotlib import rc_context
+
     from attnkit import viz
     from attnkit.inspect import AttentionMaps
 
     maps = AttentionMaps([w.view(1, 1, *w.shape)], [out], key_tokens=[src])
-    fig = viz.plot_head(maps, 0, 0, vmax=1.0, size=max(3.0, 0.3 * max(len(src), len(out))))
-    ax = fig.axes[0]
-    ax.set_xlabel("source")
-    ax.set_ylabel("output")
-    ax.set_title(title)  # viz.save / viz.fit_fonts give CJK titles a CJK font
-    if path is not None:
-        viz.save(fig, path, dpi=150)
+    with rc_context({"text.parse_math": False}):  # labels and title are plain text: "$x$" is not math
+        fig = viz.plot_head(maps, 0, 0, vmax=1.0, size=max(3.0, 0.3 * max(len(src), len(out))))
+        ax = fig.axes[0]
+        ax.set_xlabel("source")
+        ax.set_ylabel("output")
+        ax.set_title(title)  # viz.save / viz.fit_fonts give CJK titles a CJK font
+        if path is not None:
+            viz.save(fig, path, dpi=150)
     return viz.fit_fonts(fig)
