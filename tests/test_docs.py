@@ -23,7 +23,7 @@ from _notebooks import NOTEBOOKS, PAGES, ROOT, cells, notebook
 TUTORIALS = sorted(p.stem for p in PAGES.glob("*.md"))
 REFERENCE = {  # API reference page -> the modules whose __all__ it must cover
     "attnkit": ["attnkit"], "inspect": ["attnkit.inspect"], "viz": ["attnkit.viz"], "nn": ["attnkit.nn"],
-    "masks": ["attnkit.masks"], "hf": ["attnkit.integrations.hf"],
+    "masks": ["attnkit.masks"], "hf": ["attnkit.integrations.hf"], "ring": ["attnkit.engines.ring"],
     "seq2seq": [f"attnkit.seq2seq.{m}" for m in ("data", "vocab", "model", "train", "decode", "evaluate", "plot")],
 }
 
@@ -41,20 +41,23 @@ def site(tmp_path_factory):
 
 
 def test_mkdocs_build_strict_and_every_public_name_documented(site):
+    # Every name in a public module's __all__ has an entry in the API reference: under that module,
+    # or (names re-exported lazily, e.g. attnkit.nn.KVCache = attnkit.KVCache) wherever it is defined.
+    ids = set()
+    for page in REFERENCE:
+        ids |= set(re.findall(r'id="([\w.]+)"', (site / "reference" / page / "index.html").read_text(encoding="utf-8")))
+    documented_modules = {m for ms in REFERENCE.values() for m in ms}
     missing = []
-    for page, modules in REFERENCE.items():
-        html = (site / "reference" / page / "index.html").read_text(encoding="utf-8")
-        ids = set(re.findall(r'id="([\w.]+)"', html))
+    for modules in REFERENCE.values():
         for module in modules:
             mod = importlib.import_module(module)
             for name in mod.__all__:
                 if isinstance(getattr(mod, name), types.ModuleType):  # documented on its own page
-                    assert getattr(mod, name).__name__ in {m for ms in REFERENCE.values() for m in ms}
-                    continue
-                if not any(i == f"{module}.{name}" or i.endswith(f".{name}") for i in ids):
+                    assert getattr(mod, name).__name__ in documented_modules
+                elif not any(i == f"{module}.{name}" or i.endswith(f".{name}") for i in ids):
                     missing.append(f"{module}.{name}")
     assert not missing, f"public names without an API reference entry: {missing}"
-    for n, name in enumerate(TUTORIALS, 1):
+    for name in TUTORIALS:
         assert (site / "tutorials" / name / "index.html").is_file()
 
 
