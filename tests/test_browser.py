@@ -138,7 +138,9 @@ def test_model_and_rollout_views(browser, small_page):
     assert checked == ["2"] and Select(browser.find_element(By.ID, "layer")).first_selected_option.text == "1"
     browser.find_element(By.CSS_SELECTOR, 'button[data-view="rollout"]').click()
     WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.view") == "rollout")
-    assert _ink(browser, "#rollout-canvas") == 16 * 16  # one opaque pixel per (query, key)
+    cell = browser.execute_script("return document.getElementById('rollout-canvas').getBoundingClientRect().width") / 16
+    assert cell >= 8  # cells of a readable size, not one pixel per token
+    assert _ink(browser, "#rollout-left") > 0 and _ink(browser, "#rollout-top") > 0  # labels on both axes
     canvas = browser.find_element(By.ID, "rollout-canvas")
     browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true, clientX: arguments[0].getBoundingClientRect().left + 5, "
                            "clientY: arguments[0].getBoundingClientRect().top + arguments[0].getBoundingClientRect().height * 10.5 / 16}))", canvas)
@@ -171,6 +173,82 @@ def test_screenshot_is_not_blank(browser, small_page):
     rgb = (img.reshape(-1, 3) * 255).astype(np.uint32)
     colours = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2])
     assert len(colours) > 50 and img.std() > 0.05
+
+
+def test_nan_weight_page_loads_and_shows_nan(browser, tmp_path):
+    maps = _maps(SENTENCE, N=2, H=2)
+    maps.weights[1][0, 0, 10, 3] = float("nan")
+    _open(browser, viz.save_html(maps, tmp_path / "nan.html", focus=10, heads=[0]))
+    assert "NaN" in browser.find_element(By.ID, "nonfinite").text
+    info = browser.find_element(By.ID, "focus-info").text
+    assert "NaN" in info and "row holds NaN/inf" in info
+    assert "bad" in browser.find_elements(By.CSS_SELECTOR, ".qtok")[10].get_attribute("class")
+    _assert_clean(browser)
+
+
+def test_batch_switches_inside_the_page(browser, tmp_path):
+    g = torch.Generator().manual_seed(2)
+    w = [torch.softmax(torch.randn(2, 2, 6, 6, generator=g) * 3, -1)]
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    maps = AttentionMaps(w, [list("abcdef"), ["w", "x", "y", "z"]], mask)
+    _open(browser, viz.save_html(maps, tmp_path / "batch.html"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".qtok")) == 6
+    Select(browser.find_element(By.ID, "sequence")).select_by_value("1")
+    WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.sequence") == "1")
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".qtok")] == ["w", "x", "y", "z"]
+    WebDriverWait(browser, 5).until(lambda d: _ink(d) > 0)
+    browser.find_elements(By.CSS_SELECTOR, ".qtok")[2].click()  # controls work after the switch, once each
+    WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.focus") == "q2")
+    _assert_clean(browser)
+
+
+def _frame_state(driver, frame):
+    driver.switch_to.frame(frame)
+    try:
+        return (driver.execute_script("return document.body.dataset.focus"), _canvas(driver))
+    finally:
+        driver.switch_to.default_content()
+
+
+def test_three_notebook_viewers_do_not_interfere(browser, tmp_path):
+    """A page laid out as a notebook shows outputs: three viewer outputs, one after the other."""
+    outputs = [viz.viewer(_maps(SENTENCE[: 8 + 4 * n], N=2, H=2 + n, seed=n), height=420)._repr_html_() for n in range(3)]
+    page = tmp_path / "notebook.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>" +
+                    "".join(f'<div class="output_html">{o}</div>' for o in outputs) + "</body></html>", encoding="utf-8")
+    browser.get_log("browser"), browser.get_log("performance")
+    browser.get(page.as_uri())
+    frames = browser.find_elements(By.TAG_NAME, "iframe")
+    assert len(frames) == 3
+    for frame in frames:  # each draws its own canvas (offscreen frames may wait until scrolled in)
+        browser.execute_script("arguments[0].scrollIntoView()", frame)
+        browser.switch_to.frame(frame)
+        WebDriverWait(browser, FREEZE_S).until(lambda d: d.execute_script("return document.body.dataset.ready || document.body.dataset.error"))
+        assert browser.execute_script("return document.body.dataset.error") is None
+        assert _ink(browser) > 500
+        browser.switch_to.default_content()
+    before = [_frame_state(browser, f) for f in frames]
+    browser.execute_script("arguments[0].scrollIntoView()", frames[1])
+    browser.switch_to.frame(frames[1])
+    browser.find_elements(By.CSS_SELECTOR, ".qtok")[3].click()
+    WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.focus") == "q3")
+    browser.switch_to.default_content()
+    after = [_frame_state(browser, f) for f in frames]
+    assert after[1][0] == "q3" and after[1][1] != before[1][1]  # the clicked viewer changed
+    assert after[0] == before[0] and after[2] == before[2]  # the others did not
+    _assert_clean(browser)
+
+
+def test_rollout_readable_at_300_tokens(browser, tmp_path):
+    tokens = ["[CLS]"] + [f"w{i}" for i in range(298)] + ["[SEP]"]
+    _open(browser, viz.save_html(_maps(tokens, N=2, H=2, seed=3), tmp_path / "r300.html", view="rollout", focus=150))
+    size = browser.execute_script("const r = document.getElementById('rollout-canvas').getBoundingClientRect(); return [r.width, r.height];")
+    assert size[0] / 300 >= 8 and size[1] / 300 >= 8  # a minimum cell size, reached by scrolling
+    assert _ink(browser, "#rollout-left") > 0 and _ink(browser, "#rollout-top") > 0
+    assert browser.find_element(By.ID, "rollout-info").text.startswith('"w149" (token 150)')
+    scroll = browser.execute_script("return document.getElementById('rollout-scroll').scrollTop")
+    assert scroll > 0  # scrolled to the focused row
+    _assert_clean(browser)
 
 
 @pytest.mark.slow

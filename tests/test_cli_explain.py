@@ -111,3 +111,27 @@ def test_model_path_takes_a_local_decoder(minilm_installed, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("tiny-llama: 2 layers × 4 heads, 9 tokens") and len(_rows(out)) == 8
     assert (tmp_path / "d.svg").read_text().count("<svg") == 1
+
+
+def test_explain_joins_word_pieces_and_takes_the_cut(minilm_installed, tmp_path, capsys):
+    import json
+    import re
+
+    html = tmp_path / "w.html"
+    text = "The animal didn't cross the street because it was unbelievably tired."
+    assert main(["explain", text, "--token", "unbelievably", "--html", str(html), "--png", "", "--keep-mass", "0.9",
+                 "--top-k", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "words; word pieces joined: attention to a word = sum over its pieces, from a word = mean over its pieces" in out
+    data = json.loads(re.search(r'id="attnkit-data">(.*?)</script>', html.read_text(), re.S).group(1))
+    assert (data["keep_mass"], data["top_k"]) == (0.9, 12)
+    assert "unbelievably" in data["sequences"][0]["tokens"]  # the viewer shows the same words as the table
+
+
+def test_explain_text_the_model_cannot_read(minilm_installed, tmp_path, capsys):
+    assert main(["explain", "动物没有过马路，因为它太累了。", "--token", "它", "--html", str(tmp_path / "x.html")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and len(err.splitlines()) == 1
+    assert "tokens unknown" in err and "multilingual" in err
+    assert not (tmp_path / "x.html").exists()

@@ -20,6 +20,25 @@ __all__ = ["register"]
 _EXAMPLE = 'attnkit explain "The animal didn\'t cross the street because it was too tired." --token it'
 
 
+def _check_readable(tokenizer: Any, tokens: list[str], name: str) -> None:
+    """Refuse text the model cannot read (mostly unknown tokens), before the model loads."""
+    unk = getattr(tokenizer, "unk_token", None)
+    specials = set(getattr(tokenizer, "all_special_tokens", [])) - {unk}
+    real = [t for t in tokens if t not in specials]
+    n_unk = sum(t == unk for t in real) if unk is not None else 0
+    if real and n_unk * 2 > len(real):
+        raise AttnkitError.build(f"text that {name} can read", f"{n_unk} of {len(real)} tokens unknown ({tokenizer.unk_token})",
+                                 "pass --model PATH to a multilingual model folder, e.g. bert-base-multilingual-cased "
+                                 "or paraphrase-multilingual-MiniLM-L12-v2")
+
+
+def _mass(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], e.g. 0.95, got {text}")
+    return value
+
+
 def _table(ranked: list[Any], top: int) -> str:
     lines = [f"{'rank':>4}  {'layer':>5}  {'head':>4}  {'weight':>6}  top keys"]
     for n, h in enumerate(ranked[:top], 1):
@@ -29,7 +48,7 @@ def _table(ranked: list[Any], top: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..inspect import capture, find_heads, locate, strongest_heads
+    from ..inspect import AGGREGATION, capture, find_heads, locate, strongest_heads
     from ._model import load, token_or_position, tokens_within_limits
 
     if not args.text.strip():
@@ -41,12 +60,14 @@ def _run(args: argparse.Namespace) -> int:
         _checks.output_file("--png", args.png, (".png", ".svg"))
     tokenizer, load_model, name, limit = load(args.model)
     tokens = tokens_within_limits(tokenizer, args.text, args.max_length, limit)
+    _check_readable(tokenizer, tokens, name)
     args.token = token_or_position(tokens, args.token)
     occurrence = args.occurrence - 1
     locate(tokens, args.token, occurrence=occurrence)  # fail before loading the model
     with warnings.catch_warnings():  # truncation was announced above, in --max-length terms
         warnings.simplefilter("ignore", UserWarning)
-        maps = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
+        pieces = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
+    maps = pieces.words()  # the table, the PNG and the HTML all read these word-level maps
     tokens = maps.tokens[0]
     rows = locate(tokens, args.token, occurrence=occurrence)
     where = f'"{args.token}" (token {rows[0]}' + (f"-{rows[-1]}" if len(rows) > 1 else "") + ")"
@@ -59,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         skipped = "itself" if args.all_keys else "special tokens, itself and its neighbours; --all-keys keeps them"
         how = f"heads ranked by the largest weight {where} gives one other token (skipped: {skipped})"
     print(f"{name}: {maps.num_layers} layers × {maps.num_heads} heads, {len(tokens)} tokens")
+    if maps is not pieces:
+        print(f"{len(pieces.tokens[0])} tokens joined into {len(tokens)} words; {AGGREGATION}")
     print(how + ":")
     print(_table(ranked, args.top))
     print("layers and heads count from 0; weights are attention probabilities (each row sums to 1)")
@@ -68,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         from ..viz import save_html
 
         title = f"{name}: {args.text if len(args.text) <= 80 else args.text[:77] + '...'}"
-        page = save_html(maps, args.html, title=title, layer=best.layer, focus=rows[0], heads=[best.head])
+        page = save_html(maps, args.html, title=title, layer=best.layer, focus=rows[0], heads=[best.head],
+                         top_k=args.top_k, keep_mass=args.keep_mass)
         written.append(f"{page} (interactive viewer, opens offline in any browser)")
     if args.png:
         from matplotlib import rc_context
@@ -112,6 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", type=_positive, default=4, metavar="N", help="top keys shown per head (default 4)")
     p.add_argument("--all-keys", action="store_true", help="rank over every key, special tokens and neighbours included")
     p.add_argument("--max-length", type=_positive, metavar="N", help="truncate the text to N tokens")
+    p.add_argument("--top-k", type=_positive, default=8, metavar="K", help="viewer: keys kept per query and head (default 8)")
+    p.add_argument("--keep-mass", type=_mass, metavar="P", help="viewer: keep the fewest keys holding share P of each row's "
+                                                                "weight (e.g. 0.95), at most --top-k; the page shows what is hidden")
     p.add_argument("--html", default="attention.html", metavar="PATH", help="viewer file (default attention.html; '' to skip)")
     p.add_argument("--png", default="attention.png", metavar="PATH", help="heatmap of the best head, .png or .svg "
                                                                           "(default attention.png; '' to skip)")

@@ -3,8 +3,10 @@
 - :func:`capture` runs a Hugging Face model on attnkit's attention and returns
   :class:`AttentionMaps` (per layer ``(B, H, L, S)`` weights, tokens, padding masks).
 - :func:`record` hooks attnkit/torch attention modules explicitly for the length of a block.
-- Analyses: :func:`head_mean`, :func:`head_max`, :func:`rollout`, :func:`entropy`,
+- Analyses: :func:`head_mean`, :func:`head_max`, :func:`rollout` (:func:`rollout_sequence` for one unpadded sequence), :func:`entropy`,
   :func:`top_keys`, :func:`find_heads`, :func:`strongest_heads`.
+- :meth:`AttentionMaps.words` joins word pieces (to = sum, from = mean: :data:`AGGREGATION`);
+  :meth:`AttentionMaps.to_bertviz` gives BertViz's inputs; in Jupyter the maps show the viewer.
 - :meth:`AttentionMaps.save` / :meth:`AttentionMaps.load` keep maps in ``.npz`` or
   ``.safetensors`` files for later viewing (``attnkit.viz``).
 
@@ -18,13 +20,15 @@ Example:
 
 from __future__ import annotations
 
-from ._analysis import HeadScore, KeyWeight, entropy, find_heads, head_max, head_mean, rollout, strongest_heads, top_keys
+from ._analysis import HeadScore, KeyWeight, entropy, find_heads, head_max, head_mean, rollout, rollout_sequence, strongest_heads, top_keys
 from ._capture import capture
 from ._maps import AttentionMaps
 from ._record import Recorder, record
 from ._tokens import display, locate
+from ._words import AGGREGATION, merge_word_pieces, word_groups
 
 __all__ = [
+    "AGGREGATION",
     "AttentionMaps",
     "HeadScore",
     "KeyWeight",
@@ -36,8 +40,11 @@ __all__ = [
     "head_max",
     "head_mean",
     "locate",
+    "merge_word_pieces",
     "record",
     "rollout",
+    "rollout_sequence",
     "strongest_heads",
     "top_keys",
+    "word_groups",
 ]

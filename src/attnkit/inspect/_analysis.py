@@ -16,7 +16,7 @@ from ..errors import AttnkitError
 from ._maps import AttentionMaps
 from ._tokens import display, locate
 
-__all__ = ["HeadScore", "KeyWeight", "entropy", "find_heads", "head_max", "head_mean", "rollout", "strongest_heads", "top_keys"]
+__all__ = ["HeadScore", "KeyWeight", "entropy", "find_heads", "head_max", "head_mean", "rollout", "rollout_sequence", "strongest_heads", "top_keys"]
 
 
 class KeyWeight(NamedTuple):
@@ -99,13 +99,23 @@ def rollout(maps: AttentionMaps, *, residual: bool = True, head_fusion: Literal[
         raise AttnkitError.build('head_fusion "mean", "max" or "min"', repr(head_fusion), "pick one")
     if not 0 <= start_layer < maps.num_layers:
         raise AttnkitError.build(f"start_layer in [0, {maps.num_layers})", str(start_layer), "count layers from 0")
-    per_seq = [_rollout_one(maps.sequence(b), residual, head_fusion, start_layer) for b in range(maps.batch_size)]
+    per_seq = [rollout_sequence(maps.sequence(b), residual, head_fusion, start_layer) for b in range(maps.batch_size)]
     return _padded(maps, per_seq, ())
 
 
-def _rollout_one(seq: np.ndarray, residual: bool = True, head_fusion: str = "mean", start_layer: int = 0) -> Tensor:
-    """Rollout of one unpadded sequence ``(N, H, l, l)`` → ``(l, l)`` float32."""
-    w = torch.from_numpy(seq)
+def rollout_sequence(seq: np.ndarray | Tensor, residual: bool = True, head_fusion: str = "mean", start_layer: int = 0) -> Tensor:
+    """Rollout of one unpadded sequence: weights ``(N, H, l, l)`` → ``(l, l)`` float32.
+
+    The per-sequence core of :func:`rollout` (same arguments, no argument checks), for callers
+    that already hold ``maps.sequence(b)``, such as the HTML viewer.
+
+    Example:
+        >>> import torch
+        >>> rollout_sequence(torch.eye(2).expand(3, 1, 2, 2))
+        tensor([[1., 0.],
+                [0., 1.]])
+    """
+    w = torch.as_tensor(seq)
     fused = {"mean": w.mean(1), "max": w.amax(1), "min": w.amin(1)}[head_fusion].double()  # (N, l, l); float64 products
     if residual:
         fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], dtype=fused.dtype)

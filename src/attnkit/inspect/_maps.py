@@ -142,6 +142,39 @@ class AttentionMaps:
             special=None if self.special is None else [list(self.special[b])], meta=dict(self.meta),
         )
 
+    def words(self) -> "AttentionMaps":
+        """Word pieces joined into words: attention *to* a word = sum over its pieces, *from* a
+        word = mean over its pieces (see :func:`attnkit.inspect.merge_word_pieces`)."""
+        from ._words import merge_word_pieces
+
+        return merge_word_pieces(self)
+
+    def to_bertviz(self, sequence: int = 0) -> dict:
+        """What BertViz's ``head_view`` / ``model_view`` take, without importing bertviz.
+
+        Self-attention: ``{"attention": (layer tensors of shape (1, H, l, l), ...), "tokens": [...]}``;
+        cross-attention: ``{"cross_attention": ..., "encoder_tokens": keys, "decoder_tokens": tokens}``.
+        Padding is removed. Use: ``from bertviz import head_view; head_view(**maps.to_bertviz())``.
+
+        Example:
+            >>> import torch
+            >>> maps = AttentionMaps([torch.full((1, 2, 3, 3), 1 / 3)] * 4, [["[CLS]", "hi", "[SEP]"]])
+            >>> bv = maps.to_bertviz()
+            >>> len(bv["attention"]), tuple(bv["attention"][0].shape), bv["tokens"]
+            (4, (1, 2, 3, 3), ['[CLS]', 'hi', '[SEP]'])
+        """
+        layers = tuple(torch.from_numpy(w).unsqueeze(0) for w in self.sequence(sequence))  # N × (1, H, l, s)
+        if self.is_self_attention:
+            return {"attention": layers, "tokens": list(self.tokens[sequence])}
+        return {"cross_attention": layers, "encoder_tokens": list(self.keys_of(sequence)),
+                "decoder_tokens": list(self.tokens[sequence])}
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the interactive viewer (in its own iframe; needs the ``viz`` extra)."""
+        from ..viz import viewer  # viz sits beside inspect and imports it; imported here, on display only
+
+        return viewer(self)._repr_html_()
+
     def _check_b(self, b: int) -> None:
         if not 0 <= b < self.batch_size:
             raise AttnkitError.build(f"a sequence index in [0, {self.batch_size})", str(b), "count sequences from 0")

@@ -1,15 +1,13 @@
 """The alignment heatmap of one translation: output tokens (rows) × source tokens (columns).
 
-Needs matplotlib (``pip install 'attnkit[viz]'``), imported on first use. When
-:mod:`attnkit.viz` is installed the picture is drawn by its :func:`attnkit.viz.plot_head`
-(one layer, one head of cross-attention); otherwise by a small matplotlib fallback here.
+Needs matplotlib (``pip install 'attnkit[viz]'``), imported on first use. The picture is drawn
+by :func:`attnkit.viz.plot_head` (one layer, one head of cross-attention), so fonts (CJK labels
+and titles) are handled by the one helper every attnkit plot uses.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
-import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,10 +16,6 @@ from torch import Tensor
 from attnkit.errors import AttnkitError
 
 __all__ = ["plot_alignment"]
-
-_CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans", "WenQuanYi Zen Hei", "Droid Sans Fallback",
-              "Microsoft YaHei", "Hiragino Sans")
-
 
 def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens: Sequence[str], *,
                    path: str | Path | None = None, title: str | None = None) -> Any:
@@ -54,49 +48,16 @@ def plot_alignment(weights: Tensor, source_tokens: Sequence[str], output_tokens:
     title = title or "attention α_t over the source at each output step"
     from matplotlib import rc_context
 
-    with rc_context({"text.parse_math": False}), \
-            rc_context({"font.family": list(_families(_is_wide("".join(src + out) + title)))}):  # CJK labels need a CJK font
-        fig = _with_viz(w, src, out) if importlib.util.find_spec("attnkit.viz") else _with_matplotlib(w, src, out)
-        ax = fig.axes[0]
-        ax.set_xlabel("source")
-        ax.set_ylabel("output")
-        ax.set_title(title)
-        if path is not None:
-            fig.savefig(path, dpi=150)
-    return fig
-
-
-def _with_viz(w: Tensor, src: list[str], out: list[str]) -> Any:
-    """One head of one layer of cross-attention, drawn by attnkit.viz."""
     from attnkit import viz
     from attnkit.inspect import AttentionMaps
 
     maps = AttentionMaps([w.view(1, 1, *w.shape)], [out], key_tokens=[src])
-    return viz.plot_head(maps, 0, 0, vmax=1.0, size=max(3.0, 0.3 * max(len(src), len(out))))
-
-
-def _is_wide(text: str) -> bool:
-    return any(unicodedata.east_asian_width(c) in ("W", "F") for c in text)
-
-
-@functools.cache
-def _families(wide: bool) -> tuple[str, ...]:
-    if not wide:
-        return ("DejaVu Sans",)
-    from matplotlib import font_manager
-
-    names = {f.name for f in font_manager.fontManager.ttflist}
-    return ("DejaVu Sans", *(n for n in _CJK_FONTS if n in names))[:2]
-
-
-def _with_matplotlib(w: Tensor, src: list[str], out: list[str]) -> Any:
-    from matplotlib.figure import Figure
-
-    T, S = w.shape
-    fig = Figure(figsize=(1.5 + 0.32 * S, 1.2 + 0.32 * T), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(w.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
-    ax.set_xticks(range(S), src, rotation=90 if max(map(len, src)) > 2 else 0)
-    ax.set_yticks(range(T), out)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
-    return fig
+    with rc_context({"text.parse_math": False}):  # labels and title are plain text: "$x$" is not math
+        fig = viz.plot_head(maps, 0, 0, vmax=1.0, size=max(3.0, 0.3 * max(len(src), len(out))))
+        ax = fig.axes[0]
+        ax.set_xlabel("source")
+        ax.set_ylabel("output")
+        ax.set_title(title)  # viz.save / viz.fit_fonts give CJK titles a CJK font
+        if path is not None:
+            viz.save(fig, path, dpi=150)
+    return viz.fit_fonts(fig)

@@ -4,9 +4,13 @@ Needs the ``viz`` extra (``pip install 'attnkit[viz]'``: matplotlib, jinja2), im
 first use. Every function takes :class:`attnkit.inspect.AttentionMaps`.
 
 - :func:`plot_head`, :func:`plot_layer`, :func:`plot_model`, :func:`plot_rollout` return
-  ``matplotlib.figure.Figure`` objects; :func:`save` writes PNG or SVG.
+  ``matplotlib.figure.Figure`` objects; :func:`save` writes PNG or SVG. :func:`fit_fonts` gives
+  CJK text (labels and titles) a CJK font; every attnkit plot goes through it.
 - :func:`to_html` / :func:`save_html`: one self-contained HTML file (no network) with a head
-  view, a model view and a rollout view, drawn on canvas; fine for 512 tokens × 12 × 12.
+  view, a model view and a rollout view, drawn on canvas; fine for 512 tokens × 12 × 12. A batch
+  is switchable inside the page; ``top_k=`` / ``keep_mass=`` choose the head-view cut.
+- :func:`show` / :func:`viewer`: the same viewer in Jupyter, each in its own iframe (several per
+  notebook never interfere); ``AttentionMaps`` displays itself this way.
 
 Example:
     >>> import torch
@@ -19,7 +23,10 @@ Example:
 
 from __future__ import annotations
 
+from ._fonts import fit_fonts
 from ._heatmap import plot_head, plot_layer, plot_model, plot_rollout, save
 from ._html import save_html, to_html
+from ._notebook import Viewer, show, viewer
 
-__all__ = ["plot_head", "plot_layer", "plot_model", "plot_rollout", "save", "save_html", "to_html"]
+__all__ = ["Viewer", "fit_fonts", "plot_head", "plot_layer", "plot_model", "plot_rollout", "save", "save_html", "show",
+           "to_html", "viewer"]

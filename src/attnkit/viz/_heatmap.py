@@ -6,10 +6,7 @@ backend), so they work in scripts, servers and tests alike. Save with :func:`sav
 
 from __future__ import annotations
 
-import functools
 import itertools
-import unicodedata
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,47 +14,9 @@ import numpy as np
 
 from ..errors import AttnkitError
 from ..inspect import AttentionMaps, display, locate, rollout
+from ._fonts import families as _families, fit_fonts, quiet_missing_glyphs
 
 __all__ = ["plot_head", "plot_layer", "plot_model", "plot_rollout", "save"]
-
-# Fonts with CJK glyphs that Debian/Ubuntu/macOS/Windows ship; matplotlib falls back along the list.
-_CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
-              "WenQuanYi Zen Hei", "Droid Sans Fallback", "Hiragino Sans", "Microsoft YaHei", "MS Gothic")
-
-
-_CJK_FILES = ("cjk", "wqy", "droidsansfallback", "sourcehan", "msgothic", "msyh")
-
-
-@functools.lru_cache(maxsize=1)
-def _cjk_font() -> str | None:
-    from matplotlib import font_manager
-
-    fm = font_manager.fontManager
-    found = next((n for n in _CJK_FONTS if n in {f.name for f in fm.ttflist}), None)
-    if found is None:
-        # matplotlib's font cache predates fonts installed later (e.g. by .ci/install_browser.sh): add them.
-        for path in font_manager.findSystemFonts():
-            if any(key in Path(path).name.lower().replace("-", "").replace("_", "") for key in _CJK_FILES):
-                fm.addfont(path)
-        found = next((n for n in _CJK_FONTS if n in {f.name for f in fm.ttflist}), None)
-    return found
-
-
-def _is_wide(text: str) -> bool:
-    return any(unicodedata.east_asian_width(c) in ("W", "F") for c in text)
-
-
-def _families(labels: Sequence[str]) -> list[str]:
-    """DejaVu Sans, plus a CJK fallback when a label needs one (warns once if none is installed)."""
-    if not any(_is_wide(t) for t in labels):
-        return ["DejaVu Sans"]
-    cjk = _cjk_font()
-    if cjk is None:
-        warnings.warn("attnkit.viz: no CJK font found, CJK tokens will show as boxes; install one "
-                      "(Debian: apt-get install fonts-noto-cjk)", stacklevel=3)
-        return ["DejaVu Sans"]
-    return ["DejaVu Sans", cjk]
-
 
 def _label_step(n: int, room_px: float) -> tuple[int, float]:
     """(show every k-th label, font size in points) so labels stay legible and never overlap."""
@@ -138,7 +97,7 @@ def plot_head(maps: AttentionMaps, layer: int, head: int, *, sequence: int = 0, 
         rows = locate(maps.tokens[sequence], query)
         ax.add_patch(Rectangle((-0.5, rows[0] - 0.5), len(keys), len(rows), fill=False, edgecolor="crimson", linewidth=1.5))
     ax.set_title(f"layer {layer} head {head}")
-    return fig
+    return fit_fonts(fig)
 
 
 def plot_layer(maps: AttentionMaps, layer: int, *, sequence: int = 0, cols: int | None = None, cmap: str = "Blues",
@@ -167,7 +126,7 @@ def plot_layer(maps: AttentionMaps, layer: int, *, sequence: int = 0, cols: int 
             ax.set_ylabel("")
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     fig.suptitle(f"layer {layer}: {H} heads")
-    return fig
+    return fit_fonts(fig)
 
 
 def plot_model(maps: AttentionMaps, *, sequence: int = 0, cmap: str = "Blues", vmax: float = 1.0, thumb: float = 1.1) -> Any:
@@ -187,7 +146,7 @@ def plot_model(maps: AttentionMaps, *, sequence: int = 0, cmap: str = "Blues", v
         if h == 0:
             ax.set_ylabel(f"L{layer}", fontsize=8)
     fig.suptitle(f"{N} layers × {H} heads (rows: layers, columns: heads)")
-    return fig
+    return fit_fonts(fig)
 
 
 def plot_rollout(maps: AttentionMaps, *, sequence: int = 0, cmap: str = "Purples", size: float = 7.0, **kwargs: Any) -> Any:
@@ -199,7 +158,7 @@ def plot_rollout(maps: AttentionMaps, *, sequence: int = 0, cmap: str = "Purples
     image = _heat(ax, r, queries, keys, labels=True, room_px=size * 72, cmap=cmap, vmax=None)
     fig.colorbar(image, ax=ax, shrink=0.8, label="rolled-out attention")
     ax.set_title(f"attention rollout over {maps.num_layers} layers")
-    return fig
+    return fit_fonts(fig)
 
 
 def save(fig: Any, path: str | Path, *, dpi: int = 150) -> Path:
@@ -207,5 +166,6 @@ def save(fig: Any, path: str | Path, *, dpi: int = 150) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg"):
         raise AttnkitError.build("a path ending in .png or .svg", str(path), "rename the file")
-    fig.savefig(path, dpi=dpi, format=path.suffix.lower()[1:])
+    with quiet_missing_glyphs():
+        fit_fonts(fig).savefig(path, dpi=dpi, format=path.suffix.lower()[1:])
     return path
