@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..functional import attention
+from ..functional import attention, explain
 from ..scores import alibi_slopes
 
 if TYPE_CHECKING:
@@ -79,13 +79,16 @@ def make_flash(case: Case, q: Tensor, k: Tensor, v: Tensor, *, plain: bool = Fal
         kw["alibi_slopes"] = alibi_slopes(case.H)
     if not plain and case.softcap is not None:
         kw["softcap"] = case.softcap
-    return (lambda: attention(q, k, v, **kw)), f"engine={case.engine}"
+    # explain() says which engine and tile path run (and why), so a slow row is not misread.
+    how = "; ".join(line.strip() for line in str(explain(q, k, v, **kw)).splitlines())
+    return (lambda: attention(q, k, v, **kw)), how
 
 
 def make_plain(case: Case, q: Tensor, k: Tensor, v: Tensor) -> Made:
     if not (case.alibi or case.softcap is not None):
         raise Unavailable("the case has no ALiBi/softcap to leave out")
-    return (make_flash(case, q, k, v, plain=True)[0]), f"engine={case.engine} without ALiBi/softcap"
+    run, how = make_flash(case, q, k, v, plain=True)
+    return run, f"without ALiBi/softcap; {how}"
 
 
 def make_sdpa(case: Case, q: Tensor, k: Tensor, v: Tensor) -> Made:

@@ -213,8 +213,9 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), repeats, 30.0) / 1e9
 
 
-def _memory_mib(c: Case, impl: str, mode: str) -> float | None:
-    """Peak RSS (MiB) of a fresh subprocess running one step of the case (``None`` if it failed)."""
+def _memory_mib(c: Case | None, impl: str = "", mode: str = "") -> float | None:
+    """Peak RSS (MiB) of a fresh subprocess running one step of the case (``None`` if it failed);
+    ``c=None``: of the probe process alone (python, torch and attnkit imported, no work)."""
     payload = base64.b64encode(pickle.dumps((c, impl, mode))).decode("ascii")
     cmd = [sys.executable, "-m", "attnkit.cli.benchmark", "--memory-probe", payload]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -254,6 +255,7 @@ class Report:
     peak_gflops: float
     rows: list[Row]
     checks: list[Check]
+    baseline_rss_mib: float | None = None  # the probe process without work: part of every RSS figure
 
 
 def _metrics(group: dict[str, Row]) -> dict[str, float]:
@@ -340,7 +342,7 @@ def run_benchmark(
             base = group.get("flash")
             metrics = _metrics(group)
             checks.append(Check(c.name, mode, base.seconds if base else None, metrics, *_verdict(c, mode, metrics)))
-    return Report(peak, rows, checks)
+    return Report(peak, rows, checks, _memory_mib(None) if memory else None)
 
 
 def _num(x: float | None, fmt: str, suffix: str = "") -> str:
@@ -379,6 +381,8 @@ def format_report(report: Report) -> str:
         "",
         f"## Every implementation (fp32 matmul peak measured in this run: {report.peak_gflops:.1f} GFLOP/s)",
         "",
+        *([f"Peak RSS is the VmHWM of a fresh process per row; the same process without work (python, torch, "
+           f"attnkit): {report.baseline_rss_mib:.0f} MiB.", ""] if report.baseline_rss_mib is not None else []),
         "| " + " | ".join(DETAIL_COLUMNS) + " |",
         "|---|---|---|" + "---:|" * 4 + "---|",
     ]
@@ -392,7 +396,8 @@ def format_report(report: Report) -> str:
 
 def _memory_probe(payload: str) -> None:
     c, impl, mode = pickle.loads(base64.b64decode(payload))  # our own payload, from the parent process
-    _step(c, impl, mode)[0]()
+    if c is not None:
+        _step(c, impl, mode)[0]()
     print(_peak_rss_mib())
 
 
