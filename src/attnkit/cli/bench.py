@@ -68,7 +68,7 @@ def _skipped(args: argparse.Namespace) -> dict[str, str]:
     if args.no_flex:
         return {"flex": "--no-flex"}
     if args.quick:
-        return {"flex": "--quick (compiling flex takes about a minute per case; use --flex)"} if not args.flex else {}
+        return {"flex": "--quick (compiling flex takes tens of seconds per case; add --flex)"} if not args.flex else {}
     return {}
 
 
