@@ -75,7 +75,7 @@ def _skipped(args: argparse.Namespace) -> dict[str, str]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="time the flash engine against torch SDPA and a naive implementation",
+        help="time attnkit against torch SDPA, a naive implementation and compiled flex_attention",
         description="Medians after warm-up, in one process; peak memory from one subprocess per case.",
     )
     p.add_argument("--quick", action="store_true", help="small cases (seconds, for smoke tests)")

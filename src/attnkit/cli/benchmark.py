@@ -294,6 +294,12 @@ def _verdict(c: Case, mode: str, metrics: dict[str, float]) -> tuple[str, str]:
     return "; ".join(t.label() for t in targets), status
 
 
+def _time(c: Case, impl: str, mode: str, repeats: int, budget_s: float) -> tuple[float, str]:
+    """``(median seconds, note)``; the inputs are freed on return, before the next implementation."""
+    fn, note = _step(c, impl, mode)
+    return median_seconds(fn, repeats, budget_s), note
+
+
 def run_benchmark(
     cases: list[Case], *, repeats: int = 5, budget_s: float = 20.0, memory: bool = True,
     progress: Callable[[str], None] | None = None, skip: dict[str, str] | None = None,
@@ -322,18 +328,15 @@ def run_benchmark(
                     continue
                 say(f"{c.name} {mode} {impl} ...")
                 try:
-                    fn, row.note = _step(c, impl, mode)
-                    row.seconds = median_seconds(fn, repeats, budget_s)
+                    row.seconds, row.note = _time(c, impl, mode, repeats, budget_s)
                 except Unavailable as err:
                     row.note = f"n/a: {err}"
                     continue
-                except RuntimeError as err:
+                except RuntimeError as err:  # e.g. a peer out of memory; attnkit's own failures are bugs
                     if impl in ("flash", "plain"):
                         raise
-                    row.note = f"failed: {str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__}"
+                    row.note = f"failed: {(str(err).strip().splitlines() or [type(err).__name__])[0][:160]}"
                     continue
-                finally:
-                    fn = None  # free this implementation's inputs before the next one
                 row.gflops = c.flops(mode) / row.seconds / 1e9
                 row.peak_frac = row.gflops / peak
                 if memory and impl in MEMORY_IMPLS:
