@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-from datetime import date
 
 from ..errors import AttnkitError
 from . import _checks
@@ -30,12 +28,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.silent else None
-    peak, rows = bench.run_benchmark(cases, repeats=args.repeats, budget_s=args.budget, memory=not args.no_memory, progress=say)
-    header = (
-        f"attnkit bench — {date.today().isoformat()} — {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    table = header + "\n\n" + bench.format_table(peak, rows)
+    from . import _bench_machine as machine
+
+    parts = [machine.header(torch.get_num_threads())]
+    sections = _sections(args)
+    if "cases" in sections:
+        report = bench.run_benchmark(
+            cases, repeats=args.repeats, budget_s=args.budget, memory=not args.no_memory, progress=say, skip=_skipped(args)
+        )
+        parts.append(bench.format_report(report))
+    if "under-load" in sections:
+        from . import _bench_load as load
+
+        chosen = cases if args.cases else cases[:1]  # default: the first (full forward) case
+        parts.append(load.format_under_load(load.run_under_load(chosen, repeats=args.repeats, budget_s=args.budget, progress=say)))
+    if "compile-time" in sections:
+        if say:
+            say("building the fused kernel in a fresh cache ...")
+        parts.append(machine.format_compile_time(machine.compile_time()))
+    table = "\n\n".join(parts)
     print(table)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
@@ -43,10 +54,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sections(args: argparse.Namespace) -> tuple[str, ...]:
+    """The report's sections: the case table by default; --under-load / --compile-time run just
+    those; --all runs everything."""
+    if args.all:
+        return ("cases", "under-load", "compile-time")
+    chosen = tuple(name for name, on in (("under-load", args.under_load), ("compile-time", args.compile_time)) if on)
+    return chosen or ("cases",)
+
+
+def _skipped(args: argparse.Namespace) -> dict[str, str]:
+    """Implementations not to run, with the reason the table shows."""
+    if args.no_flex:
+        return {"flex": "--no-flex"}
+    if args.quick:
+        return {"flex": "--quick (compiling flex takes tens of seconds per case; add --flex)"} if not args.flex else {}
+    return {}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="time the flash engine against torch SDPA and a naive implementation",
+        help="time attnkit against torch SDPA, a naive implementation and compiled flex_attention",
         description="Medians after warm-up, in one process; peak memory from one subprocess per case.",
     )
     p.add_argument("--quick", action="store_true", help="small cases (seconds, for smoke tests)")
@@ -57,4 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
     p.add_argument("--output", metavar="FILE", help="also write the table to FILE")
     p.add_argument("--silent", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--under-load", action="store_true",
+                   help="time attnkit and SDPA quiet and beside one busy process (the first case, or those of --cases)")
+    p.add_argument("--compile-time", action="store_true", help="time building the fused kernel in a fresh cache")
+    p.add_argument("--all", action="store_true", help="the case table, --under-load and --compile-time")
+    p.add_argument("--no-flex", action="store_true", help="skip the torch.compile(flex_attention) column")
+    p.add_argument("--flex", action="store_true", help="with --quick: run the flex column too (slow to compile)")
     p.set_defaults(run=_run)
