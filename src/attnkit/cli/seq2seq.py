@@ -112,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = cmds.add_parser("train", help="train a model", description="Teacher-forced training with Adam; a checkpoint "
                         "is written atomically after every epoch.",
                         epilog="example: attnkit seq2seq train --data dates --score general --out runs/dates")
-    t.add_argument("--data", default="dates", help='"dates" (generated, no download) or a source<TAB>target file')
+    t.add_argument("--data", default="dates", help='"dates" or "date-lists" (generated, no download; date-lists: 1-8 dates '
+                   'per line, up to ~200 characters) or a source<TAB>target file')
     t.add_argument("--score", default="general", choices=SCORES, help="attention score, or none for a fixed context")
     t.add_argument("--epochs", type=int, default=None, help="total epochs (default 4; on --resume: extend to N)")
     t.add_argument("--out", default="attnkit-seq2seq", help="training directory (default ./attnkit-seq2seq)")
@@ -124,8 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dropout", type=float, default=0.0)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    t.add_argument("--train-size", type=int, default=20_000, help="generated training examples (dates)")
-    t.add_argument("--valid-size", type=int, default=2_000, help="generated held-out examples (dates)")
+    t.add_argument("--train-size", type=int, default=20_000, help="generated training examples (built-in tasks)")
+    t.add_argument("--valid-size", type=int, default=2_000, help="generated held-out examples (built-in tasks)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     common(t)

@@ -36,7 +36,7 @@ from torch import Tensor
 from attnkit.errors import AttnkitError
 from attnkit.softmax import softmax_cross_entropy
 
-from .data import Example, dates_dataset, load_tsv
+from .data import BUILTIN_TASKS, Example, load_tsv
 from .decode import Translator
 from .model import ModelConfig, Seq2Seq, pad_batch
 from .vocab import Vocab
@@ -50,9 +50,10 @@ _FORMAT = "attnkit.seq2seq/1"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run. ``data`` is ``"dates"`` (generated) or the path of a TSV file.
+    """Everything that defines a run. ``data`` is a built-in generated task (``"dates"``, or
+    ``"date-lists"``: up to 8 dates per line, 100+ characters) or the path of a TSV file.
 
-    ``train_size``/``valid_size`` apply to ``dates``; a TSV file is shuffled with ``seed`` and
+    ``train_size``/``valid_size`` apply to the built-in tasks; a TSV file is shuffled with ``seed`` and
     split, ``valid_fraction`` of it held out. The defaults train the date task to >= 95% held-out
     exact match in a few minutes on 2 CPU cores (see ``benchmarks/RESULTS.md``).
     """
@@ -99,8 +100,8 @@ class TrainResult:
 
 def load_data(config: TrainConfig) -> tuple[list[Example], list[Example]]:
     """The train and held-out examples a config defines (the same every time)."""
-    if config.data == "dates":
-        return dates_dataset(config.train_size, config.valid_size, seed=config.seed)
+    if config.data in BUILTIN_TASKS:  # "dates", "date-lists": generated, no download
+        return BUILTIN_TASKS[config.data](config.train_size, config.valid_size, seed=config.seed)
     examples = load_tsv(config.data)
     if len(examples) < 2:
         raise AttnkitError.build("a TSV file with at least 2 pairs", f"{len(examples)} in {config.data}",
