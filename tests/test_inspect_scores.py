@@ -17,6 +17,7 @@ import torch
 from attnkit import AttnkitError
 from attnkit.inspect import AttentionMaps, capture, contrast_heads, default_candidates, logits, row_scores
 from attnkit.inspect import _capture, _contrast
+from test_inspect import minilm  # noqa: F401 -- the shared MiniLM fixture (skips without the hf extra)
 
 TIRED = "The animal didn't cross the street because it was too tired."
 WIDE = "The animal didn't cross the street because it was too wide."
@@ -65,19 +66,6 @@ def test_contrast_heads_ranks_the_head_that_moves():
 @pytest.mark.parametrize("module", [_capture, _contrast])
 def test_docstring_examples(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    tf = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'attnkit[hf]'")
-    from attnkit.integrations.hf import minilm_path
-
-    try:
-        path = minilm_path()
-    except AttnkitError as e:
-        pytest.skip(str(e))
-    tf.utils.logging.disable_progress_bar()
-    return tf, path, tf.AutoTokenizer.from_pretrained(str(path)), tf.AutoModel.from_pretrained(str(path)).eval()
 
 
 def test_capture_scores_layer0_against_float64_projections(minilm):
