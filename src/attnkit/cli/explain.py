@@ -9,6 +9,7 @@ the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`at
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -18,10 +19,6 @@ from ..errors import AttnkitError
 __all__ = ["register"]
 
 _EXAMPLE = 'attnkit explain "The animal didn\'t cross the street because it was too tired." --token it'
-
-
-def _tokenizer_of(args: argparse.Namespace) -> Any:
-    return _load(args.model)[0]
 
 
 def _load(model: str | None) -> tuple[Any, Callable[[], Any], str]:
@@ -93,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         written.append(f"{save(fig, args.png)} (layer {best.layer} head {best.head})")
     if written:
         print("wrote " + " and ".join(written))
-    _teach(args, maps, best, load_model)
+    _teach(args, maps, best, tokenizer, load_model)
     return 0
 
 
@@ -105,7 +102,7 @@ def _head(text: str) -> tuple[int, int]:
     return layer, head
 
 
-def _teach(args: argparse.Namespace, maps: Any, best: Any, load_model: Callable[[], Any]) -> None:
+def _teach(args: argparse.Namespace, maps: Any, best: Any, tokenizer: Any, load_model: Callable[[], Any]) -> None:
     """--scores (the chosen head's raw scores next to its weights) and --contrast (heads on a pair of texts)."""
     from ..inspect import capture, contrast_heads, default_candidates, display, row_scores
 
@@ -119,14 +116,15 @@ def _teach(args: argparse.Namespace, maps: Any, best: Any, load_model: Callable[
         print(f"{'key':>14}  {'score':>8}  {'weight':>6}")
         for k in shown:
             print(f"{display(k.token):>14}  {k.score:>8.3f}  {k.weight:>6.3f}")
-        exps = [pow(2.718281828459045, k.score - max(x.score for x in keys)) for k in keys]
+        top = max(k.score for k in keys)
+        exps = [math.exp(k.score - top) for k in keys]  # the check, in float64: softmax(scores) vs the captured weights
         diff = max(abs(e / sum(exps) - k.weight) for e, k in zip(exps, keys))
         print(f"softmax of these {len(keys)} scores gives the weights (largest difference {diff:.1e}); "
               "a score 1 higher means e = 2.72 times the weight")
     if args.contrast is not None:
         if not args.contrast.strip():
             raise AttnkitError.build("a non-empty --contrast TEXT", repr(args.contrast), "e.g. the same sentence ending 'too wide.'")
-        other = capture(load_model(), _tokenizer_of(args), args.contrast, max_length=args.max_length)
+        other = capture(load_model(), tokenizer, args.contrast, max_length=args.max_length)
         if args.candidates:
             cands, why = tuple(args.candidates), "as given"
         else:
