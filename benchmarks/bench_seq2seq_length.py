@@ -2,8 +2,8 @@
 
 Train the models first (same data, seed, width, batch, optimizer and epochs; only ``--score`` differs):
 
-    attnkit seq2seq train --data date-lists --score none    --epochs 4 --out runs/lists-none    --no-progress
-    attnkit seq2seq train --data date-lists --score general --epochs 4 --out runs/lists-general --no-progress
+    attnkit seq2seq train --data date-lists --score none    --epochs 6 --out runs/lists-none    --no-progress
+    attnkit seq2seq train --data date-lists --score general --epochs 6 --out runs/lists-general --no-progress
 
 then score them on their (identical) held-out split:
 

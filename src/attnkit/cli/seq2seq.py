@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is written atomically after every epoch.",
                         epilog="example: attnkit seq2seq train --data dates --score general --out runs/dates")
     t.add_argument("--data", default="dates", help='"dates" or "date-lists" (generated, no download; date-lists: 1-8 dates '
-                   'per line, up to ~200 characters) or a source<TAB>target file')
+                   'per line, up to ~170 characters) or a source<TAB>target file')
     t.add_argument("--score", default="general", choices=SCORES, help="attention score, or none for a fixed context")
     t.add_argument("--epochs", type=int, default=None, help="total epochs (default 4; on --resume: extend to N)")
     t.add_argument("--out", default="attnkit-seq2seq", help="training directory (default ./attnkit-seq2seq)")

@@ -334,8 +334,8 @@ def generate_date_lists(
     """``n`` lines of ``k`` dates each (``k`` uniform in ``[min_dates, max_dates]``), all to ISO.
 
     The source joins ``k`` dates written in random formats with ``"; "``; the target joins their ISO
-    forms with one space, in the same order. With the default 1–8 dates, sources run from 5 to
-    about 200 characters (a quarter are 100 or more): long enough that a decoder fed one fixed
+    forms with one space, in the same order. With the default 1–8 dates, sources run from about 7
+    to 170 characters (a quarter are 100 or more): long enough that a decoder fed one fixed
     vector (``score="none"``) must squeeze up to 8 dates into it, while attention can look each one up.
     No spans or target fields are recorded (a field name would be ambiguous across dates).
     The same ``seed`` gives the same list; sources are distinct.
