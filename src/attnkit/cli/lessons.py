@@ -209,7 +209,7 @@ def compare(values: Sequence[float]) -> list[str]:
         f"candidates for turning x = {_seq(values)} into weights (measured on these numbers, float64):",
         head, *rows,
         "sum1: adds to 1; order: a larger score never gets a smaller weight; x+c: unchanged when a constant is added;",
-        "x<0: works for an all-negative row; zero gradient: scores that get no learning signal.",
+        "x<0: defined and summing to 1 for an all-negative row; zero gradient: scores that get no learning signal.",
         "Only e^x passes every test; sparsemax and entmax-1.5 give up 'positive' on purpose (exact zeros, sparse weights).",
     ]
 
