@@ -135,3 +135,65 @@ def test_explain_text_the_model_cannot_read(minilm_installed, tmp_path, capsys):
     assert captured.out == "" and len(err.splitlines()) == 1
     assert "tokens unknown" in err and "multilingual" in err
     assert not (tmp_path / "x.html").exists()
+
+
+WIDE = "The animal didn't cross the street because it was too wide."
+
+
+def test_explain_scores_row_before_softmax(minilm_installed, capsys):
+    import math
+
+    import numpy as np
+    import torch
+    import transformers as tf
+
+    assert main(["explain", SENTENCE, "--token", "it", "--scores", "--head", "0.3", "--html", "", "--png", ""]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('layer 0 head 3, the row of "it"')) + 2
+    table = [line.split() for line in lines[start: start + 16]]
+    assert [r[0] for r in table][:3] == ["[CLS]", "the", "animal"]
+    s, w = np.array([float(r[1]) for r in table]), np.array([float(r[2]) for r in table])
+    assert np.allclose(np.exp(s - s.max()) / np.exp(s - s.max()).sum(), w, atol=2e-3)
+    # oracle: layer 0's q.k/sqrt(d) for head 3, row of "it" (token 10), from the float64 model's own projections
+    tok = tf.AutoTokenizer.from_pretrained(str(minilm_installed))
+    m64 = tf.AutoModel.from_pretrained(str(minilm_installed), dtype=torch.float64).eval()
+    enc = tok([SENTENCE], return_tensors="pt")
+    with torch.no_grad():
+        h = m64.embeddings(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"])
+        att, d = m64.encoder.layer[0].attention.self, 32
+        q, k = att.query(h)[0, 10, 3 * d: 4 * d], att.key(h)[0, :, 3 * d: 4 * d]
+    assert np.allclose(s, (k @ q / math.sqrt(d)).numpy(), atol=1.5e-3)
+    assert "softmax of these 16 scores gives the weights" in out
+
+
+def test_explain_scores_default_head_is_the_top_ranked(minilm_installed, capsys):
+    assert main(["explain", SENTENCE, "--token", "it", "--scores", "--html", "", "--png", "", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    first = _rows(out)[0]
+    assert f'layer {first[1]} head {first[2]}, the row of "it"' in out
+
+
+def test_explain_contrast_ranks_heads_and_prints_the_caveat(minilm_installed, capsys):
+    assert main(["explain", SENTENCE, "--token", "it", "--contrast", WIDE, "--html", "", "--png", "", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "candidates animal -> street" in out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("heads ranked by change")) + 2
+    rows = [line.split() for line in lines[start: start + 3]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert (rows[0][1], rows[0][2]) == ("3", "1") and float(rows[0][3]) == pytest.approx(0.47, abs=0.01)
+    changes = [float(r[3]) for r in rows]
+    assert changes == sorted(changes, reverse=True)
+    # change = (A animal - A street) - (B animal - B street), from the printed weights
+    for r in rows:
+        assert float(r[3]) == pytest.approx((float(r[4]) - float(r[5])) - (float(r[7]) - float(r[8])), abs=0.02)
+    assert any(line.startswith("caveat:") for line in lines)  # MiniLM's top head does not switch to street
+
+
+@pytest.mark.parametrize("args,fragment", [(["--scores", "--head", "9.0"], "layer in [0, 6)"),
+                                           (["--contrast", WIDE, "--candidates", "animal", "zebra"], "'zebra'")])
+def test_explain_teaching_errors_are_one_line(minilm_installed, capsys, args, fragment):
+    assert main(["explain", SENTENCE, "--token", "it", "--html", "", "--png", "", *args]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and fragment in captured.err

@@ -21,9 +21,13 @@ from attnkit.seq2seq.data import (
     DATE_MAX,
     DATE_MIN,
     FORMATS,
+    BUILTIN_TASKS,
     ISO_FIELDS,
+    LIST_SEPARATOR,
     Example,
+    date_lists_dataset,
     dates_dataset,
+    generate_date_lists,
     generate_dates,
     load_tsv,
     make_example,
@@ -255,6 +259,57 @@ def test_example_validation() -> None:
         Example("abc", "xy", target_fields=("year",))
     with pytest.raises(AttnkitError, match="recorded target fields"):
         Example("abc", "xy", fmt="tsv").target_field_of(0)
+
+
+# ---- the long task: several dates per line ---------------------------------------------
+
+def _read_any(text: str) -> date:
+    """One date written in any format, read by trying every independent reader: all that parse must agree."""
+    found = set()
+    for fmt in list(_STRPTIME) + ["num_dmy_slash_yy", "zh_digits_yy", "zh_numerals", "zh_digits_weekday"]:
+        try:
+            d = _read(Example(text, "x", fmt=fmt))
+        except (ValueError, AssertionError, KeyError, StopIteration):
+            continue
+        if DATE_MIN <= d <= DATE_MAX:  # a 4-digit year read as a 2-digit one lands outside the window
+            found.add(d)
+    assert len(found) == 1, (text, found)
+    return found.pop()
+
+
+def test_date_lists_targets_parse_back_and_lengths() -> None:
+    lines = generate_date_lists(600, seed=2)
+    assert lines == generate_date_lists(600, seed=2) and lines != generate_date_lists(600, seed=3)
+    counts = []
+    for ex in lines:
+        parts = ex.source.split(LIST_SEPARATOR)
+        isos = ex.target.split(" ")
+        assert len(parts) == len(isos) == int(ex.fmt.removeprefix("date_list_"))
+        assert [_read_any(p) for p in parts] == [date.fromisoformat(t) for t in isos], ex.source
+        counts.append(len(parts))
+    assert set(counts) == set(range(1, 9))
+    lengths = [len(ex.source) for ex in lines]
+    assert max(lengths) >= 150 and sum(n >= 100 for n in lengths) > len(lines) // 6  # the point: long inputs
+
+
+def test_date_lists_splits_and_builtin_registry() -> None:
+    train, valid = date_lists_dataset(400, 100, seed=4, min_dates=2, max_dates=3)
+    assert (len(train), len(valid)) == (400, 100)
+    assert {ex.source for ex in train}.isdisjoint(ex.source for ex in valid)
+    assert {len(ex.target.split()) for ex in train + valid} == {2, 3}
+    assert set(BUILTIN_TASKS) == {"dates", "date-lists"}
+    assert BUILTIN_TASKS["date-lists"](5, 2, seed=0) == date_lists_dataset(5, 2, seed=0)
+    with pytest.raises(AttnkitError, match="min_dates=3, max_dates=2"):
+        generate_date_lists(5, seed=0, min_dates=3, max_dates=2)
+    with pytest.raises(AttnkitError, match="n >= 0"):
+        generate_date_lists(-1, seed=0)
+
+
+def test_trainer_takes_the_builtin_name(tmp_path) -> None:
+    from attnkit.seq2seq.train import Trainer, TrainConfig
+
+    trainer = Trainer(TrainConfig(data="date-lists", train_size=8, valid_size=4, hidden=8, embed=4, epochs=1), tmp_path)
+    assert [e.source for e in trainer.valid_set] == [e.source for e in date_lists_dataset(8, 4, seed=0)[1]]
 
 
 # ---- TSV loader ----------------------------------------------------------------------

@@ -9,8 +9,9 @@ the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`at
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import AttnkitError
 from . import _checks
@@ -66,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     locate(tokens, args.token, occurrence=occurrence)  # fail before loading the model
     with warnings.catch_warnings():  # truncation was announced above, in --max-length terms
         warnings.simplefilter("ignore", UserWarning)
-        pieces = capture(load_model(), tokenizer, args.text, max_length=args.max_length)
+        pieces = capture(load_model(), tokenizer, args.text, max_length=args.max_length, scores=args.scores)
     maps = pieces.words()  # the table, the PNG and the HTML all read these word-level maps
     tokens = maps.tokens[0]
     rows = locate(tokens, args.token, occurrence=occurrence)
@@ -105,7 +106,65 @@ def _run(args: argparse.Namespace) -> int:
             written.append(f"{save(fig, args.png)} (layer {best.layer} head {best.head})")
     if written:
         print("wrote " + " and ".join(written))
+    _teach(args, pieces, best, tokenizer, load_model)  # piece-level: raw scores do not sum over word pieces
     return 0
+
+
+def _head(text: str) -> tuple[int, int]:
+    try:
+        layer, head = (int(x) for x in text.split("."))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER.HEAD such as 3.1, got {text!r}") from None
+    return layer, head
+
+
+def _teach(args: argparse.Namespace, maps: Any, best: Any, tokenizer: Any, load_model: Callable[[], Any]) -> None:
+    """--scores (the chosen head's raw scores next to its weights) and --contrast (heads on a pair of texts)."""
+    from ..inspect import capture, contrast_heads, default_candidates, display, row_scores
+
+    occurrence = args.occurrence - 1
+    if args.scores:
+        layer, head = args.head or (best.layer, best.head)
+        keys = row_scores(maps, layer, head, args.token, occurrence=occurrence)
+        shown = keys if len(keys) <= 32 else sorted(sorted(keys, key=lambda k: -k.weight)[:32])
+        print(f'\nlayer {layer} head {head}, the row of "{args.token}": scores q.k/sqrt(d) before softmax, and the weights '
+              "after" + ("" if shown is keys else " (the 32 largest weights, in text order)") + ":")
+        print(f"{'key':>14}  {'score':>8}  {'weight':>6}")
+        for k in shown:
+            print(f"{display(k.token):>14}  {k.score:>8.3f}  {k.weight:>6.3f}")
+        top = max(k.score for k in keys)
+        exps = [math.exp(k.score - top) for k in keys]  # the check, in float64: softmax(scores) vs the captured weights
+        diff = max(abs(e / sum(exps) - k.weight) for e, k in zip(exps, keys))
+        print(f"softmax of these {len(keys)} scores gives the weights (largest difference {diff:.1e}); "
+              "a score 1 higher means e = 2.72 times the weight")
+    if args.contrast is not None:
+        if not args.contrast.strip():
+            raise AttnkitError.build("a non-empty --contrast TEXT", repr(args.contrast), "e.g. the same sentence ending 'too wide.'")
+        other = capture(load_model(), tokenizer, args.contrast, max_length=args.max_length)
+        if args.candidates:
+            cands, why = tuple(args.candidates), "as given"
+        else:
+            cands = default_candidates(maps, other, args.token, occurrence=occurrence)
+            why = f'the shared words "{args.token}" attends to most in each text; --candidates A B to choose'
+        ranked = contrast_heads(maps, other, args.token, cands, occurrence=occurrence)
+        a, b = (display(c) for c in cands)
+        print(f'\ncontrast: "{args.token}" in TEXT (A) and in --contrast (B); candidates {a} -> {b} ({why})')
+        print(f"heads ranked by change = (w_A({a}) - w_A({b})) - (w_B({a}) - w_B({b})):")
+        print(f"{'rank':>4}  {'layer':>5}  {'head':>4}  {'change':>6}   A: {a:>8} {b:>8}  target     B: {a:>8} {b:>8}  target")
+        for n, h in enumerate(ranked[: args.top], 1):
+            print(f"{n:>4}  {h.layer:>5}  {h.head:>4}  {h.change:>6.2f}      {h.weights_a[0]:>8.2f} {h.weights_a[1]:>8.2f}  "
+                  f"{h.target_a:<10}    {h.weights_b[0]:>8.2f} {h.weights_b[1]:>8.2f}  {h.target_b}")
+        top = ranked[0]
+        ta, tb = top.target_a.lower(), top.target_b.lower()
+        if (ta, tb) == (a.lower(), b.lower()):
+            print(f"the top head moves from {a} to {b} with the meaning: evidence for (not proof of) a coreference head; "
+                  "test more pairs before believing it.")
+        elif ta not in {a.lower(), b.lower()} or tb not in {a.lower(), b.lower()}:
+            print(f'caveat: the top head looks at "{top.target_a}" in A and "{top.target_b}" in B, not at {a} then {b}: '
+                  "attention weights are evidence about a head, not proof that it resolves the reference.")
+        else:
+            print(f'caveat: the top head looks at "{top.target_a}" in A and "{top.target_b}" in B: its weight shifts, '
+                  f"but its target does not switch from {a} to {b}; weights are evidence, not proof.")
 
 
 def _positive(text: str) -> int:
@@ -123,7 +182,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a pretrained model on attnkit's attention and show where one word attends: "
                     "a ranked table of heads with the weights on the word's top keys, an interactive "
                     "viewer (HTML, works offline) and a heatmap (PNG).",
-        epilog=f"example: {_EXAMPLE}   |   add --key animal to rank heads by the weight on one word",
+        epilog=f"example: {_EXAMPLE}   |   add --key animal to rank heads by the weight on one word   |   add --scores "
+               "for the raw scores   |   add --contrast \"...too wide.\" to test the heads on a second text",
     )
     p.add_argument("text", help="the sentence or passage to run")
     p.add_argument("--token", required=True, help="the word to follow, as written in the text (subword pieces are "
@@ -142,4 +202,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default="attention.html", metavar="PATH", help="viewer file (default attention.html; '' to skip)")
     p.add_argument("--png", default="attention.png", metavar="PATH", help="heatmap of the best head, .png or .svg "
                                                                           "(default attention.png; '' to skip)")
+    p.add_argument("--scores", action="store_true", help="also print the row's scores q.k/sqrt(d) before softmax "
+                                                          "next to its weights, for the best head (or --head)")
+    p.add_argument("--head", type=_head, metavar="LAYER.HEAD", help="the head --scores shows, e.g. 3.1 (default: the top-ranked)")
+    p.add_argument("--contrast", metavar="TEXT2", help="a second text differing in a word: rank heads by how the token's "
+                                                         "target moves between the texts (e.g. ...too tired. vs ...too wide.)")
+    p.add_argument("--candidates", nargs=2, metavar="WORD", help="the two words --contrast compares (default: the shared "
+                                                                  "words the token attends to most in each text)")
     p.set_defaults(run=_run)

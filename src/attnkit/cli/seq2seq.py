@@ -38,9 +38,16 @@ def _check_train(args: argparse.Namespace) -> None:
         _checks.finite("--max-minutes", args.max_minutes, low=0.0, example=10)
     _checks.finite("--lr", args.lr, low=0.0, example=3e-3)
     _checks.finite("--dropout", args.dropout, low=0.0, high=1.0, low_inclusive=True, example=0.1)
-    if args.data not in (None, "dates"):
+    if not _builtin(args.data):
         _checks.input_file("--data", args.data)
     _checks.output_dir("--out", args.out)
+
+
+def _builtin(data: str | None) -> bool:
+    """Whether ``--data`` names a generated built-in task (or is left out: the dates task)."""
+    from ..seq2seq.data import BUILTIN_TASKS
+
+    return data is None or data in BUILTIN_TASKS
 
 
 def _say_skipped(lines: list[int], what: str) -> None:
@@ -57,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.resume:
-        trainer = Trainer.resume(out, data=None if args.data in (None, "dates") else args.data)
+        trainer = Trainer.resume(out, data=None if _builtin(args.data) else args.data)
         target = args.epochs or trainer.config.epochs
         if trainer.epoch >= target:
             raise AttnkitError.build(f"--epochs above the {trainer.epoch} epochs {out} has trained", str(target),
@@ -165,8 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = cmds.add_parser("train", help="train a model", description="Teacher-forced training with Adam; a checkpoint "
                         "is written atomically after every epoch.",
                         epilog="example: attnkit seq2seq train --data dates --score general --out runs/dates")
-    t.add_argument("--data", default=None, help='"dates" (generated, no download; the default) or a source<TAB>target '
-                   'file (copied into --out); with --resume: checked against the run\'s data')
+    t.add_argument("--data", default=None, help='"dates" (the default) or "date-lists" (generated, no download; '
+                   'date-lists: 1-8 dates per line, up to ~170 characters) or a source<TAB>target file (copied into '
+                   '--out); with --resume: checked against the run\'s data')
     t.add_argument("--score", default="general", choices=SCORES, help="attention score, or none for a fixed context")
     t.add_argument("--epochs", type=int, default=None, help="total epochs (default 4; on --resume: extend to N)")
     t.add_argument("--out", default="attnkit-seq2seq", help="training directory (default ./attnkit-seq2seq)")
@@ -178,8 +186,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dropout", type=float, default=0.0)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    t.add_argument("--train-size", type=int, default=20_000, help="generated training examples (dates)")
-    t.add_argument("--valid-size", type=int, default=2_000, help="generated held-out examples (dates)")
+    t.add_argument("--train-size", type=int, default=20_000, help="generated training examples (built-in tasks)")
+    t.add_argument("--valid-size", type=int, default=2_000, help="generated held-out examples (built-in tasks)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-length", type=int, default=256, metavar="N",
                    help="skip (and list) pairs whose source or target has more than N tokens (default 256)")

@@ -4,7 +4,8 @@
   :class:`AttentionMaps` (per layer ``(B, H, L, S)`` weights, tokens, padding masks).
 - :func:`record` hooks attnkit/torch attention modules explicitly for the length of a block.
 - Analyses: :func:`head_mean`, :func:`head_max`, :func:`rollout` (:func:`rollout_sequence` for one unpadded sequence), :func:`entropy`,
-  :func:`top_keys`, :func:`find_heads`, :func:`strongest_heads`.
+  :func:`top_keys`, :func:`find_heads`, :func:`strongest_heads`; :func:`row_scores` (pre-softmax
+  scores, from ``capture(..., scores=True)``) and :func:`contrast_heads` (heads tested on a pair of texts).
 - :meth:`AttentionMaps.words` joins word pieces (to = sum, from = mean: :data:`AGGREGATION`);
   :meth:`AttentionMaps.to_bertviz` gives BertViz's inputs; in Jupyter the maps show the viewer.
 - :meth:`AttentionMaps.save` / :meth:`AttentionMaps.load` keep maps in ``.npz`` or
@@ -21,7 +22,8 @@ Example:
 from __future__ import annotations
 
 from ._analysis import HeadScore, KeyWeight, entropy, find_heads, head_max, head_mean, rollout, rollout_sequence, strongest_heads, top_keys
-from ._capture import capture
+from ._capture import capture, logits
+from ._contrast import HeadContrast, ScoredKey, contrast_heads, default_candidates, row_scores
 from ._maps import AttentionMaps
 from ._record import Recorder, record
 from ._tokens import display, locate
@@ -30,20 +32,26 @@ from ._words import AGGREGATION, merge_word_pieces, word_groups
 __all__ = [
     "AGGREGATION",
     "AttentionMaps",
+    "HeadContrast",
     "HeadScore",
     "KeyWeight",
     "Recorder",
+    "ScoredKey",
     "capture",
+    "contrast_heads",
+    "default_candidates",
     "display",
     "entropy",
     "find_heads",
     "head_max",
     "head_mean",
     "locate",
+    "logits",
     "merge_word_pieces",
     "record",
     "rollout",
     "rollout_sequence",
+    "row_scores",
     "strongest_heads",
     "top_keys",
     "word_groups",

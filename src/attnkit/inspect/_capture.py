@@ -8,7 +8,9 @@ The model runs with ``attn_implementation="attnkit"`` (registered by
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
+import math
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -20,12 +22,63 @@ from ._maps import AttentionMaps
 __all__ = ["capture"]
 
 
-@contextlib.contextmanager
-def _use_attnkit(model: Any) -> Iterator[None]:
-    """Run ``model`` with attnkit's attention for the duration of the block."""
+# Pre-softmax scores of the calls in flight go here (None: nobody asked). A context variable, not
+# module state, so concurrent captures in other threads or tasks never see each other's scores.
+_SCORE_SINK: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar("attnkit_score_sink", default=None)
+_SCORING_IMPL = "attnkit_scores"
+
+
+def logits(query: torch.Tensor, key: torch.Tensor, *, scaling: float | None = None, softcap: float | None = None,
+           position_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The scores an attention layer feeds its softmax, before the mask: ``(B, H, L, S)`` float32.
+
+    ``s = scaling · q·k`` (default ``1/√D``), then ``softcap·tanh(s/softcap)``, then ``+ position_bias``,
+    in the order :func:`attnkit.attention` applies them. ``query`` is ``(B, H, L, D)``, ``key``
+    ``(B, G, S, D)``; each group of ``H/G`` query heads reads the same key head (GQA/MQA).
+
+    Example:
+        >>> import torch
+        >>> q, k = torch.ones(1, 2, 1, 4), torch.ones(1, 1, 3, 4)
+        >>> logits(q, k).shape, float(logits(q, k)[0, 1, 0, 2])      # 4 / sqrt(4)
+        (torch.Size([1, 2, 1, 3]), 2.0)
+    """
+    H, G, D = query.shape[1], key.shape[1], query.shape[-1]
+    k = key.float().repeat_interleave(H // G, dim=1)  # (B, H, S, D)
+    s = torch.einsum("bhld,bhsd->bhls", query.float(), k) * (1.0 / math.sqrt(D) if scaling is None else scaling)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    return s if position_bias is None else s + position_bias.float()
+
+
+def _scoring_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+                     **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """attnkit's attention, also recording the pre-softmax scores into :data:`_SCORE_SINK`."""
     from ..integrations import hf
 
-    impl = hf.register()
+    sink = _SCORE_SINK.get()
+    if sink is not None:
+        sink.append(logits(query, key, scaling=kwargs.get("scaling"), softcap=kwargs.get("softcap"),
+                           position_bias=kwargs.get("position_bias")).cpu())
+    return hf.attnkit_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register_scoring() -> str:
+    """Register :func:`_scoring_forward` (and attnkit's mask function) with transformers; returns its name."""
+    from ..integrations import hf
+
+    hf.register()
+    tf = hf._transformers()
+    tf.AttentionInterface.register(_SCORING_IMPL, _scoring_forward)
+    tf.AttentionMaskInterface.register(_SCORING_IMPL, hf.attnkit_mask)
+    return _SCORING_IMPL
+
+
+@contextlib.contextmanager
+def _use_attnkit(model: Any, impl: str | None = None) -> Iterator[None]:
+    """Run ``model`` with attnkit's attention (or the registered ``impl``) for the duration of the block."""
+    from ..integrations import hf
+
+    impl = impl or hf.register()
     before = model.config._attn_implementation
     if before != impl:
         model.set_attn_implementation(impl)
@@ -58,7 +111,7 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int | None, limi
 
 
 def capture(model: Any, tokenizer: Any, texts: str | Sequence[str], *, max_length: int | None = None,
-            batch_size: int = 8) -> AttentionMaps:
+            batch_size: int = 8, scores: bool = False) -> AttentionMaps:
     """Run a Hugging Face model on ``texts`` and return every layer's attention weights.
 
     Args:
@@ -68,6 +121,9 @@ def capture(model: Any, tokenizer: Any, texts: str | Sequence[str], *, max_lengt
         texts: one text or a list; sequences are right-padded to the longest.
         max_length: truncate longer texts to this many tokens; by default a text over the
             model's position limit raises instead of being silently cut.
+        scores: also keep each layer's pre-softmax scores (``q·k/√d`` and any bias or softcap,
+            recomputed from the layer's own ``q`` and ``k``) in ``maps.scores``; costs one more
+            ``(B, H, L, S)`` tensor per layer.
 
     Returns:
         :class:`AttentionMaps` with one ``(B, H, L, S)`` tensor per layer, ``L = S`` = the
@@ -109,17 +165,28 @@ def capture(model: Any, tokenizer: Any, texts: str | Sequence[str], *, max_lengt
         mask[b, : lengths[b]] = True
     device = next(model.parameters()).device
     chunks: list[tuple[torch.Tensor, ...]] = []
-    with _use_attnkit(model), torch.inference_mode():
-        for start in range(0, len(encs), max(1, batch_size)):
-            sl = slice(start, start + max(1, batch_size))
-            out = model(input_ids=ids[sl].to(device), attention_mask=mask[sl].long().to(device), output_attentions=True)
-            attn = getattr(out, "attentions", None)
-            if not attn or any(a is None for a in attn):
-                raise AttnkitError.build("attention weights from output_attentions=True", f"{type(attn).__name__} from {type(model).__name__}",
-                                         "use a model whose attention goes through transformers' AttentionInterface")
-            chunks.append(tuple(a.float().cpu() for a in attn))
+    recorded: list[torch.Tensor] = []
+    token = _SCORE_SINK.set(recorded if scores else None)
+    try:
+        with _use_attnkit(model, _register_scoring() if scores else None), torch.inference_mode():
+            for start in range(0, len(encs), max(1, batch_size)):
+                sl = slice(start, start + max(1, batch_size))
+                out = model(input_ids=ids[sl].to(device), attention_mask=mask[sl].long().to(device), output_attentions=True)
+                attn = getattr(out, "attentions", None)
+                if not attn or any(a is None for a in attn):
+                    raise AttnkitError.build("attention weights from output_attentions=True", f"{type(attn).__name__} from {type(model).__name__}",
+                                             "use a model whose attention goes through transformers' AttentionInterface")
+                chunks.append(tuple(a.float().cpu() for a in attn))
+    finally:
+        _SCORE_SINK.reset(token)
     weights = [torch.cat(per_layer) for per_layer in zip(*chunks)]  # per layer (B, H, L, L)
+    n_layers = len(weights)
+    # calls come layer by layer within each chunk: chunk c, layer l is recorded[c * n_layers + l]
+    if scores and len(recorded) != len(chunks) * n_layers:
+        raise AttnkitError.build(f"one attention call per layer ({n_layers} x {len(chunks)} batches)", f"{len(recorded)} calls",
+                                 "capture scores from an encoder or decoder whose layers each call attention once")
+    layer_scores = [torch.cat(recorded[l::n_layers]) for l in range(n_layers)] if scores else None
     tokens = [tokenizer.convert_ids_to_tokens(e["input_ids"]) for e in encs]
     special = [[bool(s) for s in e["special_tokens_mask"]] for e in encs]
     meta = {"model": str(getattr(config, "name_or_path", "") or type(model).__name__), "texts": json.dumps(texts)}
-    return AttentionMaps(weights, tokens, mask, mask.clone(), special=special, meta=meta)
+    return AttentionMaps(weights, tokens, mask, mask.clone(), special=special, meta=meta, scores=layer_scores)

@@ -49,6 +49,9 @@ class AttentionMaps:
         special: per sequence, one flag per real query token (True for ``[CLS]``, ``</s>``...),
             used to leave special tokens out of "most attended" rankings; ``None`` = none special.
         meta: free-form strings (model name, texts) kept when saving.
+        scores: optional, one ``(B, H, L, S)`` float tensor per layer: the logits *before* the mask
+            and softmax (``q·k·scale``, plus bias/softcap if the model has them), as recorded by
+            ``capture(..., scores=True)``. Not written by :meth:`save`.
 
     Edge cases: padded rows and columns hold whatever the model computed (usually 0 for
     padded keys); every analysis reads only real positions through :meth:`sequence`.
@@ -68,6 +71,7 @@ class AttentionMaps:
     key_tokens: list[list[str]] | None = None
     special: list[list[bool]] | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    scores: list[Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -77,6 +81,11 @@ class AttentionMaps:
             if w.dim() != 4 or tuple(w.shape) != shape:
                 raise AttnkitError.build(f"every layer of shape (B, H, L, S) = {shape}", f"layer {n}: {tuple(w.shape)}", "capture one attention kind (self or cross) per AttentionMaps")
         self.weights = [w.detach().to("cpu", torch.float32) for w in self.weights]
+        if self.scores is not None:
+            if len(self.scores) != len(self.weights) or any(tuple(s.shape) != shape for s in self.scores):
+                raise AttnkitError.build(f"one scores tensor of shape {shape} per layer ({len(self.weights)})",
+                                         str([tuple(s.shape) for s in self.scores]), "pass scores=None or one per layer")
+            self.scores = [s.detach().to("cpu", torch.float32) for s in self.scores]
         B, _, L, S = shape
         if self.query_mask is None:
             self.query_mask = torch.ones(B, L, dtype=torch.bool)
@@ -132,6 +141,19 @@ class AttentionMaps:
         self._check_b(b)
         qi, ki = _real_positions(self.query_mask[b]), _real_positions(self.key_mask[b])
         return torch.stack([w[b][:, qi][:, :, ki] for w in self.weights]).numpy()  # (N, H, l, s)
+
+    def scores_of(self, b: int = 0) -> np.ndarray:
+        """Sequence ``b``'s pre-softmax scores without padding: float32 ``(N, H, l, s)``.
+
+        Raises:
+            AttnkitError: when the maps hold no scores (capture with ``scores=True``).
+        """
+        self._check_b(b)
+        if self.scores is None:
+            raise AttnkitError.build("maps with pre-softmax scores", "weights only",
+                                     "capture with attnkit.inspect.capture(..., scores=True)")
+        qi, ki = _real_positions(self.query_mask[b]), _real_positions(self.key_mask[b])
+        return torch.stack([s[b][:, qi][:, :, ki] for s in self.scores]).numpy()
 
     def select(self, b: int) -> "AttentionMaps":
         """Sequence ``b`` alone, padding removed (batch of one)."""

@@ -74,7 +74,11 @@ __all__ = [
     "ISO_FIELDS",
     "DateFormat",
     "Example",
+    "BUILTIN_TASKS",
+    "LIST_SEPARATOR",
+    "date_lists_dataset",
     "dates_dataset",
+    "generate_date_lists",
     "generate_dates",
     "load_tsv",
     "make_example",
@@ -318,6 +322,66 @@ def dates_dataset(
     """
     examples = generate_dates(n_train + n_valid, seed=seed, formats=formats, unique=True)
     return examples[:n_train], examples[n_train:]
+
+
+# ---- the long task: several dates per line -----------------------------------------
+
+#: What joins the dates of one :func:`generate_date_lists` source.
+LIST_SEPARATOR = "; "
+
+
+def generate_date_lists(
+    n: int, *, seed: int, min_dates: int = 1, max_dates: int = 8, formats: Sequence[str] | None = None,
+) -> list[Example]:
+    """``n`` lines of ``k`` dates each (``k`` uniform in ``[min_dates, max_dates]``), all to ISO.
+
+    The source joins ``k`` dates written in random formats with ``"; "``; the target joins their ISO
+    forms with one space, in the same order. With the default 1–8 dates, sources run from about 7
+    to 170 characters (a quarter are 100 or more): long enough that a decoder fed one fixed
+    vector (``score="none"``) must squeeze up to 8 dates into it, while attention can look each one up.
+    No spans or target fields are recorded (a field name would be ambiguous across dates).
+    The same ``seed`` gives the same list; sources are distinct.
+
+    >>> ex = generate_date_lists(1, seed=3, min_dates=3, max_dates=3)[0]
+    >>> ex.source.count("; "), len(ex.target.split())
+    (2, 3)
+    """
+    if not 1 <= min_dates <= max_dates:
+        raise AttnkitError.build("1 <= min_dates <= max_dates", f"min_dates={min_dates}, max_dates={max_dates}",
+                                 "e.g. min_dates=1, max_dates=8")
+    if n < 0:
+        raise AttnkitError.build("n >= 0", str(n), "ask for a non-negative number of lines")
+    rng = random.Random(seed)
+    counts = [rng.randint(min_dates, max_dates) for _ in range(n)]
+    # One pool of distinct dates, dealt out in order: every line differs from every other.
+    pool = iter(generate_dates(sum(counts), seed=seed, formats=formats, unique=True))
+    out = []
+    for k in counts:
+        parts = [next(pool) for _ in range(k)]
+        out.append(Example(LIST_SEPARATOR.join(p.source for p in parts), " ".join(p.target for p in parts),
+                           fmt=f"date_list_{k}"))
+    return out
+
+
+def date_lists_dataset(
+    n_train: int, n_valid: int, *, seed: int, min_dates: int = 1, max_dates: int = 8,
+) -> tuple[list[Example], list[Example]]:
+    """Train and held-out splits of :func:`generate_date_lists` (no date rendering is shared between them).
+
+    >>> train, valid = date_lists_dataset(50, 10, seed=1)
+    >>> len(train), len(valid), {e.source for e in train} & {e.source for e in valid}
+    (50, 10, set())
+    """
+    examples = generate_date_lists(n_train + n_valid, seed=seed, min_dates=min_dates, max_dates=max_dates)
+    return examples[:n_train], examples[n_train:]
+
+
+#: The generated tasks, by the name ``attnkit seq2seq train --data NAME`` accepts:
+#: ``name -> (n_train, n_valid, seed) -> (train, valid)``.
+BUILTIN_TASKS: Mapping[str, Callable[..., tuple[list[Example], list[Example]]]] = {
+    "dates": dates_dataset,
+    "date-lists": date_lists_dataset,
+}
 
 
 # ---- the user's own corpus ---------------------------------------------------------

@@ -50,7 +50,7 @@ from torch import Tensor
 from attnkit.errors import AttnkitError
 from attnkit.softmax import softmax_cross_entropy
 
-from .data import Example, dates_dataset, load_tsv
+from .data import BUILTIN_TASKS, Example, load_tsv
 from .vocab import _tokens
 from .decode import Translator
 from .model import ModelConfig, Seq2Seq, pad_batch
@@ -67,9 +67,10 @@ _FIX_DAMAGED = "the file is damaged (truncated or not written by attnkit); retra
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run. ``data`` is ``"dates"`` (generated) or the path of a TSV file.
+    """Everything that defines a run. ``data`` is a built-in generated task (``"dates"``, or
+    ``"date-lists"``: up to 8 dates per line, 100+ characters) or the path of a TSV file.
 
-    ``train_size``/``valid_size`` apply to ``dates``; a TSV file is shuffled with ``seed`` and
+    ``train_size``/``valid_size`` apply to the built-in tasks; a TSV file is shuffled with ``seed`` and
     split, ``valid_fraction`` of it held out. Pairs whose source or target has more than
     ``max_length`` tokens are skipped. The defaults train the date task to >= 95% held-out
     exact match in a few minutes on 2 CPU cores (see ``benchmarks/RESULTS.md``).
@@ -137,14 +138,14 @@ class Data:
 
 
 def read_data(config: TrainConfig, path: str | Path | None = None) -> Data:
-    """The examples a config defines (the same every time): generated dates, or the TSV file
+    """The examples a config defines (the same every time): a generated built-in task, or the TSV file
     ``path`` (default ``config.data``) shuffled with the seed and split.
 
     Pairs with more than ``config.max_length`` source or target tokens are left out and their
     line numbers listed in ``skipped``; a file with fewer than 2 pairs left raises.
     """
-    if config.data == "dates":
-        train, valid = dates_dataset(config.train_size, config.valid_size, seed=config.seed)
+    if config.data in BUILTIN_TASKS:  # "dates", "date-lists": generated, no download
+        train, valid = BUILTIN_TASKS[config.data](config.train_size, config.valid_size, seed=config.seed)
         return Data(train, valid)
     path = config.data if path is None else path
     examples, skipped = [], []
@@ -181,10 +182,10 @@ def run_data(directory: str | Path, state: dict[str, Any], data: str | Path | No
     vocabulary differ from the ones the run was trained on.
     """
     config, directory = config_of(state), Path(directory)
-    if data is not None and config.data == "dates":
-        raise AttnkitError.build(f"no --data for {directory} (it trained on generated dates)", str(data),
+    if data is not None and config.data in BUILTIN_TASKS:
+        raise AttnkitError.build(f"no --data for {directory} (it trained on generated {config.data})", str(data),
                                  "leave --data out to resume, or start a new run with another --out to train on the file")
-    if data is None and config.data != "dates":
+    if data is None and config.data not in BUILTIN_TASKS:
         data = directory / DATA
         if not data.is_file():
             raise AttnkitError.build(f"the run's copy of its training data, {data}", "no such file",
@@ -192,7 +193,7 @@ def run_data(directory: str | Path, state: dict[str, Any], data: str | Path | No
     got = read_data(config, data)
     want = state["fingerprint"]
     if got.fingerprint != want["data"]:
-        source = "generated dates" if config.data == "dates" else str(data)
+        source = f"generated {config.data}" if config.data in BUILTIN_TASKS else str(data)
         raise AttnkitError.build(f"the data this run was trained on ({want['pairs']} pairs, sha256 {want['data'][:12]})",
                                  f"{len(got.train) + len(got.valid)} pairs in {source} (sha256 {got.fingerprint[:12]})",
                                  f"pass the original file, or leave --data out to use the run's copy ({directory / DATA}); "
@@ -320,7 +321,7 @@ class Trainer:
             fd, probe = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=self.out_dir)
             os.close(fd)
             os.unlink(probe)
-            if _state is None and config.data != "dates":
+            if _state is None and config.data not in BUILTIN_TASKS:
                 _copy_atomic(config.data, self.out_dir / DATA)
         except OSError as err:
             raise AttnkitError.build("a writable training directory", f"{self.out_dir} ({err.strerror or err})",
