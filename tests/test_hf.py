@@ -22,6 +22,7 @@ masking_utils = pytest.importorskip("transformers.masking_utils")
 
 from attnkit import AttnkitError  # noqa: E402
 from attnkit.integrations import hf  # noqa: E402
+from attnkit.integrations._hf_masks import _same_function  # noqa: E402
 
 from conftest import err  # noqa: E402
 
@@ -88,7 +89,7 @@ def test_mask_equals_sdpa_mask(pattern, geometry, padding):
     causal = pattern in ("causal", "sliding_causal")
     structured = causal or local is None or q_off - kv_off == S - L  # windows need bottom-right alignment
     assert isinstance(ours, hf.StructuredMask) == structured
-    dense = ours.to_dense() if structured else ours
+    dense = ours.visible() if structured else ours
     assert dense.shape == (B, 1, L, S) and torch.equal(dense, expected)
     if structured:
         assert ours.shape == (B, 1, L, S) and ours.contiguous() is ours
@@ -109,9 +110,9 @@ def test_unrecognized_mask_function_is_materialized_exactly():
 
 def test_same_function_compares_closures():
     sw = masking_utils.sliding_window_causal_mask_function
-    assert hf._same_function(sw(4), sw(4))
-    assert not hf._same_function(sw(4), sw(5))
-    assert not hf._same_function(sw(4), masking_utils.sliding_window_bidirectional_mask_function(4))
+    assert _same_function(sw(4), sw(4))
+    assert not _same_function(sw(4), sw(5))
+    assert not _same_function(sw(4), masking_utils.sliding_window_bidirectional_mask_function(4))
 
 
 # --------------------------------------------------------------------------- the attention function
@@ -183,7 +184,7 @@ def test_position_bias_is_added_to_the_scores():
     o, w = hf.attnkit_attention_forward(_Module(4, 2), q, k, v, vis, scaling=1.0, position_bias=bias,
                                         output_attentions=True)
     s = torch.einsum("bhld,bhsd->bhls", q, k.repeat_interleave(2, 1)) + bias
-    w64 = torch.softmax(s.masked_fill(~vis.to_dense(), float("-inf")), -1)
+    w64 = torch.softmax(s.masked_fill(~vis.visible(), float("-inf")), -1)
     assert err(w, w64) < 1e-12 and err(o, (w64 @ v.repeat_interleave(2, 1)).transpose(1, 2)) < 1e-12
 
 
