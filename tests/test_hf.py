@@ -24,7 +24,7 @@ from attnkit import AttnkitError  # noqa: E402
 from attnkit.integrations import hf  # noqa: E402
 from attnkit.integrations._hf_masks import _same_function  # noqa: E402
 
-from conftest import err  # noqa: E402
+from conftest import assert_flash_rule, err  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 IMPL = hf.register()
@@ -363,3 +363,193 @@ def test_gpt2_weights_reach_the_output_collector():
     for a, e in zip(outs[IMPL].attentions, outs["eager"].attentions):
         assert err(a, e) < 1e-6
     assert err(outs[IMPL].last_hidden_state, outs["eager"].last_hidden_state) < 1e-5
+
+
+# --------------------------------------------------------------------------- architectures that handle masks themselves
+# Tiny random models built offline from transformers' config classes. Each compares attnkit with
+# the model's own implementations by the FlashAttention rule: in float32, attnkit's error against
+# a float64 reference is at most twice eager's float32 error plus a 1e-6 floor. The reference is
+# sdpa in float64 (eager runs its softmax in float32 even for float64 inputs), except where sdpa
+# itself is wrong (BEiT with padding adds its float bias to sdpa's boolean mask): eager in float64.
+
+
+def _tiny(arch, impl, dtype=torch.float32):
+    torch.manual_seed(0)
+    if arch == "beit":
+        cfg = transformers.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=64, use_relative_position_bias=True,
+                                      attn_implementation=impl)
+        return transformers.BeitModel(cfg).eval().to(dtype)
+    mla = dict(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+               topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, head_dim=24,
+               index_topk=4, index_head_dim=16, index_n_heads=2, first_k_dense_replace=1,
+               max_position_embeddings=64, attn_implementation=impl, experts_implementation="eager")  # float64 too
+    if arch == "deepseek_v32":
+        model = transformers.DeepseekV32ForCausalLM(transformers.DeepseekV32Config(q_lora_rank=24, **mla))
+    elif arch == "glm_moe_dsa":
+        model = transformers.GlmMoeDsaForCausalLM(transformers.GlmMoeDsaConfig(q_lora_rank=24, **mla))
+    else:
+        model = transformers.MistralLarge4TextModel(transformers.MistralLarge4TextConfig(**mla))
+    return model.eval().to(dtype)
+
+
+def _pixels():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+def _beit_padding(pad):
+    if not pad:
+        return None
+    am = torch.ones(2, 17, dtype=torch.long)  # CLS + 16 patches
+    am[1, 11:] = 0
+    return am
+
+
+def _run(model, inputs, grad=False, **kw):
+    with torch.set_grad_enabled(grad):
+        out = model(**inputs, **kw)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state, out
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_beit_matches_eager(pad, probe):
+    # Before: Tensor + StructuredMask. Without padding transformers allows "no mask"
+    # (allow_is_bidirectional_skip) and BEiT then passes its position bias alone; with padding it
+    # adds the bias to the mask, which must then behave as eager's additive mask.
+    inputs = dict(pixel_values=_pixels(), attention_mask=_beit_padding(pad))
+    e32, e = _run(_tiny("beit", "eager"), inputs, output_attentions=True)
+    a32, a = _run(_tiny("beit", probe[0]), inputs, output_attentions=True)
+    ref64, _ = _run(_tiny("beit", "eager" if pad else "sdpa", torch.float64), dict(inputs, pixel_values=_pixels().double()))
+    assert probe[1] and all(type(m) is torch.Tensor and m.dtype == torch.float32 for m in probe[1])  # bias (+ mask)
+    assert_flash_rule(a32, e32, ref64)
+    for w, w_e in zip(a.attentions, e.attentions):
+        assert torch.allclose(w, w_e, atol=1e-6)
+    if pad:
+        assert (a.attentions[0][1, ..., 11:] == 0).all()  # padding patches get no weight
+
+
+def test_beit_float64_and_gradients_match_sdpa():
+    grads = {}
+    for impl in ("sdpa", IMPL):
+        model = _tiny("beit", impl, torch.float64)
+        out, _ = _run(model, dict(pixel_values=_pixels().double()), grad=True)
+        out.square().sum().backward()
+        grads[impl] = (out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[IMPL]
+    assert err(o_a, o_s) < 1e-10
+    assert g_a.keys() == g_s.keys() and any("relative_position_bias" in n for n in g_a)
+    assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
+
+
+def test_bidirectional_mask_honours_the_skip():
+    kw = dict(batch_size=2, q_length=4, kv_length=4, mask_function=masking_utils.bidirectional_mask_function)
+    assert hf.attnkit_mask(**kw, allow_is_bidirectional_skip=True) is None
+    assert isinstance(hf.attnkit_mask(**kw), hf.StructuredMask)  # not allowed: keep the structure
+    padded = hf.attnkit_mask(**kw, attention_mask=_padding("holes", 3, 4)[:2], allow_is_bidirectional_skip=True)
+    assert isinstance(padded, hf.StructuredMask)
+    window = dict(kw, mask_function=masking_utils.sliding_window_bidirectional_mask_function(1), local_size=1)
+    assert isinstance(hf.attnkit_mask(**window, allow_is_bidirectional_skip=True), hf.StructuredMask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_structured_mask_acts_as_the_eager_mask(dtype):
+    kw = dict(batch_size=3, q_length=3, kv_length=6, q_offset=3, mask_function=masking_utils.causal_mask_function,
+              attention_mask=_padding("left", 3, 6))
+    m = hf.attnkit_mask(**kw, dtype=dtype)
+    eager = masking_utils.eager_mask(**kw, dtype=dtype)
+    # Metadata needs no values.
+    assert isinstance(m, torch.Tensor) and m.shape == eager.shape and m.dtype == dtype and m.ndim == m.dim() == 4
+    assert m.contiguous() is m and m._additive is None
+    # Any other operation sees eager's additive mask and returns a plain tensor.
+    sliced = m[:, 0, :, :]
+    assert type(sliced) is torch.Tensor and torch.equal(sliced, eager[:, 0])
+    hide = torch.rand(3, 1, 3, 6, generator=torch.Generator().manual_seed(0)) < 0.3
+    assert torch.equal(m.masked_fill(hide, -7.0), eager.masked_fill(hide, -7.0))
+    bias = torch.randn(1, 2, 3, 6, dtype=dtype, requires_grad=True)
+    total = bias + m
+    assert torch.equal(total, bias + eager)
+    total.sum().backward()  # autograd passes through
+    assert torch.equal(bias.grad, torch.full_like(bias, 3.0))
+    with torch._C.DisableTorchFunctionSubclass():  # below __torch_function__: __torch_dispatch__
+        assert torch.equal(torch.add(m, 0), eager)
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v32", "glm_moe_dsa", "mistral_large4"])
+def test_sparse_indexer_models_match_eager(arch, probe):
+    # Before: 'StructuredMask' object is not subscriptable (the indexer slices the mask). The
+    # indexer's top-k reaches attnkit as `indices`: 4 keys of up to 10, so ignoring it changes the output.
+    ids, am = _prompts("left")
+    ids, am = ids[:, :10] % 97, am[:, :10]
+    real = am.bool()
+    inputs = dict(input_ids=ids, attention_mask=am)
+    e32, e = _run(_tiny(arch, "eager"), inputs, output_attentions=True)
+    a32, a = _run(_tiny(arch, probe[0]), inputs, output_attentions=True)
+    ref64, _ = _run(_tiny(arch, "sdpa", torch.float64), inputs)
+    assert probe[1] and all(isinstance(m, hf.StructuredMask) for m in probe[1])  # attnkit still gets the structure
+    assert_flash_rule(a32[real], e32[real], ref64[real])
+    for w, w_e in zip(a.attentions, e.attentions):
+        rows = real[:, None, :, None].expand_as(w)  # fully padded rows: 0 here, an average in eager
+        assert torch.allclose(w[rows], w_e[rows], atol=1e-6)
+        assert ((w > 0).sum(-1)[real[:, None].expand(-1, w.shape[1], -1)] <= 4).all()  # top-4 keys at most
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_sparse_indexer_generate_matches_eager(cache):
+    ids, am = _prompts("left")
+    kw = dict(attention_mask=am, max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache)
+    with torch.no_grad():
+        expected = _tiny("deepseek_v32", "eager").generate(ids, **kw)
+        got = _tiny("deepseek_v32", IMPL).generate(ids, **kw)
+    assert got.shape == (3, 18) and torch.equal(got, expected)
+
+
+def test_sparse_indexer_float64_and_gradients_match_sdpa():
+    ids, am = _prompts("right")
+    grads = {}
+    for impl in ("sdpa", IMPL):
+        model = _tiny("deepseek_v32", impl, torch.float64)
+        out, _ = _run(model, dict(input_ids=ids, attention_mask=am), grad=True)
+        out[am.bool()].square().sum().backward()
+        grads[impl] = (out[am.bool()], {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[IMPL]
+    assert err(o_a, o_s) < 1e-10 and g_a.keys() == g_s.keys()
+    assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
+
+
+# --------------------------------------------------------------------------- models that bypass the interface
+
+BYPASS = {
+    "bloom": lambda impl: transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=97, hidden_size=32, n_layer=1, n_head=4, attn_implementation=impl)),
+    "falcon": lambda impl: transformers.FalconForCausalLM(transformers.FalconConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, attn_implementation=impl)),
+    "gpt_neo": lambda impl: transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
+        vocab_size=97, hidden_size=32, num_layers=1, num_heads=4, attention_types=[[["global"], 1]],
+        max_position_embeddings=64, bos_token_id=0, eos_token_id=0, attn_implementation=impl)),
+}
+
+
+@pytest.mark.parametrize("arch", BYPASS)
+def test_models_that_bypass_the_interface_are_refused_at_load(arch):
+    # Before: KeyError: 'attnkit' while building Falcon / GPT-Neo, TypeError inside BLOOM's forward.
+    name = type(BYPASS[arch]("eager")).__name__
+    with pytest.raises(AttnkitError, match=rf"got {name}, which computes attention in its own layers") as info:
+        BYPASS[arch](IMPL)
+    assert 'attn_implementation="eager"' in str(info.value)
+    assert ('"sdpa"' in str(info.value)) == (arch == "falcon")  # only the implementations the class has
+
+
+def test_from_pretrained_refuses_a_bypassing_model(tmp_path):
+    BYPASS["bloom"]("eager").save_pretrained(tmp_path)
+    with pytest.raises(AttnkitError, match="BloomForCausalLM"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=IMPL)
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation in ("eager", "sdpa")
+
+
+def test_model_class_check_follows_transformers():
+    for cls in (transformers.T5Model, transformers.WhisperModel):  # route through the interface, no declaration
+        hf.check_model_class(cls)
+    hf.check_model_class(transformers.GotOcr2ForConditionalGeneration)  # declares it (its vision tower is its own)
+    with pytest.raises(AttnkitError, match="GPTNeoModel"):
+        hf.check_model_class(transformers.GPTNeoModel)
