@@ -494,6 +494,23 @@ def test_sparse_indexer_models_match_eager(arch, probe):
         assert ((w > 0).sum(-1)[real[:, None].expand(-1, w.shape[1], -1)] <= 4).all()  # top-4 keys at most
 
 
+@pytest.mark.parametrize("kind", ["none", "structured", "bool", "additive"])
+def test_indices_hide_unselected_keys(kind):
+    q, k, v = _qkv(L=5, S=7, seed=4)
+    indices = torch.rand(2, 5, 7, generator=torch.Generator().manual_seed(5)).topk(3, dim=-1).indices.int()
+    chosen = torch.zeros(2, 1, 5, 7, dtype=torch.bool).scatter(-1, indices.long()[:, None], True)
+    struct = hf.attnkit_mask(batch_size=2, q_length=5, kv_length=7, q_offset=2)
+    vis = struct.visible() if kind != "none" else torch.ones(2, 1, 5, 7, dtype=torch.bool)
+    mask = {"none": None, "structured": struct, "bool": vis, "additive": _additive(vis)}[kind]
+    mod = _Module(4, 2, is_causal=False)  # with no mask at all: no causality either
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, mask, indices=indices, output_attentions=True)
+    s = torch.einsum("bhld,bhsd->bhls", q, k.repeat_interleave(2, 1)) / 8**0.5
+    w64 = torch.softmax(s.masked_fill(~(vis & chosen), float("-inf")), -1).nan_to_num()  # no key: 0, as sdpa
+    assert err(w, w64) < 1e-12 and err(o, (w64 @ v.repeat_interleave(2, 1)).transpose(1, 2)) < 1e-12
+    with pytest.raises(AttnkitError, match=r"indices of shape \(B, L, k\)"):
+        hf.attnkit_attention_forward(mod, q, k, v, mask, indices=indices.float())
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_sparse_indexer_generate_matches_eager(cache):
     ids, am = _prompts("left")

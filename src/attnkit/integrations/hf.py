@@ -120,6 +120,9 @@ def _mask_kwargs(module: Any, mask: Any, L: int, S: int, is_causal: bool | None)
 def _only_selected_keys(mask: Tensor | None, indices: Tensor, S: int) -> Tensor:
     """``mask`` (boolean, float or ``None``, broadcastable to ``(B, 1, L, S)``) with every key
     outside ``indices (B, L, k)`` hidden too, as DeepSeek's eager code does before its softmax."""
+    if indices.dim() != 3 or indices.is_floating_point():
+        raise AttnkitError.build("integer indices of shape (B, L, k): the keys each query may see",
+                                 f"{indices.dtype} {tuple(indices.shape)}", "pass the indexer's top-k indices")
     B, L, _ = indices.shape
     chosen = torch.zeros(B, 1, L, S, dtype=torch.bool, device=indices.device)
     chosen.scatter_(-1, indices.long()[:, None], True)
