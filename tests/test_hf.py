@@ -475,6 +475,28 @@ def test_structured_mask_acts_as_the_eager_mask(dtype):
         assert torch.equal(torch.add(m, 0), eager)
 
 
+@pytest.mark.parametrize("op", ["masked_fill_", "setitem", "iadd"])
+def test_structured_mask_changed_in_place_is_used_as_changed(op):
+    q, k, v = _qkv(L=5, S=7, seed=6)
+    kw = dict(batch_size=2, q_length=5, kv_length=7, q_offset=2, dtype=torch.float64)
+    m, eager = hf.attnkit_mask(**kw), masking_utils.eager_mask(**kw)
+    hide = torch.zeros(2, 1, 5, 7, dtype=torch.bool)
+    hide[:, :, :, 1] = True
+    low = torch.finfo(torch.float64).min
+    for t in (m, eager):  # what a model could do to its mask before attention
+        if op == "masked_fill_":
+            t.masked_fill_(hide, low)
+        elif op == "setitem":
+            t[:, :, :, 1] = low
+        else:
+            t += torch.where(hide, torch.tensor(low, dtype=torch.float64), 0.0)
+    assert isinstance(m, hf.StructuredMask) and m.modified  # other layers still hold this object
+    mod = _Module(4, 2)
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, m, output_attentions=True)
+    o_ref, w_ref = hf.attnkit_attention_forward(mod, q, k, v, eager, output_attentions=True)
+    assert (w[..., 1] == 0).all() and err(w, w_ref) == 0 and err(o, o_ref) == 0
+
+
 @pytest.mark.parametrize("arch", ["deepseek_v32", "glm_moe_dsa", "mistral_large4"])
 def test_sparse_indexer_models_match_eager(arch, probe):
     # Before: 'StructuredMask' object is not subscriptable (the indexer slices the mask). The

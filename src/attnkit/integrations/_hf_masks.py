@@ -29,6 +29,14 @@ _METADATA = {
     Tensor.layout.__get__, Tensor.requires_grad.__get__, Tensor.is_sparse.__get__, Tensor.is_nested.__get__,
     Tensor.dim, Tensor.size, Tensor.numel, Tensor.__len__, Tensor.is_contiguous, Tensor.is_floating_point,
 }
+_IN_PLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+                     "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
+
+
+def _in_place(func: Callable) -> bool:
+    """Whether a torch operation modifies its first argument (``add_``, ``masked_fill_``, ``x[i] = v``, ``+=``)."""
+    name = getattr(func, "__name__", "")
+    return name in _IN_PLACE_DUNDERS or (name.endswith("_") and not name.endswith("__"))
 
 
 class StructuredMask(Tensor):
@@ -43,13 +51,16 @@ class StructuredMask(Tensor):
     every torch operation other than the metadata queries (``shape``, ``dtype``, ``device``,
     ``dim()``, ...) sees the additive mask, ``0`` where a key is visible and ``finfo(dtype).min``
     where it is hidden, of shape ``(B, 1, L, S)`` and the model's ``dtype`` — built once, on first
-    use, and kept. The result of such an operation is a plain tensor.
+    use, and kept. The result of such an operation is a plain tensor. An in-place operation
+    (``masked_fill_``, ``mask[...] = v``, ``+=``) changes that additive mask, and from then on
+    attnkit's attention uses it instead of the structure (:attr:`modified`), as ``eager`` would.
 
     Attributes:
         causal: ``False``, ``True`` (bottom-right) or ``"top_left"``.
         window: ``(left, right)`` or ``None``.
         kv_lengths: ``(B,)`` int64 or ``None``: keys at or past the length are hidden.
         key_mask: ``(B, 1, 1, S)`` bool (True = may attend) or ``None``.
+        modified: whether the model changed the mask in place (then :meth:`additive` is the mask).
 
     Example:
         >>> m = attnkit_mask(batch_size=1, q_length=3, kv_length=3)   # doctest: +SKIP
@@ -72,6 +83,7 @@ class StructuredMask(Tensor):
         self = Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device, requires_grad=False)
         self.causal, self.window, self.kv_lengths, self.key_mask = causal, window, kv_lengths, key_mask
         self._additive: Tensor | None = None
+        self.modified = False
         return self
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
@@ -110,6 +122,8 @@ class StructuredMask(Tensor):
                 return func(*args, **kwargs)
         if func is Tensor.contiguous and not kwargs:
             return args[0]  # generate() calls it on prepared masks; no data to lay out
+        if args and isinstance(args[0], StructuredMask) and _in_place(func):
+            args[0].modified = True  # the additive mask is about to change: the structure no longer describes it
         return func(*_materialized(args), **_materialized(kwargs))
 
     @classmethod

@@ -97,6 +97,8 @@ def minilm_path() -> Path:
 
 def _mask_kwargs(module: Any, mask: Any, L: int, S: int, is_causal: bool | None) -> dict[str, Any]:
     if isinstance(mask, StructuredMask):
+        if mask.modified:  # changed in place by the model: its additive mask is what eager would use
+            return _mask_kwargs(module, mask.additive(), L, S, is_causal)
         if mask.shape[2:] == (L, S):
             return mask.attention_kwargs()
         if mask.shape[2] == L and mask.shape[3] > S:  # eager slices longer masks to the keys it has
