@@ -12,6 +12,7 @@ amplified through the layers by any implementation (sdpa differs from eager by a
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -473,6 +474,10 @@ def test_structured_mask_acts_as_the_eager_mask(dtype):
     assert torch.equal(bias.grad, torch.full_like(bias, 3.0))
     with torch._C.DisableTorchFunctionSubclass():  # below __torch_function__: __torch_dispatch__
         assert torch.equal(torch.add(m, 0), eager)
+    twin = copy.deepcopy(m)
+    assert isinstance(twin, hf.StructuredMask) and twin.causal is True and torch.equal(twin[:], eager)
+    twin.fill_(0.0)  # a copy changed in place leaves the original alone
+    assert twin.modified and not m.modified and torch.equal(m[:], eager)
 
 
 @pytest.mark.parametrize("op", ["masked_fill_", "setitem", "iadd"])

@@ -66,8 +66,8 @@ class StructuredMask(Tensor):
         >>> m = attnkit_mask(batch_size=1, q_length=3, kv_length=3)   # doctest: +SKIP
         >>> m.causal, tuple(m.shape), m.dtype                          # doctest: +SKIP
         (True, (1, 1, 3, 3), torch.float32)
-        >>> (m[0, 0] == 0).int()                                       # doctest: +SKIP
-        tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.int32)
+        >>> (m[0, 0] == 0).tolist()     # slicing materializes eager's mask   # doctest: +SKIP
+        [[True, False, False], [True, True, False], [True, True, True]]
     """
 
     causal: bool | str
@@ -91,7 +91,12 @@ class StructuredMask(Tensor):
                 f"kv_lengths={self.kv_lengths!r}, key_mask={None if self.key_mask is None else tuple(self.key_mask.shape)})")
 
     def __deepcopy__(self, memo: dict) -> "StructuredMask":
-        return self  # immutable
+        # The structure is never changed (shared); the additive mask may be, in place (copied).
+        copy = StructuredMask(self.causal, self.window, self.kv_lengths, self.key_mask, tuple(self.shape),
+                              dtype=self.dtype, device=self.device)
+        copy._additive = None if self._additive is None else self._additive.clone()
+        copy.modified = self.modified
+        return copy
 
     def attention_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`attnkit.attention` this mask stands for."""
@@ -128,7 +133,7 @@ class StructuredMask(Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        # Reached only by calls that bypass __torch_function__ (e.g. autograd replaying an op).
+        # Reached only by calls made with __torch_function__ disabled (torch internals).
         return func(*_materialized(args), **_materialized(kwargs or {}))
 
 
