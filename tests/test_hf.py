@@ -374,24 +374,30 @@ def test_gpt2_weights_reach_the_output_collector():
 # itself is wrong (BEiT with padding adds its float bias to sdpa's boolean mask): eager in float64.
 
 
+# DeepSeek sparse attention (MLA + indexer): the indexer keeps 4 of up to 12 keys per query.
+_DSA = dict(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+            topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, head_dim=24,
+            index_topk=4, index_head_dim=16, index_n_heads=2, first_k_dense_replace=1, max_position_embeddings=64,
+            experts_implementation="eager")  # grouped_mm has no float64
+
+
 def _tiny(arch, impl, dtype=torch.float32):
     torch.manual_seed(0)
     if arch == "beit":
-        cfg = transformers.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, intermediate_size=64, use_relative_position_bias=True,
-                                      attn_implementation=impl)
-        return transformers.BeitModel(cfg).eval().to(dtype)
-    mla = dict(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
-               topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, head_dim=24,
-               index_topk=4, index_head_dim=16, index_n_heads=2, first_k_dense_replace=1,
-               max_position_embeddings=64, attn_implementation=impl, experts_implementation="eager")  # float64 too
-    if arch == "deepseek_v32":
-        model = transformers.DeepseekV32ForCausalLM(transformers.DeepseekV32Config(q_lora_rank=24, **mla))
+        model = transformers.BeitModel(transformers.BeitConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, use_relative_position_bias=True, attn_implementation=impl))
+    elif arch == "deepseek_v32":
+        model = transformers.DeepseekV32ForCausalLM(
+            transformers.DeepseekV32Config(q_lora_rank=24, attn_implementation=impl, **_DSA))
     elif arch == "glm_moe_dsa":
-        model = transformers.GlmMoeDsaForCausalLM(transformers.GlmMoeDsaConfig(q_lora_rank=24, **mla))
+        model = transformers.GlmMoeDsaForCausalLM(
+            transformers.GlmMoeDsaConfig(q_lora_rank=24, attn_implementation=impl, **_DSA))
     else:
-        model = transformers.MistralLarge4TextModel(transformers.MistralLarge4TextConfig(**mla))
+        model = transformers.MistralLarge4TextModel(
+            transformers.MistralLarge4TextConfig(attn_implementation=impl, **_DSA))
+    assert model.config._attn_implementation == impl
     return model.eval().to(dtype)
 
 
