@@ -29,20 +29,30 @@ from conftest import assert_flash_rule, err  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 IMPL = hf.register()
+FLASH = hf.register("attnkit_forced", engine="flash")  # attnkit's own engine forced, whatever auto would pick
 
 
-@pytest.fixture
-def probe():
-    """Register attnkit under a second name whose attention function records the masks it gets."""
+def _recording(name, engine="auto"):
+    """Register attnkit under ``name`` with an attention function that records the masks it gets."""
     seen: list[object] = []
 
     def recording(module, query, key, value, attention_mask, **kw):
         seen.append(attention_mask)
-        return hf.attnkit_attention_forward(module, query, key, value, attention_mask, **kw)
+        return hf.attnkit_attention_forward(module, query, key, value, attention_mask, engine=engine, **kw)
 
-    name = hf.register("attnkit_probe")
+    hf.register(name)
     transformers.AttentionInterface.register(name, recording)
     return name, seen
+
+
+@pytest.fixture
+def probe():
+    return _recording("attnkit_probe")
+
+
+@pytest.fixture
+def flash_probe():
+    return _recording("attnkit_forced_probe", engine="flash")
 
 
 # --------------------------------------------------------------------------- the mask function
@@ -345,6 +355,11 @@ def test_register_is_idempotent_and_registers_both():
     assert hf.register() == "attnkit" and hf.register() == "attnkit"
     assert transformers.AttentionInterface._global_mapping["attnkit"] is hf.attnkit_attention_forward
     assert transformers.AttentionMaskInterface._global_mapping["attnkit"] is hf.attnkit_mask
+    assert transformers.AttentionInterface._global_mapping[FLASH].keywords == {"engine": "flash"}
+    with pytest.raises(AttnkitError, match="engine in"):
+        hf.register("attnkit_bogus", engine="flsh")
+    with pytest.raises(AttnkitError, match="contains 'flash'"):  # transformers would look for a kernel
+        hf.register("attnkit_flash", engine="flash")
 
 
 def test_gpt2_weights_reach_the_output_collector():
@@ -420,15 +435,16 @@ def _run(model, inputs, grad=False, **kw):
 
 
 @pytest.mark.parametrize("pad", [False, True])
-def test_beit_matches_eager(pad, probe):
+def test_beit_matches_eager(pad, flash_probe):
     # Before: Tensor + StructuredMask. Without padding transformers allows "no mask"
     # (allow_is_bidirectional_skip) and BEiT then passes its position bias alone; with padding it
     # adds the bias to the mask, which must then behave as eager's additive mask.
     inputs = dict(pixel_values=_pixels(), attention_mask=_beit_padding(pad))
     e32, e = _run(_tiny("beit", "eager"), inputs, output_attentions=True)
-    a32, a = _run(_tiny("beit", probe[0]), inputs, output_attentions=True)
+    a32, a = _run(_tiny("beit", flash_probe[0]), inputs, output_attentions=True)
     ref64, _ = _run(_tiny("beit", "eager" if pad else "sdpa", torch.float64), dict(inputs, pixel_values=_pixels().double()))
-    assert probe[1] and all(type(m) is torch.Tensor and m.dtype == torch.float32 for m in probe[1])  # bias (+ mask)
+    seen = flash_probe[1]
+    assert seen and all(type(m) is torch.Tensor and m.dtype == torch.float32 for m in seen)  # bias (+ mask)
     assert_flash_rule(a32, e32, ref64)
     for w, w_e in zip(a.attentions, e.attentions):
         assert torch.allclose(w, w_e, atol=1e-6)
@@ -438,12 +454,12 @@ def test_beit_matches_eager(pad, probe):
 
 def test_beit_float64_and_gradients_match_sdpa():
     grads = {}
-    for impl in ("sdpa", IMPL):
+    for impl in ("sdpa", FLASH):
         model = _tiny("beit", impl, torch.float64)
         out, _ = _run(model, dict(pixel_values=_pixels().double()), grad=True)
         out.square().sum().backward()
         grads[impl] = (out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[IMPL]
+    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[FLASH]
     assert err(o_a, o_s) < 1e-10
     assert g_a.keys() == g_s.keys() and any("relative_position_bias" in n for n in g_a)
     assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
@@ -509,7 +525,7 @@ def test_structured_mask_changed_in_place_is_used_as_changed(op):
 
 
 @pytest.mark.parametrize("arch", ["deepseek_v32", "glm_moe_dsa", "mistral_large4"])
-def test_sparse_indexer_models_match_eager(arch, probe):
+def test_sparse_indexer_models_match_eager(arch, flash_probe):
     # Before: 'StructuredMask' object is not subscriptable (the indexer slices the mask). The
     # indexer's top-k reaches attnkit as `indices`: 4 keys of up to 10, so ignoring it changes the output.
     ids, am = _prompts("left")
@@ -517,9 +533,10 @@ def test_sparse_indexer_models_match_eager(arch, probe):
     real = am.bool()
     inputs = dict(input_ids=ids, attention_mask=am)
     e32, e = _run(_tiny(arch, "eager"), inputs, output_attentions=True)
-    a32, a = _run(_tiny(arch, probe[0]), inputs, output_attentions=True)
+    a32, a = _run(_tiny(arch, flash_probe[0]), inputs, output_attentions=True)
     ref64, _ = _run(_tiny(arch, "sdpa", torch.float64), inputs)
-    assert probe[1] and all(isinstance(m, hf.StructuredMask) for m in probe[1])  # attnkit still gets the structure
+    seen = flash_probe[1]
+    assert seen and all(isinstance(m, hf.StructuredMask) for m in seen)  # attnkit still gets the structure
     assert_flash_rule(a32[real], e32[real], ref64[real])
     for w, w_e in zip(a.attentions, e.attentions):
         rows = real[:, None, :, None].expand_as(w)  # fully padded rows: 0 here, an average in eager
@@ -550,19 +567,19 @@ def test_sparse_indexer_generate_matches_eager(cache):
     kw = dict(attention_mask=am, max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache)
     with torch.no_grad():
         expected = _tiny("deepseek_v32", "eager").generate(ids, **kw)
-        got = _tiny("deepseek_v32", IMPL).generate(ids, **kw)
+        got = _tiny("deepseek_v32", FLASH).generate(ids, **kw)
     assert got.shape == (3, 18) and torch.equal(got, expected)
 
 
 def test_sparse_indexer_float64_and_gradients_match_sdpa():
     ids, am = _prompts("right")
     grads = {}
-    for impl in ("sdpa", IMPL):
+    for impl in ("sdpa", FLASH):
         model = _tiny("deepseek_v32", impl, torch.float64)
         out, _ = _run(model, dict(input_ids=ids, attention_mask=am), grad=True)
         out[am.bool()].square().sum().backward()
         grads[impl] = (out[am.bool()], {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[IMPL]
+    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[FLASH]
     assert err(o_a, o_s) < 1e-10 and g_a.keys() == g_s.keys()
     assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
 

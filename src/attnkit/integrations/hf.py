@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..engines import ENGINE_ORDER
 from ..errors import AttnkitError
 from ..functional import attention
 from ._hf_masks import StructuredMask, attnkit_mask
@@ -162,6 +163,7 @@ def attnkit_attention_forward(
     position_bias: Tensor | None = None,
     indices: Tensor | None = None,
     output_attentions: bool = False,
+    engine: str = "auto",
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
     """The ``AttentionInterface`` function of attnkit (same contract as HF's ``sdpa_attention_forward``).
@@ -183,6 +185,7 @@ def attnkit_attention_forward(
             sparse attention (DeepSeek-V3.2, GLM-MoE-DSA, Mistral Large 4) hands its indexer's
             top-k here to any implementation other than ``eager``/``sdpa``.
         output_attentions: also return the exact weights ``(B, H, L, S)`` (before dropout).
+        engine: attnkit's engine (``"auto"``, or one to force: ``register(name, engine=...)``).
         kwargs: other model kwargs (``sliding_window`` is carried by the mask; others are unused).
 
     Returns:
@@ -200,6 +203,7 @@ def attnkit_attention_forward(
     res = attention(
         query, key, value, **mask_kwargs, scale=scaling, softcap=softcap,
         bias=position_bias, dropout_p=float(dropout), return_lse=want_lse, return_weights=bool(output_attentions),
+        engine=engine,
     )
     out, weights = (res.out, res.weights) if (want_lse or output_attentions) else (res, None)
     if s_aux is not None:
@@ -263,7 +267,7 @@ def _install_model_class_check(pretrained_model: type) -> None:
     pretrained_model.get_correct_attn_implementation = checked
 
 
-def register(name: str = ATTN_IMPLEMENTATION) -> str:
+def register(name: str = ATTN_IMPLEMENTATION, *, engine: str = "auto") -> str:
     """Register attnkit with ``transformers`` under ``name`` (idempotent); returns ``name``.
 
     Registers :func:`attnkit_attention_forward` with ``AttentionInterface`` and
@@ -272,8 +276,14 @@ def register(name: str = ATTN_IMPLEMENTATION) -> str:
     padding are silently lost. It also makes ``transformers`` run :func:`check_model_class` when
     a model is built with ``name``, so models that would bypass attnkit are refused at load.
 
+    Args:
+        name: the ``attn_implementation`` to register; not containing what ``transformers`` reads
+            as another implementation (``flash``, ``sdpa``, ``flex``, ``paged``, ``/``).
+        engine: ``"auto"`` (attnkit picks per call) or an engine every call of this implementation
+            is forced to (``"flash"``, ``"reference"``, ...; a call the engine cannot compute exactly raises).
+
     Raises:
-        AttnkitError: if ``transformers`` is not installed.
+        AttnkitError: if ``transformers`` is not installed, for such a name, or for an unknown engine.
 
     Example:
         >>> from attnkit.integrations import hf           # doctest: +SKIP
@@ -282,7 +292,14 @@ def register(name: str = ATTN_IMPLEMENTATION) -> str:
         >>> model = transformers.AutoModel.from_pretrained(hf.minilm_path(), attn_implementation="attnkit")  # doctest: +SKIP
     """
     tf = _transformers()
-    tf.AttentionInterface.register(name, attnkit_attention_forward)
+    taken = [word for word in ("flash", "sdpa", "flex", "paged", "/") if word in name]
+    if taken:  # transformers would treat the name as its own (e.g. look for a flash-attention kernel)
+        raise AttnkitError.build("an implementation name transformers does not interpret", f"{name!r} (contains "
+                                 f"{taken[0]!r})", "choose another name, e.g. 'attnkit_forced'")
+    if engine not in ("auto",) + ENGINE_ORDER:
+        raise AttnkitError.build(f"engine in {('auto',) + ENGINE_ORDER}", repr(engine), "check the spelling")
+    forward = attnkit_attention_forward if engine == "auto" else functools.partial(attnkit_attention_forward, engine=engine)
+    tf.AttentionInterface.register(name, forward)
     tf.AttentionMaskInterface.register(name, attnkit_mask)
     _install_model_class_check(tf.PreTrainedModel)
     return name
