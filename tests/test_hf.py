@@ -389,7 +389,7 @@ def test_gpt2_weights_reach_the_output_collector():
 # itself is wrong (BEiT with padding adds its float bias to sdpa's boolean mask): eager in float64.
 
 
-# DeepSeek sparse attention (MLA + indexer): the indexer keeps 4 of up to 12 keys per query.
+# DeepSeek sparse attention (MLA + indexer): the indexer keeps 4 keys per query of up to 18, so its top-k matters.
 _DSA = dict(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
             topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, head_dim=24,
