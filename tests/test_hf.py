@@ -12,6 +12,7 @@ amplified through the layers by any implementation (sdpa differs from eager by a
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -22,25 +23,36 @@ masking_utils = pytest.importorskip("transformers.masking_utils")
 
 from attnkit import AttnkitError  # noqa: E402
 from attnkit.integrations import hf  # noqa: E402
+from attnkit.integrations._hf_masks import _same_function  # noqa: E402
 
-from conftest import err  # noqa: E402
+from conftest import assert_flash_rule, err  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 IMPL = hf.register()
+FLASH = hf.register("attnkit_forced", engine="flash")  # attnkit's own engine forced, whatever auto would pick
 
 
-@pytest.fixture
-def probe():
-    """Register attnkit under a second name whose attention function records the masks it gets."""
+def _recording(name, engine="auto"):
+    """Register attnkit under ``name`` with an attention function that records the masks it gets."""
     seen: list[object] = []
 
     def recording(module, query, key, value, attention_mask, **kw):
         seen.append(attention_mask)
-        return hf.attnkit_attention_forward(module, query, key, value, attention_mask, **kw)
+        return hf.attnkit_attention_forward(module, query, key, value, attention_mask, engine=engine, **kw)
 
-    name = hf.register("attnkit_probe")
+    hf.register(name)
     transformers.AttentionInterface.register(name, recording)
     return name, seen
+
+
+@pytest.fixture
+def probe():
+    return _recording("attnkit_probe")
+
+
+@pytest.fixture
+def flash_probe():
+    return _recording("attnkit_forced_probe", engine="flash")
 
 
 # --------------------------------------------------------------------------- the mask function
@@ -88,7 +100,7 @@ def test_mask_equals_sdpa_mask(pattern, geometry, padding):
     causal = pattern in ("causal", "sliding_causal")
     structured = causal or local is None or q_off - kv_off == S - L  # windows need bottom-right alignment
     assert isinstance(ours, hf.StructuredMask) == structured
-    dense = ours.to_dense() if structured else ours
+    dense = ours.visible() if structured else ours
     assert dense.shape == (B, 1, L, S) and torch.equal(dense, expected)
     if structured:
         assert ours.shape == (B, 1, L, S) and ours.contiguous() is ours
@@ -109,9 +121,9 @@ def test_unrecognized_mask_function_is_materialized_exactly():
 
 def test_same_function_compares_closures():
     sw = masking_utils.sliding_window_causal_mask_function
-    assert hf._same_function(sw(4), sw(4))
-    assert not hf._same_function(sw(4), sw(5))
-    assert not hf._same_function(sw(4), masking_utils.sliding_window_bidirectional_mask_function(4))
+    assert _same_function(sw(4), sw(4))
+    assert not _same_function(sw(4), sw(5))
+    assert not _same_function(sw(4), masking_utils.sliding_window_bidirectional_mask_function(4))
 
 
 # --------------------------------------------------------------------------- the attention function
@@ -183,7 +195,7 @@ def test_position_bias_is_added_to_the_scores():
     o, w = hf.attnkit_attention_forward(_Module(4, 2), q, k, v, vis, scaling=1.0, position_bias=bias,
                                         output_attentions=True)
     s = torch.einsum("bhld,bhsd->bhls", q, k.repeat_interleave(2, 1)) + bias
-    w64 = torch.softmax(s.masked_fill(~vis.to_dense(), float("-inf")), -1)
+    w64 = torch.softmax(s.masked_fill(~vis.visible(), float("-inf")), -1)
     assert err(w, w64) < 1e-12 and err(o, (w64 @ v.repeat_interleave(2, 1)).transpose(1, 2)) < 1e-12
 
 
@@ -343,6 +355,11 @@ def test_register_is_idempotent_and_registers_both():
     assert hf.register() == "attnkit" and hf.register() == "attnkit"
     assert transformers.AttentionInterface._global_mapping["attnkit"] is hf.attnkit_attention_forward
     assert transformers.AttentionMaskInterface._global_mapping["attnkit"] is hf.attnkit_mask
+    assert transformers.AttentionInterface._global_mapping[FLASH].keywords == {"engine": "flash"}
+    with pytest.raises(AttnkitError, match="engine in"):
+        hf.register("attnkit_bogus", engine="flsh")
+    with pytest.raises(AttnkitError, match="contains 'flash'"):  # transformers would look for a kernel
+        hf.register("attnkit_flash", engine="flash")
 
 
 def test_gpt2_weights_reach_the_output_collector():
@@ -362,3 +379,244 @@ def test_gpt2_weights_reach_the_output_collector():
     for a, e in zip(outs[IMPL].attentions, outs["eager"].attentions):
         assert err(a, e) < 1e-6
     assert err(outs[IMPL].last_hidden_state, outs["eager"].last_hidden_state) < 1e-5
+
+
+# --------------------------------------------------------------------------- architectures that handle masks themselves
+# Tiny random models built offline from transformers' config classes. Each compares attnkit with
+# the model's own implementations by the FlashAttention rule: in float32, attnkit's error against
+# a float64 reference is at most twice eager's float32 error plus a 1e-6 floor. The reference is
+# sdpa in float64 (eager runs its softmax in float32 even for float64 inputs), except where sdpa
+# itself is wrong (BEiT with padding adds its float bias to sdpa's boolean mask): eager in float64.
+
+
+# DeepSeek sparse attention (MLA + indexer): the indexer keeps 4 keys per query of up to 18, so its top-k matters.
+_DSA = dict(vocab_size=97, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+            topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, head_dim=24,
+            index_topk=4, index_head_dim=16, index_n_heads=2, first_k_dense_replace=1, max_position_embeddings=64,
+            experts_implementation="eager")  # grouped_mm has no float64
+
+
+def _tiny(arch, impl, dtype=torch.float32):
+    torch.manual_seed(0)
+    if arch == "beit":
+        model = transformers.BeitModel(transformers.BeitConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, use_relative_position_bias=True, attn_implementation=impl))
+    elif arch == "deepseek_v32":
+        model = transformers.DeepseekV32ForCausalLM(
+            transformers.DeepseekV32Config(q_lora_rank=24, attn_implementation=impl, **_DSA))
+    elif arch == "glm_moe_dsa":
+        model = transformers.GlmMoeDsaForCausalLM(
+            transformers.GlmMoeDsaConfig(q_lora_rank=24, attn_implementation=impl, **_DSA))
+    else:
+        model = transformers.MistralLarge4TextModel(
+            transformers.MistralLarge4TextConfig(attn_implementation=impl, **_DSA))
+    assert model.config._attn_implementation == impl
+    return model.eval().to(dtype)
+
+
+def _pixels():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+def _beit_padding(pad):
+    if not pad:
+        return None
+    am = torch.ones(2, 17, dtype=torch.long)  # CLS + 16 patches
+    am[1, 11:] = 0
+    return am
+
+
+def _run(model, inputs, grad=False, **kw):
+    with torch.set_grad_enabled(grad):
+        out = model(**inputs, **kw)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state, out
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_beit_matches_eager(pad, flash_probe):
+    # Before: Tensor + StructuredMask. Without padding transformers allows "no mask"
+    # (allow_is_bidirectional_skip) and BEiT then passes its position bias alone; with padding it
+    # adds the bias to the mask, which must then behave as eager's additive mask.
+    inputs = dict(pixel_values=_pixels(), attention_mask=_beit_padding(pad))
+    e32, e = _run(_tiny("beit", "eager"), inputs, output_attentions=True)
+    a32, a = _run(_tiny("beit", flash_probe[0]), inputs, output_attentions=True)
+    ref64, _ = _run(_tiny("beit", "eager" if pad else "sdpa", torch.float64), dict(inputs, pixel_values=_pixels().double()))
+    seen = flash_probe[1]
+    assert seen and all(type(m) is torch.Tensor and m.dtype == torch.float32 for m in seen)  # bias (+ mask)
+    assert_flash_rule(a32, e32, ref64)
+    for w, w_e in zip(a.attentions, e.attentions):
+        assert torch.allclose(w, w_e, atol=1e-6)
+    if pad:
+        assert (a.attentions[0][1, ..., 11:] == 0).all()  # padding patches get no weight
+
+
+def test_beit_float64_and_gradients_match_sdpa():
+    grads = {}
+    for impl in ("sdpa", FLASH):
+        model = _tiny("beit", impl, torch.float64)
+        out, _ = _run(model, dict(pixel_values=_pixels().double()), grad=True)
+        out.square().sum().backward()
+        grads[impl] = (out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[FLASH]
+    assert err(o_a, o_s) < 1e-10
+    assert g_a.keys() == g_s.keys() and any("relative_position_bias" in n for n in g_a)
+    assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
+
+
+def test_bidirectional_mask_honours_the_skip():
+    kw = dict(batch_size=2, q_length=4, kv_length=4, mask_function=masking_utils.bidirectional_mask_function)
+    assert hf.attnkit_mask(**kw, allow_is_bidirectional_skip=True) is None
+    assert isinstance(hf.attnkit_mask(**kw), hf.StructuredMask)  # not allowed: keep the structure
+    padded = hf.attnkit_mask(**kw, attention_mask=_padding("holes", 3, 4)[:2], allow_is_bidirectional_skip=True)
+    assert isinstance(padded, hf.StructuredMask)
+    window = dict(kw, mask_function=masking_utils.sliding_window_bidirectional_mask_function(1), local_size=1)
+    assert isinstance(hf.attnkit_mask(**window, allow_is_bidirectional_skip=True), hf.StructuredMask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_structured_mask_acts_as_the_eager_mask(dtype):
+    kw = dict(batch_size=3, q_length=3, kv_length=6, q_offset=3, mask_function=masking_utils.causal_mask_function,
+              attention_mask=_padding("left", 3, 6))
+    m = hf.attnkit_mask(**kw, dtype=dtype)
+    eager = masking_utils.eager_mask(**kw, dtype=dtype)
+    # Metadata needs no values.
+    assert isinstance(m, torch.Tensor) and m.shape == eager.shape and m.dtype == dtype and m.ndim == m.dim() == 4
+    assert m.contiguous() is m and m._additive is None
+    # Any other operation sees eager's additive mask and returns a plain tensor.
+    sliced = m[:, 0, :, :]
+    assert type(sliced) is torch.Tensor and torch.equal(sliced, eager[:, 0])
+    hide = torch.rand(3, 1, 3, 6, generator=torch.Generator().manual_seed(0)) < 0.3
+    assert torch.equal(m.masked_fill(hide, -7.0), eager.masked_fill(hide, -7.0))
+    bias = torch.randn(1, 2, 3, 6, dtype=dtype, requires_grad=True)
+    total = bias + m
+    assert torch.equal(total, bias + eager)
+    total.sum().backward()  # autograd passes through
+    assert torch.equal(bias.grad, torch.full_like(bias, 3.0))
+    with torch._C.DisableTorchFunctionSubclass():  # below __torch_function__: __torch_dispatch__
+        assert torch.equal(torch.add(m, 0), eager)
+    twin = copy.deepcopy(m)
+    assert isinstance(twin, hf.StructuredMask) and twin.causal is True and torch.equal(twin[:], eager)
+    twin.fill_(0.0)  # a copy changed in place leaves the original alone
+    assert twin.modified and not m.modified and torch.equal(m[:], eager)
+
+
+@pytest.mark.parametrize("op", ["masked_fill_", "setitem", "iadd"])
+def test_structured_mask_changed_in_place_is_used_as_changed(op):
+    q, k, v = _qkv(L=5, S=7, seed=6)
+    kw = dict(batch_size=2, q_length=5, kv_length=7, q_offset=2, dtype=torch.float64)
+    m, eager = hf.attnkit_mask(**kw), masking_utils.eager_mask(**kw)
+    hide = torch.zeros(2, 1, 5, 7, dtype=torch.bool)
+    hide[:, :, :, 1] = True
+    low = torch.finfo(torch.float64).min
+    for t in (m, eager):  # what a model could do to its mask before attention
+        if op == "masked_fill_":
+            t.masked_fill_(hide, low)
+        elif op == "setitem":
+            t[:, :, :, 1] = low
+        else:
+            t += torch.where(hide, torch.tensor(low, dtype=torch.float64), 0.0)
+    assert isinstance(m, hf.StructuredMask) and m.modified  # other layers still hold this object
+    mod = _Module(4, 2)
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, m, output_attentions=True)
+    o_ref, w_ref = hf.attnkit_attention_forward(mod, q, k, v, eager, output_attentions=True)
+    assert (w[..., 1] == 0).all() and err(w, w_ref) == 0 and err(o, o_ref) == 0
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v32", "glm_moe_dsa", "mistral_large4"])
+def test_sparse_indexer_models_match_eager(arch, flash_probe):
+    # Before: 'StructuredMask' object is not subscriptable (the indexer slices the mask). The
+    # indexer's top-k reaches attnkit as `indices`: 4 keys of up to 10, so ignoring it changes the output.
+    ids, am = _prompts("left")
+    ids, am = ids[:, :10] % 97, am[:, :10]
+    real = am.bool()
+    inputs = dict(input_ids=ids, attention_mask=am)
+    e32, e = _run(_tiny(arch, "eager"), inputs, output_attentions=True)
+    a32, a = _run(_tiny(arch, flash_probe[0]), inputs, output_attentions=True)
+    ref64, _ = _run(_tiny(arch, "sdpa", torch.float64), inputs)
+    seen = flash_probe[1]
+    assert seen and all(isinstance(m, hf.StructuredMask) for m in seen)  # attnkit still gets the structure
+    assert_flash_rule(a32[real], e32[real], ref64[real])
+    for w, w_e in zip(a.attentions, e.attentions):
+        rows = real[:, None, :, None].expand_as(w)  # fully padded rows: 0 here, an average in eager
+        assert torch.allclose(w[rows], w_e[rows], atol=1e-6)
+        assert ((w > 0).sum(-1)[real[:, None].expand(-1, w.shape[1], -1)] <= 4).all()  # top-4 keys at most
+
+
+@pytest.mark.parametrize("kind", ["none", "structured", "bool", "additive"])
+def test_indices_hide_unselected_keys(kind):
+    q, k, v = _qkv(L=5, S=7, seed=4)
+    indices = torch.rand(2, 5, 7, generator=torch.Generator().manual_seed(5)).topk(3, dim=-1).indices.int()
+    chosen = torch.zeros(2, 1, 5, 7, dtype=torch.bool).scatter(-1, indices.long()[:, None], True)
+    struct = hf.attnkit_mask(batch_size=2, q_length=5, kv_length=7, q_offset=2)
+    vis = struct.visible() if kind != "none" else torch.ones(2, 1, 5, 7, dtype=torch.bool)
+    mask = {"none": None, "structured": struct, "bool": vis, "additive": _additive(vis)}[kind]
+    mod = _Module(4, 2, is_causal=False)  # with no mask at all: no causality either
+    o, w = hf.attnkit_attention_forward(mod, q, k, v, mask, indices=indices, output_attentions=True)
+    s = torch.einsum("bhld,bhsd->bhls", q, k.repeat_interleave(2, 1)) / 8**0.5
+    w64 = torch.softmax(s.masked_fill(~(vis & chosen), float("-inf")), -1).nan_to_num()  # no key: 0, as sdpa
+    assert err(w, w64) < 1e-12 and err(o, (w64 @ v.repeat_interleave(2, 1)).transpose(1, 2)) < 1e-12
+    with pytest.raises(AttnkitError, match=r"indices of shape \(B, L, k\)"):
+        hf.attnkit_attention_forward(mod, q, k, v, mask, indices=indices.float())
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_sparse_indexer_generate_matches_eager(cache):
+    ids, am = _prompts("left")
+    kw = dict(attention_mask=am, max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache)
+    with torch.no_grad():
+        expected = _tiny("deepseek_v32", "eager").generate(ids, **kw)
+        got = _tiny("deepseek_v32", FLASH).generate(ids, **kw)
+    assert got.shape == (3, 18) and torch.equal(got, expected)
+
+
+def test_sparse_indexer_float64_and_gradients_match_sdpa():
+    ids, am = _prompts("right")
+    grads = {}
+    for impl in ("sdpa", FLASH):
+        model = _tiny("deepseek_v32", impl, torch.float64)
+        out, _ = _run(model, dict(input_ids=ids, attention_mask=am), grad=True)
+        out[am.bool()].square().sum().backward()
+        grads[impl] = (out[am.bool()], {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (o_s, g_s), (o_a, g_a) = grads["sdpa"], grads[FLASH]
+    assert err(o_a, o_s) < 1e-10 and g_a.keys() == g_s.keys()
+    assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
+
+
+# --------------------------------------------------------------------------- models that bypass the interface
+
+BYPASS = {
+    "bloom": lambda impl: transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=97, hidden_size=32, n_layer=1, n_head=4, attn_implementation=impl)),
+    "falcon": lambda impl: transformers.FalconForCausalLM(transformers.FalconConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, attn_implementation=impl)),
+    "gpt_neo": lambda impl: transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
+        vocab_size=97, hidden_size=32, num_layers=1, num_heads=4, attention_types=[[["global"], 1]],
+        max_position_embeddings=64, bos_token_id=0, eos_token_id=0, attn_implementation=impl)),
+}
+
+
+@pytest.mark.parametrize("arch", BYPASS)
+def test_models_that_bypass_the_interface_are_refused_at_load(arch):
+    # Before: KeyError: 'attnkit' while building Falcon / GPT-Neo, TypeError inside BLOOM's forward.
+    name = type(BYPASS[arch]("eager")).__name__
+    with pytest.raises(AttnkitError, match=rf"got {name}, which computes attention in its own layers") as info:
+        BYPASS[arch](IMPL)
+    assert 'attn_implementation="eager"' in str(info.value)
+    assert ('"sdpa"' in str(info.value)) == (arch == "falcon")  # only the implementations the class has
+
+
+def test_from_pretrained_refuses_a_bypassing_model(tmp_path):
+    BYPASS["bloom"]("eager").save_pretrained(tmp_path)
+    with pytest.raises(AttnkitError, match="BloomForCausalLM"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=IMPL)
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation in ("eager", "sdpa")
+
+
+def test_model_class_check_follows_transformers():
+    for cls in (transformers.T5Model, transformers.WhisperModel):  # route through the interface, no declaration
+        hf.check_model_class(cls)
+    hf.check_model_class(transformers.GotOcr2ForConditionalGeneration)  # declares it (its vision tower is its own)
+    with pytest.raises(AttnkitError, match="GPTNeoModel"):
+        hf.check_model_class(transformers.GPTNeoModel)

@@ -12,15 +12,20 @@
   padding and causality would be silently lost. It recognizes the standard patterns (causal,
   bidirectional, sliding window, with their cache offsets) and returns a :class:`StructuredMask`:
   ``causal``/``window`` arguments plus key padding as ``kv_lengths`` (right padding, no causal)
-  or a ``(B, 1, 1, S)`` key mask — never an ``L × S`` tensor. Any other pattern (packed
-  sequences, chunked or block-wise attention, custom ``and``/``or`` mask functions) is
-  materialized exactly as ``sdpa`` would, as a boolean ``(B, 1, L, S)`` mask.
+  or a ``(B, 1, 1, S)`` key mask — never an ``L × S`` tensor. A model that operates on the mask
+  itself (slicing, filling, adding a bias) sees the additive mask ``eager`` would have given it.
+  Plain bidirectional masks without padding are ``None`` when the model allows it, as in ``sdpa``.
+  Any other pattern (packed sequences, chunked or block-wise attention, custom ``and``/``or``
+  mask functions) is materialized exactly as ``sdpa`` would, as a boolean ``(B, 1, L, S)`` mask.
 - :func:`attnkit_attention_forward` to ``AttentionInterface``. Every attention layer calls it
   with ``query (B, H, L, D)``, ``key (B, G, S, D)``, ``value (B, G, S, E)``; it translates the
   mask and the layer's options (``scaling``, ``dropout``, ``softcap``, attention sinks ``s_aux``,
-  ``position_bias``, GQA without repeating keys) to :func:`attnkit.attention`. With
-  ``output_attentions=True`` it returns the exact attention weights from the engine, so attention
-  maps need no switch to ``eager``.
+  ``position_bias``, the top-k key ``indices`` of DeepSeek sparse attention, GQA without
+  repeating keys) to :func:`attnkit.attention`. With ``output_attentions=True`` it returns the
+  exact attention weights from the engine, so attention maps need no switch to ``eager``.
+
+Models whose layers do not call the ``AttentionInterface`` (BLOOM, Falcon, GPT-Neo, ...: see
+:func:`check_model_class`) are refused when they are built with ``attn_implementation="attnkit"``.
 
 Semantics that differ from ``eager``: a query row with no visible key (only left-padding positions
 of a causal model) gives output 0 and weights 0, as ``sdpa`` does (``eager`` averages every value
@@ -31,20 +36,22 @@ Requires the ``hf`` extra: ``pip install 'attnkit[hf]'``.
 
 from __future__ import annotations
 
+import functools
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..engines import ENGINE_ORDER
 from ..errors import AttnkitError
 from ..functional import attention
-from ..masks import lengths_from_padding_mask
+from ._hf_masks import StructuredMask, attnkit_mask
 
 __all__ = [
     "register",
+    "check_model_class",
     "attnkit_attention_forward",
     "attnkit_mask",
     "StructuredMask",
@@ -86,178 +93,17 @@ def minilm_path() -> Path:
     return folder
 
 
-# --------------------------------------------------------------------------- masks
-
-
-@dataclass(frozen=True)
-class StructuredMask:
-    """An HF attention mask kept as attnkit's structured arguments.
-
-    What :func:`attnkit_mask` returns and :func:`attnkit_attention_forward` consumes. Like
-    ``torch``'s ``BlockMask`` for ``flex_attention``, it passes through the model code untouched.
-
-    Attributes:
-        causal: ``False``, ``True`` (bottom-right) or ``"top_left"``.
-        window: ``(left, right)`` or ``None``.
-        kv_lengths: ``(B,)`` int64 or ``None``: keys at or past the length are hidden.
-        key_mask: ``(B, 1, 1, S)`` bool (True = may attend) or ``None``.
-        shape: ``(B, 1, L, S)``, the shape of the equivalent dense mask.
-    """
-
-    causal: bool | str
-    window: tuple[int | None, int | None] | None
-    kv_lengths: Tensor | None
-    key_mask: Tensor | None
-    shape: tuple[int, int, int, int]
-
-    @property
-    def ndim(self) -> int:
-        return 4
-
-    def contiguous(self) -> "StructuredMask":
-        """``generate`` calls ``.contiguous()`` on prepared masks; a structured mask already is."""
-        return self
-
-    def attention_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`attnkit.attention` this mask stands for."""
-        return dict(causal=self.causal, window=self.window, kv_lengths=self.kv_lengths, mask=self.key_mask)
-
-    def to_dense(self) -> Tensor:
-        """The equivalent boolean ``(B, 1, L, S)`` mask (True = may attend)."""
-        B, _, L, S = self.shape
-        device = self.key_mask.device if self.key_mask is not None else (
-            self.kv_lengths.device if self.kv_lengths is not None else None)
-        # With all scores equal, a weight is positive exactly where the key is visible.
-        q = torch.zeros(B, 1, L, 1, dtype=torch.float64, device=device)
-        kv = torch.zeros(B, 1, S, 1, dtype=torch.float64, device=device)
-        return attention(q, kv, kv, return_weights=True, **self.attention_kwargs()).weights > 0
-
-
-def _same_function(f: Any, g: Any) -> bool:
-    """Whether two (possibly nested) closures compute the same thing: the same code object and
-    equal captured values (functions compared recursively, numbers by value, the rest by identity)."""
-    if f is g:
-        return True
-    if callable(f) and callable(g) and hasattr(f, "__code__") and hasattr(g, "__code__"):
-        cells_f, cells_g = f.__closure__ or (), g.__closure__ or ()
-        return (f.__code__ is g.__code__ and len(cells_f) == len(cells_g)
-                and all(_same_function(a.cell_contents, b.cell_contents) for a, b in zip(cells_f, cells_g)))
-    if isinstance(f, (tuple, list)) and isinstance(g, (tuple, list)):
-        return len(f) == len(g) and all(_same_function(a, b) for a, b in zip(f, g))
-    if isinstance(f, (bool, int, float, str)) and type(f) is type(g):
-        return f == g
-    return False
-
-
-def _recognize(mask_function: Callable, local_size: int | None) -> tuple[bool, tuple[int, int] | None] | None:
-    """``(causal, window)`` for HF's standard mask functions, or ``None`` for anything else."""
-    mu = importlib.import_module("transformers.masking_utils")
-    if mask_function is mu.causal_mask_function:
-        return True, None
-    if mask_function is mu.bidirectional_mask_function:
-        return False, None
-    if local_size is not None:
-        w = int(local_size)
-        # HF's sliding window: kv > q - w (so w - 1 keys to the left) under causality ...
-        if _same_function(mask_function, mu.sliding_window_causal_mask_function(w)):
-            return True, (w - 1, 0)
-        # ... and |q - kv| <= w without it.
-        if _same_function(mask_function, mu.sliding_window_bidirectional_mask_function(w)):
-            return False, (w, w)
-    return None
-
-
-def _structured(causal: bool, window: tuple[int, int] | None, delta: int, B: int, L: int, S: int,
-                keys: Tensor | None, device: torch.device | str) -> StructuredMask | None:
-    """Query ``i`` at key position ``i + delta``, ``keys (B, S)`` True = real token (``None``: no padding).
-    ``None`` when attnkit's alignments cannot express ``delta``."""
-    kv_lengths = None
-    if causal:
-        if delta == S - L:
-            align: bool | str = True
-        elif delta == 0:
-            align = "top_left"
-        elif 0 <= delta + L <= S:
-            # Bottom-right alignment against a shorter key length puts query i at i + delta; the
-            # keys past it are hidden by causality anyway (static caches).
-            align = True
-            kv_lengths = torch.full((B,), delta + L, dtype=torch.int64, device=device)
-        else:
-            return None
-    elif window is not None and delta != S - L:
-        return None  # without causality a window is aligned bottom-right
-    else:
-        align = False
-    key_mask = None
-    if keys is not None:
-        # Right padding becomes lengths where lengths cannot shift an alignment (no causal, no
-        # window); any other padding a (B, 1, 1, S) key mask.
-        lengths = lengths_from_padding_mask(keys) if not causal and window is None else None
-        if lengths is not None:
-            kv_lengths = lengths
-        else:
-            key_mask = keys[:, None, None, :]
-    return StructuredMask(align, window, kv_lengths, key_mask, (B, 1, L, S))
-
-
-def attnkit_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int | Tensor = 0,
-    kv_offset: int | Tensor = 0,
-    mask_function: Callable | None = None,
-    attention_mask: Tensor | None = None,
-    local_size: int | None = None,
-    use_vmap: bool = False,
-    device: torch.device | str = "cpu",
-    **kwargs: Any,
-) -> StructuredMask | Tensor:
-    """The ``AttentionMaskInterface`` function of attnkit (same signature as HF's ``sdpa_mask``).
-
-    Query ``i`` sits at absolute position ``q_offset + i`` and key ``j`` at ``kv_offset + j``;
-    ``attention_mask`` is the 2-D padding mask ``(B, ≥ kv_offset + S)`` (True = real token).
-
-    Returns:
-        A :class:`StructuredMask` for HF's causal, bidirectional and sliding-window patterns, or
-        the exact boolean ``(B, 1, L, S)`` mask of ``sdpa_mask`` for any other pattern.
-    """
-    B, L, S = batch_size, q_length, kv_length
-    if isinstance(attention_mask, StructuredMask):
-        # Prepared in advance (generate() with a static cache): HF only skips 4-D tensors.
-        if attention_mask.shape != (B, 1, L, S):
-            raise AttnkitError.build(f"a prepared mask of shape (B, 1, L, S) = {(B, 1, L, S)}",
-                                     str(attention_mask.shape), "prepare masks with the model's own helpers")
-        return attention_mask
-    mu = importlib.import_module("transformers.masking_utils")
-    mask_function = mu.causal_mask_function if mask_function is None else mask_function
-    kv_offset, delta = int(kv_offset), int(q_offset) - int(kv_offset)  # aligned query position p = i + delta
-    pattern = _recognize(mask_function, local_size)
-    if pattern is not None:
-        keys = mu.prepare_padding_mask(attention_mask, S, kv_offset)
-        keys = None if keys is None else keys[:, kv_offset : kv_offset + S].to(device=device, dtype=torch.bool)
-        keys = None if keys is None or bool(keys.all()) else keys
-        struct = _structured(*pattern, delta, B, L, S, keys, device)
-        if struct is not None:
-            return struct
-    # Anything else (packed sequences, chunked or block-wise attention, custom mask functions):
-    # the exact dense mask HF's sdpa would use.
-    return mu.sdpa_mask(
-        batch_size=B, q_length=L, kv_length=S, q_offset=q_offset, kv_offset=kv_offset, mask_function=mask_function,
-        attention_mask=attention_mask, local_size=local_size, allow_is_causal_skip=False,
-        allow_is_bidirectional_skip=False, use_vmap=use_vmap, device=device,
-    )
-
-
 # --------------------------------------------------------------------------- attention
 
 
 def _mask_kwargs(module: Any, mask: Any, L: int, S: int, is_causal: bool | None) -> dict[str, Any]:
     if isinstance(mask, StructuredMask):
+        if mask.modified:  # changed in place by the model: its additive mask is what eager would use
+            return _mask_kwargs(module, mask.additive(), L, S, is_causal)
         if mask.shape[2:] == (L, S):
             return mask.attention_kwargs()
         if mask.shape[2] == L and mask.shape[3] > S:  # eager slices longer masks to the keys it has
-            return dict(mask=mask.to_dense()[..., :S])
+            return dict(mask=mask.visible()[..., :S])
         raise AttnkitError.build(f"a mask for (L, S) = ({L}, {S})", f"one for {mask.shape[2:]}",
                                  "build masks with the model's own create_*_mask helpers")
     if mask is None:
@@ -272,6 +118,20 @@ def _mask_kwargs(module: Any, mask: Any, L: int, S: int, is_causal: bool | None)
         f"{type(mask).__name__} {tuple(getattr(mask, 'shape', ()))}",
         "let the model build its masks after attnkit.integrations.hf.register()",
     )
+
+
+def _only_selected_keys(mask: Tensor | None, indices: Tensor, S: int) -> Tensor:
+    """``mask`` (boolean, float or ``None``, broadcastable to ``(B, 1, L, S)``) with every key
+    outside ``indices (B, L, k)`` hidden too, as DeepSeek's eager code does before its softmax."""
+    if indices.dim() != 3 or indices.is_floating_point():
+        raise AttnkitError.build("integer indices of shape (B, L, k): the keys each query may see",
+                                 f"{indices.dtype} {tuple(indices.shape)}", "pass the indexer's top-k indices")
+    B, L, _ = indices.shape
+    chosen = torch.zeros(B, 1, L, S, dtype=torch.bool, device=indices.device)
+    chosen.scatter_(-1, indices.long()[:, None], True)
+    if mask is None or mask.dtype == torch.bool:
+        return chosen if mask is None else mask & chosen
+    return torch.where(chosen, mask, float("-inf"))  # an additive mask stays additive
 
 
 def _collector_wants_attentions() -> bool:
@@ -301,7 +161,9 @@ def attnkit_attention_forward(
     softcap: float | None = None,
     s_aux: Tensor | None = None,
     position_bias: Tensor | None = None,
+    indices: Tensor | None = None,
     output_attentions: bool = False,
+    engine: str = "auto",
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
     """The ``AttentionInterface`` function of attnkit (same contract as HF's ``sdpa_attention_forward``).
@@ -319,7 +181,11 @@ def attnkit_attention_forward(
         s_aux: attention sinks ``(H,)``: one extra logit per head in the normalizer, with no
             value (gpt-oss); applied exactly through the LSE: ``out · σ(lse - s_aux)``.
         position_bias: float bias added to the scores (T5-style), broadcastable to ``(B, H, L, S)``.
+        indices: ``(B, L, k)`` ints, the keys each query may see on top of the mask: DeepSeek
+            sparse attention (DeepSeek-V3.2, GLM-MoE-DSA, Mistral Large 4) hands its indexer's
+            top-k here to any implementation other than ``eager``/``sdpa``.
         output_attentions: also return the exact weights ``(B, H, L, S)`` (before dropout).
+        engine: attnkit's engine (``"auto"``, or one to force: ``register(name, engine=...)``).
         kwargs: other model kwargs (``sliding_window`` is carried by the mask; others are unused).
 
     Returns:
@@ -331,9 +197,13 @@ def attnkit_attention_forward(
     L, S = query.shape[2], key.shape[2]
     want_lse = s_aux is not None
     output_attentions = output_attentions or _collector_wants_attentions()
+    mask_kwargs = _mask_kwargs(module, attention_mask, L, S, is_causal)
+    if indices is not None:
+        mask_kwargs["mask"] = _only_selected_keys(mask_kwargs.get("mask"), indices, S)
     res = attention(
-        query, key, value, **_mask_kwargs(module, attention_mask, L, S, is_causal), scale=scaling, softcap=softcap,
+        query, key, value, **mask_kwargs, scale=scaling, softcap=softcap,
         bias=position_bias, dropout_p=float(dropout), return_lse=want_lse, return_weights=bool(output_attentions),
+        engine=engine,
     )
     out, weights = (res.out, res.weights) if (want_lse or output_attentions) else (res, None)
     if s_aux is not None:
@@ -347,16 +217,73 @@ def attnkit_attention_forward(
     return out.transpose(1, 2).contiguous(), weights
 
 
-def register(name: str = ATTN_IMPLEMENTATION) -> str:
+def check_model_class(model_class: type) -> None:
+    """Refuse a model class whose attention layers do not call ``transformers``' ``AttentionInterface``.
+
+    BLOOM, Falcon, GPT-Neo and other older architectures compute attention in their own layers
+    (``eager``/``sdpa`` classes picked by name): ``attn_implementation="attnkit"`` would fail deep
+    inside them (``KeyError``, or a ``TypeError`` on the mask) or never reach attnkit. The test is
+    ``transformers``' own: the class declares ``_supports_attention_backend``, or its module's
+    attention layers call ``ALL_ATTENTION_FUNCTIONS.get_interface`` (``_can_set_attn_implementation``).
+    :func:`register` runs it whenever a model is built with attnkit's implementation.
+
+    Raises:
+        AttnkitError: naming the class and the implementations it supports.
+    """
+    if getattr(model_class, "_supports_attention_backend", False):
+        return
+    can_set = getattr(model_class, "_can_set_attn_implementation", None)
+    if can_set is None or can_set():
+        return
+    name = model_class.__name__
+    others = '"eager" or "sdpa"' if getattr(model_class, "_supports_sdpa", False) else '"eager"'
+    raise AttnkitError.build(
+        'a model whose attention layers call transformers\' AttentionInterface (attn_implementation="attnkit")',
+        f"{name}, which computes attention in its own layers",
+        f"load {name} with attn_implementation={others}; for its attention maps pass output_attentions=True",
+    )
+
+
+def _is_attnkit(implementation: Any) -> bool:
+    """Whether ``implementation`` names an implementation registered by :func:`register`."""
+    mu = importlib.import_module("transformers.masking_utils")
+    return isinstance(implementation, str) and mu.AttentionMaskInterface._global_mapping.get(implementation) is attnkit_mask
+
+
+def _install_model_class_check(pretrained_model: type) -> None:
+    """Wrap ``PreTrainedModel.get_correct_attn_implementation`` (where ``transformers`` validates the
+    requested implementation, at the start of every model's ``__init__``) with :func:`check_model_class`."""
+    original = pretrained_model.get_correct_attn_implementation
+    if getattr(original, "_attnkit_checked", False):
+        return
+
+    @functools.wraps(original)
+    def checked(self: Any, requested_attention: str | None, *args: Any, **kwargs: Any) -> str:
+        if _is_attnkit(requested_attention):
+            check_model_class(type(self))
+        return original(self, requested_attention, *args, **kwargs)
+
+    checked._attnkit_checked = True  # type: ignore[attr-defined]
+    pretrained_model.get_correct_attn_implementation = checked
+
+
+def register(name: str = ATTN_IMPLEMENTATION, *, engine: str = "auto") -> str:
     """Register attnkit with ``transformers`` under ``name`` (idempotent); returns ``name``.
 
     Registers :func:`attnkit_attention_forward` with ``AttentionInterface`` and
     :func:`attnkit_mask` with ``AttentionMaskInterface`` — both are needed: without the mask
     function ``transformers`` passes no mask to an unknown implementation and causal masking and
-    padding are silently lost.
+    padding are silently lost. It also makes ``transformers`` run :func:`check_model_class` when
+    a model is built with ``name``, so models that would bypass attnkit are refused at load.
+
+    Args:
+        name: the ``attn_implementation`` to register; not containing what ``transformers`` reads
+            as another implementation (``flash``, ``sdpa``, ``flex``, ``paged``, ``/``).
+        engine: ``"auto"`` (attnkit picks per call) or an engine every call of this implementation
+            is forced to (``"flash"``, ``"reference"``, ...; a call the engine cannot compute exactly raises).
 
     Raises:
-        AttnkitError: if ``transformers`` is not installed.
+        AttnkitError: if ``transformers`` is not installed, for such a name, or for an unknown engine.
 
     Example:
         >>> from attnkit.integrations import hf           # doctest: +SKIP
@@ -365,6 +292,14 @@ def register(name: str = ATTN_IMPLEMENTATION) -> str:
         >>> model = transformers.AutoModel.from_pretrained(hf.minilm_path(), attn_implementation="attnkit")  # doctest: +SKIP
     """
     tf = _transformers()
-    tf.AttentionInterface.register(name, attnkit_attention_forward)
+    taken = [word for word in ("flash", "sdpa", "flex", "paged", "/") if word in name]
+    if taken:  # transformers would treat the name as its own (e.g. look for a flash-attention kernel)
+        raise AttnkitError.build("an implementation name transformers does not interpret", f"{name!r} (contains "
+                                 f"{taken[0]!r})", "choose another name, e.g. 'attnkit_forced'")
+    if engine not in ("auto",) + ENGINE_ORDER:
+        raise AttnkitError.build(f"engine in {('auto',) + ENGINE_ORDER}", repr(engine), "check the spelling")
+    forward = attnkit_attention_forward if engine == "auto" else functools.partial(attnkit_attention_forward, engine=engine)
+    tf.AttentionInterface.register(name, forward)
     tf.AttentionMaskInterface.register(name, attnkit_mask)
+    _install_model_class_check(tf.PreTrainedModel)
     return name
