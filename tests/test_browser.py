@@ -129,6 +129,8 @@ def test_controls_layer_heads_and_keys(browser, small_page):
 def test_model_and_rollout_views(browser, small_page):
     _open(browser, small_page)
     browser.find_element(By.CSS_SELECTOR, 'button[data-view="model"]').click()
+    # The grid is drawn after the click's event turn: wait for it (a loaded machine is slow), then count.
+    WebDriverWait(browser, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model-grid canvas")) >= 3 * 4)
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#model-grid canvas")
     assert len(thumbs) == 3 * 4
     assert _ink(browser, "#model-grid canvas") > 0
