@@ -285,3 +285,18 @@ def test_failed_build_reports_first_line(tmp_path):
 def test_import_attnkit_stays_light():
     res = _run("import sys, attnkit; print('torch.utils.cpp_extension' in sys.modules)", {})
     assert res.stdout.strip() == "False"
+
+
+def test_cli_build_reports_cache_and_time(capsys):
+    from attnkit.cli import main
+
+    assert main(["build"]) == 0
+    printed = capsys.readouterr().out
+    assert "ready in" in printed and str(_fused.cache_root()) in printed
+
+
+def test_cli_build_failure_is_one_line_exit_2(tmp_path):
+    res = _run("import sys; from attnkit.cli import main; sys.exit(main(['build']))",
+               {"ATTNKIT_CACHE": str(tmp_path), "CXX": "no-such-compiler-xyz"})
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "no C++ compiler" in res.stderr
