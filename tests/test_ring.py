@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import attnkit
-from attnkit.engines import _blocks
+from attnkit.engines import _kernel
 from attnkit.engines.ring import chunk_ids, ring_attention, shard_sequence, unshard_sequence
 
 from conftest import err, qkv
@@ -105,9 +105,11 @@ def _against_reference(rank: int, world: int) -> list[dict]:
     B, H, G, D, E, c = 2, 4, 2, 11, 7, 5
     N = 2 * world * c  # divisible by 2P (zigzag) and P (contiguous)
     report = []
-    default_tiles = _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K
+    default_tiles = _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K
     for n, (dtype, layout, causal, small) in enumerate(CONFIGS):
-        _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K = (64, 4, 1) if small else default_tiles
+        _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = (
+            (64, 4, 1, 1) if small else default_tiles
+        )
         q, k, v = qkv(B, H, G, N, N, D, E, dtype=torch.float64, seed=n)
         dout = torch.randn(B, H, N, E, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + n))
         refs = {}
@@ -159,7 +161,7 @@ def test_ring_equals_reference(world):
 def _gradcheck_single_rank_groups(rank: int, world: int) -> bool:
     """gradcheck the ring's autograd.Function on a one-rank group (every rank its own group)."""
     groups = [dist.new_group([r]) for r in range(world)]
-    _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K = 8, 2, 1
+    _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = 8, 2, 1, 1
     q, k, v = qkv(1, 2, 1, 4, 4, 3, dtype=torch.float64, seed=rank, requires_grad=True)
 
     def f(q, k, v):

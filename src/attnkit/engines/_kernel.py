@@ -27,17 +27,19 @@ For few packed rows (decoding) scores are computed keys-major, ``K·qᵀ``, whic
 operand through the GEMM (2× faster at 4 rows, RESULTS.md "Keys-major scores").
 
 Hidden non-finite keys: a key that is not visible never influences an output or a gradient,
-even if its K/V hold NaN/±inf (a KV cache from ``torch.empty``). With ``spec.kv_nonfinite``
-(missing = True) keys past ``kv_lengths`` are zeroed and tiles that still hold a non-finite K/V
-row use zeroed copies in the products, adding back the IEEE contributions of *visible*
-non-finite entries only — so the result is what a float64 reference computes when the hidden
-entries are finite.
+even if its K/V hold NaN/±inf (a KV cache from ``torch.empty``). Hidden scores are -inf, so
+``P = 0`` there, but ``0·NaN`` in ``P·V`` (forward) or ``dS·K`` (backward) would still spread.
+With ``spec.kv_nonfinite`` (missing = True) each tile's small product (``P·V``: ``R·Lt × E``;
+``dS·K``: ``R·Lt × D``) is checked with one sum; only a non-finite one makes the tile redo its
+products with the non-finite K/V entries zeroed, masking ``dS`` at hidden entries and adding
+back the IEEE contributions of *visible* non-finite entries (rows that see a NaN get NaN, as in
+the reference). A whole-tensor ``isfinite`` pass would cost more than a decode step itself.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
+import math
 from dataclasses import replace
 from typing import Iterator
 
@@ -51,15 +53,20 @@ from ..scores import apply_score_mods
 from ..softmax import SoftmaxState
 from ..spec import AttentionSpec, BlockIndex
 
-__all__ = ["forward", "backward", "weights", "delta", "tile_sizes", "path", "force_path", "describe"]
+__all__ = ["forward", "backward", "weights", "delta", "all_grads", "grad_extras", "tile_sizes", "path", "force_path",
+           "describe"]
 
 _NEG_INF = float("-inf")
-# The one tile rule. Scores per tile over all B·H heads, in elements: 2¹⁸ (1 MiB of float32)
-# stays in cache between the QKᵀ and PV products (best of 64K…4M elements on an 8192² block,
-# RESULTS.md "Tile size"); a large B·H shrinks the query tile, never the key tile below _MIN_TILE_K.
-_TILE_ELEMS = 1 << 18
+# The one tile rule: about _TILE_ELEMS scores per tile over all B·H heads. 2²⁰ (4 MiB of float32)
+# is the flash engine's measured block (2048 rows × 512 keys; a quiet-window sweep of 512K…8M
+# elements was flat, RESULTS.md), so B·H = 8 keeps its 256 × 512 tiles; _blocks' 2¹⁸ was best on
+# one 8192² block with 1 thread, but 4× more tiles cost Python time when B·H is large (measured
+# here: B·H = 256, L = 512 forward 3.1 s vs 1.2 s, on a busy machine). A large B·H shrinks the
+# query tile down to _MIN_TILE_Q (Python overhead per tile), never the key tile below _MIN_TILE_K.
+_TILE_ELEMS = 1 << 20
 _MAX_TILE_Q = 256
-_MIN_TILE_K = 128
+_MIN_TILE_Q = 16
+_MIN_TILE_K = 512
 # Packed query rows (R·Lt) up to which forward scores are computed keys-major.
 _KEYS_MAJOR_ROWS = 64
 
@@ -71,7 +78,7 @@ def tile_sizes(spec: AttentionSpec, Lb: int, Sb: int) -> tuple[int, int]:
     band width (and the query tile at the key tile) so the computed area stays O(L·w).
     """
     bh = max(1, spec.B * spec.H)
-    tq = max(1, min(Lb, _MAX_TILE_Q, _TILE_ELEMS // (bh * _MIN_TILE_K)))
+    tq = max(1, min(Lb, _MAX_TILE_Q, max(_MIN_TILE_Q, _TILE_ELEMS // (bh * _MIN_TILE_K))))
     tk = max(1, min(Sb, max(_MIN_TILE_K, _TILE_ELEMS // (bh * tq))))
     w = spec.window
     if w is not None and w[0] is not None and (spec.causal or w[1] is not None):
@@ -212,6 +219,29 @@ def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
         return _Tiles(q, k, k[..., :0], spec, i0, j0).weights(lse)
 
 
+def grad_extras(spec: AttentionSpec) -> tuple[list[str], list[Tensor]]:
+    """The float mask / bias tensors (4-D views of the user's) that autograd may differentiate."""
+    names = [n for n in ("float_mask", "bias") if getattr(spec, n) is not None]
+    return names, [getattr(spec, n) for n in names]
+
+
+def all_grads(q, k, v, out, lse, dout, dlse, spec: AttentionSpec, extras, need) -> list[Tensor | None]:
+    """``[dq, dk, dv, *d_extras]`` in the inputs' dtypes from one kernel backward over the whole problem.
+
+    The flash and decode engines' autograd backward: all queries against all keys in one call.
+    """
+    ct = spec.compute_dtype
+    dq = torch.zeros(q.shape, dtype=ct, device=q.device)
+    dk = torch.zeros(k.shape, dtype=ct, device=k.device)
+    dv = torch.zeros(v.shape, dtype=ct, device=v.device)
+    names = grad_extras(spec)[0]
+    d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
+    backward(q, k, v, dout, lse, delta(dout, out, lse, dlse), spec, dq=dq, dk=dk, dv=dv,
+             d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
+    d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
+    return [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_extras]
+
+
 # --------------------------------------------------------------------------- the PyTorch tile path
 
 
@@ -226,10 +256,7 @@ class _Tiles:
         self.Lb, self.Sb = q.shape[2], k.shape[2]
         self.q5 = q.detach().to(ct).reshape(self.BG, self.R, self.Lb, q.shape[3])  # (BG, R, Lb, D)
         kc, vc = k.detach().to(ct), v.detach().to(ct)
-        self.bad_k: list[int] = []  # key rows (range-relative) that still hold a non-finite K / V entry
-        self.bad_v: list[int] = []
-        if getattr(spec, "kv_nonfinite", True) and self.Sb:
-            kc, vc = self._sanitize(kc, vc)
+        self.check = bool(getattr(spec, "kv_nonfinite", True))  # K/V may hold NaN/±inf (hidden or not)
         self.k3 = kc.reshape(self.BG, self.Sb, k.shape[3])  # (BG, Sb, D)
         self.v3 = vc.reshape(self.BG, self.Sb, v.shape[3])  # (BG, Sb, E)
         self.tq, self.tk = tile_sizes(spec, self.Lb, self.Sb)
@@ -241,21 +268,9 @@ class _Tiles:
 
     # ---- setup helpers
 
-    def _sanitize(self, kc: Tensor, vc: Tensor) -> tuple[Tensor, Tensor]:
-        """Zero keys past ``kv_lengths`` (hidden from every row) and list the rows still non-finite."""
-        spec = self.spec
-        if spec.kv_lengths is not None and self.j0 + self.Sb > spec.kv_bounds[0]:
-            pos = torch.arange(self.j0, self.j0 + self.Sb, device=kc.device)
-            past = (pos >= spec.kv_lengths.view(-1, 1)).view(spec.B, 1, self.Sb, 1)
-            kc, vc = kc.masked_fill(past, 0.0), vc.masked_fill(past, 0.0)
-        for t, dst in ((kc, self.bad_k), (vc, self.bad_v)):
-            bad = ~torch.isfinite(t).all(-1).all(1).all(0)  # (Sb,): some (b, g) row of key j is non-finite
-            if bool(bad.any()):
-                dst.extend(bad.nonzero().flatten().tolist())
-        return kc, vc
-
-    def _bad(self, rows: list[int], c: int, d: int) -> list[int]:
-        return rows[bisect.bisect_left(rows, c) : bisect.bisect_left(rows, d)]
+    def bad_rows(self, t3: Tensor, c: int, d: int) -> list[int]:
+        """Tile-relative key rows of ``t3[:, c:d]`` holding a non-finite entry (the careful path only)."""
+        return (~torch.isfinite(t3[:, c:d])).any(-1).any(0).nonzero().flatten().tolist()
 
     def buffer(self, name: str, rows: int, cols: int) -> Tensor:
         """A reusable ``(BG, rows, cols)`` scratch block: the inner loop allocates nothing per tile."""
@@ -320,8 +335,7 @@ class _Tiles:
         else:
             buf = self.buffer("s", rl, st)
             s = torch.baddbmm(buf, qb, kt.transpose(1, 2), beta=0.0, alpha=spec.scale, out=buf)
-        needs_idx = self.mods or cls == "partial" or spec.dropout_p > 0 or self._bad(self.bad_k, c, d) or self._bad(self.bad_v, c, d)
-        if not needs_idx:
+        if not self.mods and cls == "full" and spec.dropout_p == 0:
             return s, None, None, None
         idx = self.index(a, b, c, d)
         if not self.mods and cls == "full":
@@ -373,10 +387,10 @@ class _Tiles:
             prod = prod.masked_fill(h.unsqueeze(-1), 0.0)
         acc += prod.sum(2)
 
-    def zeroed(self, t3: Tensor, rows: list[int], c: int, d: int) -> Tensor:
-        """Tile ``[c, d)`` of ``t3`` with the non-finite entries of ``rows`` set to 0 (a copy)."""
+    def zeroed(self, t3: Tensor, c: int, d: int) -> Tensor:
+        """Tile ``[c, d)`` of ``t3`` with its non-finite entries set to 0 (a copy)."""
         t = t3[:, c:d]
-        return torch.where(torch.isfinite(t), t, torch.zeros_like(t)) if rows else t
+        return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
 
     # ---- forward
 
@@ -403,10 +417,16 @@ class _Tiles:
                 pr = p.transpose(1, 2) if km else p  # (BG, R·Lt, St)
                 if pd > 0:
                     pr = pr.mul_(self.keep(idx, rl, d - c))  # l already holds the undropped sum
-                bad_v = self._bad(self.bad_v, c, d)
-                acc.baddbmm_(pr, self.zeroed(self.v3, bad_v, c, d))
-                if bad_v:
-                    self.add_visible(acc, pr, self.v3[:, c:d], [j - c for j in bad_v], hid, rl)
+                if not self.check or hid is None:  # every key of the tile visible: IEEE as it comes
+                    acc.baddbmm_(pr, self.v3[:, c:d])
+                    continue
+                pv = torch.bmm(pr, self.v3[:, c:d], out=self.buffer("pv", rl, E))
+                if not _finite(pv):  # a non-finite V entry (maybe hidden) or a NaN row: the careful path
+                    bad = self.bad_rows(self.v3, c, d)
+                    if bad and hid is not None:
+                        pv = torch.bmm(pr, self.zeroed(self.v3, c, d))
+                        self.add_visible(pv, pr, self.v3[:, c:d], bad, hid, rl)
+                acc.add_(pv)
             norm = state.l.masked_fill(state.l == 0, 1.0).unsqueeze(-1)
             if pd > 0:
                 norm = norm * (1.0 - pd)
@@ -455,23 +475,26 @@ class _Tiles:
                 else:
                     dv3[:, c:d].baddbmm_(p.transpose(1, 2), dob)
                 ds = p.mul_(dp.sub_(delta_b))  # dS = P ∘ (dP - Δ)
-                bad_k, bad_v = self._bad(self.bad_k, c, d), self._bad(self.bad_v, c, d)
-                if (bad_k or bad_v) and hid is not None:
-                    ds.masked_fill_(self.pack(hid, rl), 0.0)  # 0·NaN from a hidden V column
                 d_post = ds
                 if tape is not None:
-                    ds4 = ds.view(B, H, b - a, st)
-                    d_raw, d_post4 = self.grad_mods(tape, ds4, want_post)
+                    d_raw, d_post4 = self.grad_mods(tape, ds.view(B, H, b - a, st), want_post)
                     d_post = d_post4.reshape(BG, rl, st) if d_post4 is not None else ds
                     ds = d_raw.reshape(BG, rl, st)
-                    if (bad_k or bad_v) and hid is not None:  # tanh'(NaN)·0 at hidden entries
-                        ds = ds.masked_fill(self.pack(hid, rl), 0.0)
-                        d_post = d_post.masked_fill(self.pack(hid, rl), 0.0)
+                dq_t = torch.bmm(ds, self.k3[:, c:d], out=self.buffer("dq", rl, D))
+                if self.check and hid is not None and not _finite(dq_t):
+                    # The careful path: 0·NaN from a hidden V column (in dP) or a hidden K row (in dS·K).
+                    bad_k = self.bad_rows(self.k3, c, d)
+                    if bad_k or self.bad_rows(self.v3, c, d):
+                        h = self.pack(hid, rl)
+                        masked = ds.masked_fill(h, 0.0)
+                        d_post = masked if d_post is ds else d_post.masked_fill(h, 0.0)
+                        ds = masked
+                        dq_t = torch.bmm(ds, self.zeroed(self.k3, c, d))
+                        if bad_k:
+                            self.add_visible(dq_t, ds, self.k3[:, c:d], bad_k, hid, rl)
+                dqb.add_(dq_t)
                 for acc_t in extras:
-                    _scatter(acc_t, d_post.view(B, H, b - a, st), self.i0 + a, self.j0 + c)
-                dqb.baddbmm_(ds, self.zeroed(self.k3, bad_k, c, d))
-                if bad_k:
-                    self.add_visible(dqb, ds, self.k3[:, c:d], [j - c for j in bad_k], hid, rl)
+                    _scatter(acc_t, d_post.reshape(B, H, b - a, st), self.i0 + a, self.j0 + c)
                 dk3[:, c:d].baddbmm_(ds.transpose(1, 2), qb, alpha=spec.scale)  # dK = scale·dSᵀ·Q
             dq[:, :, a:b] += dqb.mul_(spec.scale).view(B, H, b - a, D)
         if not dk.is_contiguous():
@@ -496,6 +519,11 @@ class _Tiles:
                     s = self.scores(qb, a, b, c, d, cls)[0]
                     w[:, :, a:b, c:d] = s.sub_(lse_b).exp_().view(B, H, b - a, d - c)
         return w
+
+
+def _finite(t: Tensor) -> bool:
+    """One reduction: a non-finite sum flags NaN/±inf (or, harmlessly, an overflow) anywhere in ``t``."""
+    return math.isfinite(float(t.sum()))
 
 
 def _scatter(dst: Tensor, g: Tensor, i0: int, j0: int) -> None:

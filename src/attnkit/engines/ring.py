@@ -42,7 +42,7 @@ from ..errors import AttnkitError
 from ..masks import block_class
 from ..softmax import merge_partials
 from ..spec import AttentionSpec
-from ._blocks import block_backward, block_forward
+from . import _kernel
 
 __all__ = ["ring_attention", "shard_sequence", "unshard_sequence", "gather_sequence", "chunk_ids"]
 
@@ -157,6 +157,15 @@ class _Ring:
         except RuntimeError as err:
             raise self._fail(err, what) from err
 
+    def all_reduce(self, t: Tensor, what: str) -> None:
+        """Sum ``t`` over the ranks in place, bounded by the timeout."""
+        try:
+            work = dist.all_reduce(t, group=self.group, async_op=True)
+        except RuntimeError as err:
+            raise self._fail(err, what) from err
+        assert work is not None
+        self.wait([work], what)
+
     def check_same(self, meta: list[int], describe: str) -> None:
         """All-gather a small description of each rank's call; raise on every rank if they differ."""
         mine = torch.tensor(meta, dtype=torch.int64)
@@ -215,7 +224,7 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
             bufs[1 - cur] = bufs[cur]  # nothing more arrives: free the spare buffer
         k_t, v_t = _split_kv(bufs[cur], k.shape, v.shape) if bufs else (k, v)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
+            o, lse = _kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
             outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
         if works:
             ring.wait(works, f"pass K/V shards (forward step {t})")
@@ -225,15 +234,12 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
 
 def _ring_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None,
-    spec: AttentionSpec, ring: _Ring, layout: Layout,
+    spec: AttentionSpec, ring: _Ring, layout: Layout, d_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
-    # Δ = rowsum(dO ∘ O); a gradient on lse adds P·dlse to dS, i.e. shifts Δ by -dlse.
-    delta = (dout.to(ct) * out).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.to(ct).masked_fill(torch.isinf(lse), 0.0)
+    delta = _kernel.delta(dout, out, lse, dlse)  # rowsum(dO ∘ O) - dlse
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     kv = [_pack_kv(k, v), torch.empty(n, dtype=k.dtype, device=k.device)] if ring.size > 1 else []
@@ -252,8 +258,8 @@ def _ring_backward(
         g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            block_backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
-                           spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks])
+            _kernel.backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
+                             spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks], d_bias=d_bias)
         if ring.size > 1:
             if t > 0:
                 ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
@@ -276,17 +282,25 @@ class _RingAttention(torch.autograd.Function):
     """Ring forward; ring backward recomputing probabilities from the saved ``lse``."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str):  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str,  # type: ignore[override]
+                *bias: Tensor):
         out, lse = _ring_forward(q, k, v, spec, ring, layout)  # type: ignore[arg-type]
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, *bias)
         ctx.spec, ctx.ring, ctx.layout = spec, ring, layout
         return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _ring_backward(q, k, v, out, lse, dout, dlse, ctx.spec, ctx.ring, ctx.layout)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        q, k, v, out, lse, *bias = ctx.saved_tensors
+        need_bias = bool(bias) and ctx.needs_input_grad[6]
+        d_bias = torch.zeros(bias[0].shape, dtype=ctx.spec.compute_dtype, device=q.device) if need_bias else None
+        dq, dk, dv = _ring_backward(q, k, v, out, lse, dout, dlse, ctx.spec, ctx.ring, ctx.layout, d_bias)
+        grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None]
+        if bias:
+            if d_bias is not None:  # each rank added its queries' rows: the sum is the whole gradient
+                ctx.ring.all_reduce(d_bias, "sum the bias gradient")
+            grads.append(None if d_bias is None else d_bias.to(bias[0].dtype))
+        return tuple(grads)
 
 
 # --------------------------------------------------------------------------- public API
@@ -328,6 +342,9 @@ def ring_attention(
     group: dist.ProcessGroup | None = None,
     layout: Layout = "zigzag",
     timeout: float | timedelta | None = None,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
     return_lse: bool = False,
     check: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -348,6 +365,13 @@ def ring_attention(
             holds ``r`` and ``2P-1-r``: balanced causal work) or ``"contiguous"``.
         timeout: seconds (or ``timedelta``) each communication may take before every live
             rank raises :class:`AttnkitError`; default: the process group's timeout.
+        bias: float tensor broadcastable to the *whole* problem's ``(B, H, L, S)`` (absolute
+            positions, e.g. ``(1, H, 1, S)``), the same on every rank, added to the scores. If it
+            requires grad, backward all-reduces its gradient: every rank's ``bias.grad`` is the
+            whole gradient (like a replicated parameter).
+        dropout_p, seed: attention dropout with the counter hash of ``attnkit.attention`` (the
+            same entries as every engine for the same ``seed``); ``seed`` must be the same int on
+            every rank and is required when ``dropout_p > 0``.
         return_lse: also return ``lse (B, H, L/P)`` (float32; float64 for float64 input).
         check: all-gather the call's shapes first, so a rank with mismatched shards makes
             every rank raise instead of exchanging garbage (one tiny collective per call).
@@ -376,6 +400,11 @@ def ring_attention(
     if layout not in _LAYOUTS:
         raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
     _check_local(query, key, value, causal, layout)
+    if not 0.0 <= dropout_p < 1.0 or (dropout_p > 0 and seed is None):
+        raise AttnkitError.build(
+            "0 <= dropout_p < 1, with an int seed (the same on every rank) when dropout_p > 0",
+            f"dropout_p={dropout_p}, seed={seed}", "pass e.g. dropout_p=0.1, seed=step",
+        )
     td = timedelta(seconds=timeout) if isinstance(timeout, (int, float)) else timeout
     ring = _Ring(group, td)
     B, H, Lc, D = query.shape
@@ -383,19 +412,34 @@ def ring_attention(
     if check and ring.size > 1:
         dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         dtype_code = dtypes.index(query.dtype) if query.dtype in dtypes else -1
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad)]
+        leaves = (query, key, value) + ((bias,) if bias is not None else ())
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+        bias_code = -1 if bias is None else int(bias.requires_grad)
+        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad),
+                bias_code, int(dropout_p * 2**20), int(seed or 0) & (2**62 - 1)]
         # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
-        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad]")
+        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad, bias, dropout, seed]")
     L, S = Lc * ring.size, Sc * ring.size
+    if bias is not None:
+        if not isinstance(bias, Tensor) or not bias.is_floating_point() or bias.dim() > 4:
+            raise AttnkitError.build("a float bias broadcastable to (B, H, L, S)", f"{getattr(bias, 'shape', type(bias))}",
+                                     "pass e.g. a (1, H, 1, S) float tensor")
+        bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
+        try:
+            if torch.broadcast_shapes(bias.shape, (B, H, L, S)) != (B, H, L, S):
+                raise RuntimeError
+        except RuntimeError:
+            raise AttnkitError.build(f"bias broadcastable to the whole (B, H, L, S) = {(B, H, L, S)}",
+                                     str(tuple(bias.shape)), "index the bias with absolute positions") from None
     spec = AttentionSpec(
         B=B, H=H, G=G, L=L, S=S, D=D, E=E, dtype=query.dtype, device=query.device,
         scale=float(scale) if scale is not None else (D**-0.5 if D else 1.0),
-        causal="bottom_right" if causal else None,
+        causal="bottom_right" if causal else None, bias=bias, dropout_p=float(dropout_p), seed=int(seed or 0),
         offset_bounds=(S - L, S - L), kv_bounds=(S, S), q_bounds=(L, L),
     )
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        out, lse = _RingAttention.apply(query, key, value, spec, ring, layout)
+    extras = (bias,) if bias is not None else ()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *extras)):
+        out, lse = _RingAttention.apply(query, key, value, spec, ring, layout, *extras)
     else:
         out, lse = _ring_forward(query, key, value, spec, ring, layout)
         out = out.to(query.dtype)
