@@ -54,6 +54,7 @@ void cblas_gemm_bf16bf16f32(int, int, int, int, int, int, float, const uint16_t*
                             float, float*, int) __attribute__((weak));
 void cblas_gemm_f16f16f32(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int,
                           float, float*, int) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // the C interface (by value)
 }
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
@@ -104,6 +105,18 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
     c.mul_(beta).add_(prod, alpha);
   }
 }
+
+// Tile GEMMs are small and already run one per thread: MKL must not fork its own OpenMP team
+// per call (each fork/join waits at a barrier — seconds under load when a thread is descheduled).
+struct SequentialBlas {
+  int previous = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+};
 
 // ----------------------------------------------------------------------------- dropout
 // Port of attnkit/dropout.py: the same counter hash, so keep masks are bit-identical.
@@ -321,6 +334,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
 
   // Parallel over (batch, head, query block); the kv head is h / R (GQA without repeating K/V).
   at::parallel_for(0, p.B * p.H * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    SequentialBlas sequential_blas;
     const int64_t tid = at::get_thread_num();
     float* qk = scratch.data() + tid * per_thread;
     float* acc = qk + bq * bk;
@@ -420,6 +434,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
 
   at::parallel_for(0, p.B * p.G * k_blocks, 1, [&](int64_t begin, int64_t end) {
+    SequentialBlas sequential_blas;
     const int64_t tid = at::get_thread_num();
     float* pbuf = scratch.data() + tid * per_thread;
     float* dpbuf = pbuf + bq * bk;
