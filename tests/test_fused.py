@@ -143,6 +143,15 @@ def test_fp32_forward_backward(shape, case):
     check_all(q, k, v, materialize(case, B, H, L, S), torch.float32)
 
 
+@pytest.mark.parametrize("case", [dict(), dict(q_lengths=[3, 5], kv_lengths=[600, 250], causal=True),
+                                  dict(mask="float", alibi_slopes="alibi", window=(100, 0))], ids=str)
+def test_decode_shapes_pack_query_heads(case):
+    """Few queries, many heads per kv head: several heads share one tile of K/V."""
+    B, H, G, L, S, D = 2, 8, 2, 5, 600, 32
+    q, k, v = qkv(B, H, G, L, S, D, seed=12)
+    check_all(q, k, v, materialize(case, B, H, L, S), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", [dict(), dict(causal=True), dict(mask="float", window=(40, 3)),
                                   dict(alibi_slopes="alibi", softcap=5.0, kv_lengths=[60, 17])], ids=str)
@@ -228,8 +237,9 @@ def test_dropout_matches_reference_forward_and_backward():
 def test_nan_query_row_stays_in_its_row():
     q, k, v = qkv(1, 1, 1, 5, 30, 8)
     q[0, 0, 2, 0] = float("nan")
-    out, _ = fused(q, k, v)
+    out, lse = fused(q, k, v)
     assert torch.isnan(out[0, 0, 2]).all() and torch.isfinite(out[0, 0, [0, 1, 3, 4]]).all()
+    assert torch.isnan(lse[0, 0, 2]) and torch.isfinite(lse[0, 0, [0, 1, 3, 4]]).all()
 
 
 def test_meta_tensors_and_op_registration():

@@ -319,41 +319,60 @@ inline void to_gemm_type(const float* src, T* dst, int64_t n) {
 }
 
 // ============================================================================= forward
+// Causal work is triangular: visiting blocks as 0, n-1, 1, n-2, ... gives each thread's
+// contiguous chunk of items an even mix of light and heavy blocks.
+inline int64_t zigzag(int64_t t, int64_t n) { return t % 2 == 0 ? t / 2 : n - 1 - t / 2; }
+
 template <typename T>
 void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse) {
   const int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
   const int64_t bk = kFwdBlockK;
-  const int64_t q_blocks = (p.Lb + bq - 1) / bq;
+  // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
+  // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
+  // (decode): several heads per block, so one pass over K/V serves them all.
+  const int64_t heads_per_block = p.Lb >= bq ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
+  const int64_t blocks_per_head = p.Lb >= bq ? (p.Lb + bq - 1) / bq : 0;
+  const int64_t group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
+  const int64_t rows_max = p.Lb >= bq ? bq : heads_per_block * p.Lb;
   constexpr bool half = !std::is_same_v<T, float>;
   const int64_t nthreads = at::get_num_threads();
-  // Per-thread scratch: scores (bq x bk), half copy of P, accumulator, m, l, column keys.
-  const int64_t per_thread = bq * bk + bq * p.E + 2 * bq + bk;
+  // Per-thread scratch: scores (rows x bk), half copy of P, accumulator, m, l, column keys.
+  const int64_t per_thread = rows_max * bk + rows_max * p.E + 2 * rows_max + bk;
   std::vector<float> scratch(nthreads * per_thread);
-  std::vector<T> scratch_half(half ? nthreads * bq * bk : 0);
+  std::vector<T> scratch_half(half ? nthreads * rows_max * bk : 0);
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
 
-  // Parallel over (batch, head, query block); the kv head is h / R (GQA without repeating K/V).
-  at::parallel_for(0, p.B * p.H * q_blocks, 1, [&](int64_t begin, int64_t end) {
+  // Parallel over (batch * kv group, query block); K/V are read in place, never repeated.
+  at::parallel_for(0, p.B * p.G * group_blocks, 1, [&](int64_t begin, int64_t end) {
     SequentialBlas sequential_blas;
     const int64_t tid = at::get_thread_num();
     float* qk = scratch.data() + tid * per_thread;
-    float* acc = qk + bq * bk;
-    float* mrow = acc + bq * p.E;
-    float* lrow = mrow + bq;
-    uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + bq);
-    T* p_half = half ? scratch_half.data() + tid * bq * bk : nullptr;
+    float* acc = qk + rows_max * bk;
+    float* mrow = acc + rows_max * p.E;
+    float* lrow = mrow + rows_max;
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + rows_max);
+    T* p_half = half ? scratch_half.data() + tid * rows_max * bk : nullptr;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t bh = item / q_blocks, qb = item % q_blocks;
-      const int64_t b = bh / p.H, h = bh % p.H, g = h / p.R;
-      const int64_t m0 = qb * bq, rows = std::min(bq, p.Lb - m0);
-      const T* qp = q + (bh * p.Lb + m0) * p.D;
-      const T* kp = k + (b * p.G + g) * p.Sb * p.D;
-      const T* vp = v + (b * p.G + g) * p.Sb * p.E;
+      const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
+      const int64_t b = bg / p.G, g = bg % p.G;
+      int64_t pr0, rows;  // packed rows [pr0, pr0 + rows) of this group
+      if (p.Lb >= bq) {
+        const int64_t m = (t % blocks_per_head) * bq;
+        pr0 = (t / blocks_per_head) * p.Lb + m, rows = std::min(bq, p.Lb - m);
+      } else {
+        pr0 = t * heads_per_block * p.Lb, rows = std::min(heads_per_block, p.R - t * heads_per_block) * p.Lb;
+      }
+      auto head_of = [&](int64_t r) { return g * p.R + (pr0 + r) / p.Lb; };
+      auto query_of = [&](int64_t r) { return p.i0 + (pr0 + r) % p.Lb; };
+      const int64_t row0 = bg * p.R * p.Lb + pr0;  // first row in (B*H*Lb) order
+      const T* qp = q + row0 * p.D;
+      const T* kp = k + bg * p.Sb * p.D;
+      const T* vp = v + bg * p.Sb * p.E;
       // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
       int64_t jlo = p.Sb, jhi = 0;
       for (int64_t r = 0; r < rows; ++r) {
         int64_t lo, hi;
-        row_range(p, b, p.i0 + m0 + r, lo, hi);
+        row_range(p, b, query_of(r), lo, hi);
         lo = std::clamp(lo - p.j0, int64_t(0), p.Sb);
         hi = std::clamp(hi - p.j0, int64_t(0), p.Sb);
         if (lo < hi) jlo = std::min(jlo, lo), jhi = std::max(jhi, hi);
@@ -368,7 +387,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         if (p.dropout_p > 0.f)
           for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(p.j0 + n0 + c);
         for (int64_t r = 0; r < rows; ++r) {
-          const int64_t ia = p.i0 + m0 + r;
+          const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
           // Alg. 1 line 9: m_new = max(m_old, rowmax(S)).
           const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr);
@@ -400,11 +419,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       }
       // Alg. 1 lines 12-13: O = diag(l)^-1 O, L = m + log l; rows that saw nothing: O = 0, L = -inf.
       for (int64_t r = 0; r < rows; ++r) {
-        float* o = out + (bh * p.Lb + m0 + r) * p.E;
+        float* o = out + (row0 + r) * p.E;
         const float l = lrow[r];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float inv = l == 0.f ? 0.f : 1.f / l;  // NaN rows stay NaN
         at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
-        lse[bh * p.Lb + m0 + r] = l > 0.f ? mrow[r] + std::log(l) : kNegInf;
+        lse[row0 + r] = l == 0.f ? kNegInf : mrow[r] + std::log(l);
       }
     }
   });
@@ -450,7 +469,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
     for (int w = 0; w < 2; ++w)
       if (dmask_out[w]) dm_t[w] = dmask_private[w][tid].data_ptr<float>(), dm_s[w] = broadcast_strides(*dmask_out[w]);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t bg = item / k_blocks, kb = item % k_blocks;
+      const int64_t bg = item / k_blocks, kb = zigzag(item % k_blocks, k_blocks);
       const int64_t b = bg / p.G, g = bg % p.G;
       const int64_t n0 = kb * bk, cols = std::min(bk, p.Sb - n0);
       const int64_t ja = p.j0 + n0;
