@@ -329,6 +329,25 @@ def test_visible_nonfinite_values_follow_ieee(tile_path):
     assert err(ours, expected) < TOL64
 
 
+def test_visible_nonfinite_key_gradients_stay_in_the_rows_that_see_it(tile_path):
+    """Backward: a NaN/inf in a key row reaches the query rows that see it as IEEE says (the reference
+    is exact for those rows) and leaves the other rows as if it were finite."""
+    B, H, L, S = 1, 2, 40, 50
+    q, k, v = qkv(B, H, 1, L, S, 8, dtype=torch.float64, seed=6)
+    seen = 20 - (S - L)  # bottom-right causal: rows >= 10 see key 20
+    for bad in ("k", "v"):
+        kk, vv = k.clone(), v.clone()
+        (kk if bad == "k" else vv)[0, 0, 20, 2] = -INF if bad == "k" else NAN
+        grads = []
+        for engine, kx, vx in (("flash", kk, vv), ("reference", kk, vv), ("reference", k, v)):
+            qx = q.clone().requires_grad_()
+            out = (attention if engine == "flash" else attnkit.attention)(qx, kx, vx, engine=engine, causal=True)
+            grads.append(torch.autograd.grad(out.sum(), qx)[0])
+        assert torch.isnan(grads[0][:, :, seen:]).any(), bad
+        assert err(grads[0][:, :, seen:], grads[1][:, :, seen:]) < TOL64, bad
+        assert err(grads[0][:, :, :seen], grads[2][:, :, :seen]) < TOL64, bad
+
+
 def test_tile_path_choice_and_explain(monkeypatch):
     q, k, v = qkv(1, 2, 2, 8, 8, 8)
     spec = attnkit.functional._build_spec(

@@ -379,13 +379,25 @@ class _Tiles:
     def add_visible(self, acc: Tensor, w: Tensor, x: Tensor, rows: list[int], hid: Tensor | None, rl: int) -> None:
         """``acc (BG, R·Lt, X) += Σ_{j ∈ rows, visible} w[:, :, j]·x_nf[:, j]``: the IEEE contributions of
         the non-finite entries ``x_nf`` of key rows ``rows``, which the products saw as zeros."""
+        spec = self.spec
         xs = x[:, rows]  # (BG, J, X)
-        x_nf = torch.where(torch.isfinite(xs), torch.zeros_like(xs), xs)
-        prod = w[:, :, rows].unsqueeze(-1) * x_nf.unsqueeze(1)  # (BG, R·Lt, J, X)
-        if hid is not None:
-            h = self.pack(hid[..., rows], rl)  # (BG, R·Lt, J)
-            prod = prod.masked_fill(h.unsqueeze(-1), 0.0)
-        acc += prod.sum(2)
+        nf = ~torch.isfinite(xs)
+        if hid is not None:  # keep only rows non-finite where some query of that (b, g) can see them
+            vis = (~hid[..., rows]).any(2).expand(spec.B, spec.H, len(rows))
+            vis = vis.reshape(spec.B, spec.G, self.R, len(rows)).any(2).reshape(self.BG, len(rows))
+            useful = (nf.any(-1) & vis).any(0).nonzero().flatten().tolist()
+            if not useful:
+                return
+            rows, xs, nf = [rows[n] for n in useful], xs[:, useful], nf[:, useful]
+        x_nf = xs.masked_fill(~nf, 0.0)
+        # (BG, R·Lt, J, X) products, in chunks of J so a tile full of garbage keys stays small.
+        step = max(1, (1 << 22) // max(1, self.BG * rl * xs.shape[-1]))
+        for n in range(0, len(rows), step):
+            cols = rows[n : n + step]
+            prod = w[:, :, cols].unsqueeze(-1) * x_nf[:, n : n + step].unsqueeze(1)
+            if hid is not None:
+                prod = prod.masked_fill(self.pack(hid[..., cols], rl).unsqueeze(-1), 0.0)
+            acc += prod.sum(2)
 
     def zeroed(self, t3: Tensor, c: int, d: int) -> Tensor:
         """Tile ``[c, d)`` of ``t3`` with its non-finite entries set to 0 (a copy)."""
