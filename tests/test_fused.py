@@ -155,7 +155,9 @@ def test_decode_shapes_pack_query_heads(case):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", [dict(), dict(causal=True), dict(mask="float", window=(40, 3)),
                                   dict(alibi_slopes="alibi", softcap=5.0, kv_lengths=[60, 17])], ids=str)
-def test_half_precision(dtype, case):
+@pytest.mark.parametrize("half_gemm", ["1", "0"], ids=["half-gemm", "f32-gemm"])
+def test_half_precision(dtype, case, half_gemm, monkeypatch):
+    monkeypatch.setenv("ATTNKIT_FUSED_HALF_GEMM", half_gemm)
     B, H, G, L, S, D = 2, 4, 2, 97, 130, 59
     q, k, v = qkv(B, H, G, L, S, D, seed=3)
     check_all(q, k, v, materialize(case, B, H, L, S), dtype)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from ..spec import AttentionSpec
 
-__all__ = ["unsupported", "forward", "backward", "build", "build_status", "cache_root"]
+__all__ = ["unsupported", "forward", "backward", "build", "build_status", "cache_root", "half_gemm"]
 
 SOURCE = Path(__file__).parent / "csrc" / "flash_attention.cpp"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -54,6 +55,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("ATTNKIT_CACHE") or Path.home() / ".cache" / "attnkit")
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_flags() -> list[str]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``), else just the machine name."""
     try:
@@ -224,6 +226,36 @@ def unsupported(spec: AttentionSpec) -> str | None:
     return build_status()
 
 
+def half_gemm() -> bool:
+    """Whether bf16/fp16 inputs run half-precision tile GEMMs (else they are widened to float32).
+
+    MKL's ``cblas_gemm_{bf16bf16,f16f16}f32`` is fast where it has native kernels (Intel CPUs with
+    AMX or AVX512-BF16); on other CPUs it emulates them at fp32 speed and, measured on an AMD EPYC,
+    forks an OpenMP team per call (10-40x slower). ``ATTNKIT_FUSED_HALF_GEMM=1/0`` overrides.
+    """
+    forced = os.environ.get("ATTNKIT_FUSED_HALF_GEMM", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    flags = set(_cpu_flags())
+    intel = "GenuineIntel" in _cpu_vendor()
+    return intel and bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _gemm_dtype(dt: torch.dtype) -> torch.dtype:
+    return dt if dt == torch.float32 or half_gemm() else torch.float32
+
+
 def _as4d(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
     if t is None:
         return None
@@ -268,9 +300,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
     range's visible keys; rows that see none: ``out = 0``, ``lse = -inf``.
     """
     tensors, ints, floats = _args(spec, i0, j0)
-    dt = q.dtype
+    dt = _gemm_dtype(q.dtype)
     return torch.ops.attnkit_fused.forward(
-        q.contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), *tensors, ints, floats
+        q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), *tensors, ints, floats
     )
 
 
@@ -297,7 +329,7 @@ def backward(
     queries; rows with ``lse = -inf`` contribute nothing.
     """
     tensors, ints, floats = _args(spec, i0, j0)
-    dt = q.dtype
+    dt = _gemm_dtype(q.dtype)
     f32 = torch.float32
 
     def target(t: Tensor | None) -> Tensor | None:
@@ -309,7 +341,7 @@ def backward(
     grads = (dq, dk, dv, d_float_mask, d_bias)
     outs = [target(t) for t in grads]
     torch.ops.attnkit_fused.backward(
-        q.contiguous(),
+        q.to(dt).contiguous(),
         k.to(dt).contiguous(),
         v.to(dt).contiguous(),
         dout.to(dt).contiguous(),
