@@ -7,7 +7,7 @@
    localhost). Each rank is its own process, so its peak RSS is the per-rank memory; the
    example also self-checks against ``attnkit.attention`` before the long run.
 2. One ring step, measured on this machine in the same shapes: the local block compute
-   (``block_forward`` on one shard × one shard, full) and the K/V exchange (``batch_isend_irecv``
+   (``_kernel.forward`` on one shard × one shard, full) and the K/V exchange (``batch_isend_irecv``
    between 2 gloo processes, the ring's own code path). These feed the paper estimate in
    RESULTS.md (where the ring stops paying off on a real cluster).
 """
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from attnkit.engines._blocks import block_forward
+from attnkit.engines._kernel import forward as kernel_forward
 from attnkit.spec import AttentionSpec
 
 MiB = 1 << 20
@@ -59,11 +59,11 @@ def block_step_seconds(c: int, H: int, D: int, reps: int = 3) -> float:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, H, c, D, generator=g) for _ in range(3))
     spec = AttentionSpec.build(q, k, v)
-    block_forward(q, k, v, spec)
+    kernel_forward(q, k, v, spec)
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
-        block_forward(q, k, v, spec)
+        kernel_forward(q, k, v, spec)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 

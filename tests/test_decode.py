@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.engines import _blocks, decode
+from attnkit.engines import _kernel, decode
 
 from conftest import assert_flash_rule, err, qkv
 
@@ -29,9 +29,10 @@ def tol64(S: int) -> float:
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force many query/key tiles and several thread segments on small inputs."""
-    monkeypatch.setattr(_blocks, "_TILE_ELEMS", 96)
-    monkeypatch.setattr(_blocks, "_MAX_TILE_Q", 3)
-    monkeypatch.setattr(_blocks, "_MIN_TILE_K", 1)
+    monkeypatch.setattr(_kernel, "_TILE_ELEMS", 96)
+    monkeypatch.setattr(_kernel, "_MAX_TILE_Q", 3)
+    monkeypatch.setattr(_kernel, "_MIN_TILE_Q", 1)
+    monkeypatch.setattr(_kernel, "_MIN_TILE_K", 1)
     monkeypatch.setattr(decode, "MIN_SEGMENT", 16)
 
 
@@ -63,7 +64,7 @@ def test_equals_reference_float64(feature, H, G, L, small_tiles):
 @pytest.mark.parametrize("keys_major_rows", [0, 1 << 30], ids=["query_major", "keys_major"])
 def test_both_score_orientations(feature, keys_major_rows, small_tiles, monkeypatch):
     """Scores are computed as K·qᵀ for few packed query rows and q·Kᵀ otherwise; both are exact."""
-    monkeypatch.setattr(_blocks, "_KEYS_MAJOR_ROWS", keys_major_rows)
+    monkeypatch.setattr(_kernel, "_KEYS_MAJOR_ROWS", keys_major_rows)
     B, H, G, L, S, D = 2, 8, 2, 7, 61, 9
     g = torch.Generator().manual_seed(len(feature))
     q, k, v = qkv(B, H, G, L, S, D, 5, dtype=torch.float64, seed=2)
@@ -104,14 +105,16 @@ def test_dispatch_picks_decode_for_decoding_shapes():
     d = attnkit.explain(q17, k, v)
     assert d.engine != "decode" and "L=17 > 16" in d.reasons["decode"]
     for kw, why in [
-        (dict(dropout_p=0.1), "dropout"),
         (dict(normalizer="sparsemax"), "normalizer"),
         (dict(return_weights=True), "return_weights"),
-        (dict(score_mod=lambda s, b, h, i, j: s), "score_mod"),
-        (dict(bias=torch.zeros(1, 8, 1, 3000, requires_grad=True)), "bias requires grad"),
+        (dict(alibi_slopes=torch.ones(1, 8, requires_grad=True)), "alibi_slopes requires grad"),
     ]:
         d = attnkit.explain(q, k, v, **kw)
         assert d.engine != "decode" and why in d.reasons["decode"], (kw, str(d))
+    # The shared kernel runs dropout, score_mod callables and bias gradients for decode too.
+    for kw in (dict(dropout_p=0.1), dict(score_mod=lambda s, b, h, i, j: s),
+               dict(bias=torch.zeros(1, 8, 1, 3000, requires_grad=True))):
+        assert attnkit.explain(q, k, v, **kw).engine == "decode", kw
     q, k, v = qkv(1, 8, 2, 1, 300, 16)  # one block: nothing to split
     d = attnkit.explain(q, k, v, causal=True)
     assert d.engine == "reference" and "one block" in d.reasons["decode"]
@@ -159,3 +162,49 @@ def test_edges_empty_and_nan_rows():
     q[0, 1, 0] = float("nan")
     out = attnkit.attention(q, k, v, engine="decode")
     assert torch.isnan(out[0, 1, 0]).all() and not torch.isnan(out[1]).any() and not torch.isnan(out[0, 0]).any()
+
+
+def test_dropout_equals_reference(small_tiles):
+    """The counter hash drops the same entries in every segment/tile as in the reference engine."""
+    B, H, G, L, S, D = 2, 8, 2, 3, 97, 9
+    q, k, v = qkv(B, H, G, L, S, D, 5, dtype=torch.float64, seed=9, requires_grad=True)
+    kw = dict(dropout_p=0.3, seed=1234, causal=True, kv_lengths=torch.tensor([97, 40]))
+    ours, ref = both(q, k, v, **kw)
+    assert err(ours.out, ref.out) <= tol64(S) and err(ours.lse, ref.lse) <= tol64(S)
+    dout = torch.randn(ref.out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(torch.autograd.grad(ours.out, (q, k, v), dout), torch.autograd.grad(ref.out, (q, k, v), dout)):
+        assert err(a, b) <= tol64(S)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1, 97), (2, 1, 3, 97), (97,)], ids=["per_head_key", "per_batch_row", "per_key"])
+def test_bias_and_float_mask_gradients_equal_reference(shape, small_tiles):
+    B, H, G, L, S, D = 2, 8, 2, 3, 97, 9
+    q, k, v = qkv(B, H, G, L, S, D, dtype=torch.float64, seed=4, requires_grad=True)
+    g = torch.Generator().manual_seed(6)
+    base = [torch.randn(shape, dtype=torch.float64, generator=g) for _ in range(2)]
+    grads = []
+    for engine in ("decode", "reference"):
+        bias, fmask = (t.clone().requires_grad_() for t in base)
+        out = attnkit.attention(q, k, v, bias=bias, mask=fmask, softcap=5.0, causal=True, engine=engine)
+        grads.append(torch.autograd.grad((out**2).sum(), (q, k, v, bias, fmask)))
+    for a, b in zip(*grads):
+        assert err(a, b) <= tol64(S)
+
+
+def test_garbage_past_kv_lengths_is_ignored(small_tiles):
+    """A KV cache from torch.empty: NaN/inf past each sequence's length never reaches any output or grad."""
+    B, H, G, L, S, D = 2, 4, 2, 2, 60, 8
+    q, k, v = qkv(B, H, G, L, S, D, dtype=torch.float64, seed=8)
+    kv_lengths = torch.tensor([25, 60])
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[0, :, 25:] = float("nan")
+    v_bad[0, 1, 30:, 2] = float("inf")
+    v_bad[0, 0, 40] = float("-inf")
+    results = []
+    for kk, vv, engine in ((k_bad, v_bad, "decode"), (k, v, "reference")):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, kk, vv))
+        res = attnkit.attention(qq, kk, vv, kv_lengths=kv_lengths, causal=True, engine=engine, return_lse=True)
+        grads = torch.autograd.grad(res.out.sum() + res.lse.sum(), (qq, kk, vv))
+        results.append((res.out, res.lse, *grads))
+    for a, b in zip(*results):
+        assert torch.isfinite(a).all() and err(a, b) <= tol64(S)

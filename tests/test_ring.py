@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import attnkit
-from attnkit.engines import _blocks
+from attnkit.engines import _kernel
 from attnkit.engines.ring import chunk_ids, ring_attention, shard_sequence, unshard_sequence
 
 from conftest import err, qkv
@@ -105,9 +105,11 @@ def _against_reference(rank: int, world: int) -> list[dict]:
     B, H, G, D, E, c = 2, 4, 2, 11, 7, 5
     N = 2 * world * c  # divisible by 2P (zigzag) and P (contiguous)
     report = []
-    default_tiles = _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K
+    default_tiles = _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K
     for n, (dtype, layout, causal, small) in enumerate(CONFIGS):
-        _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K = (64, 4, 1) if small else default_tiles
+        _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = (
+            (64, 4, 1, 1) if small else default_tiles
+        )
         q, k, v = qkv(B, H, G, N, N, D, E, dtype=torch.float64, seed=n)
         dout = torch.randn(B, H, N, E, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + n))
         refs = {}
@@ -159,7 +161,7 @@ def test_ring_equals_reference(world):
 def _gradcheck_single_rank_groups(rank: int, world: int) -> bool:
     """gradcheck the ring's autograd.Function on a one-rank group (every rank its own group)."""
     groups = [dist.new_group([r]) for r in range(world)]
-    _blocks._TILE_ELEMS, _blocks._MAX_TILE_Q, _blocks._MIN_TILE_K = 8, 2, 1
+    _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = 8, 2, 1, 1
     q, k, v = qkv(1, 2, 1, 4, 4, 3, dtype=torch.float64, seed=rank, requires_grad=True)
 
     def f(q, k, v):
@@ -171,6 +173,30 @@ def _gradcheck_single_rank_groups(rank: int, world: int) -> bool:
 
 def test_ring_function_gradcheck():
     assert all(values(run_ranks(_gradcheck_single_rank_groups, 2)))
+
+
+def _dropout_and_bias(rank: int, world: int) -> list[float]:
+    """Dropout (the counter hash) and a bias that requires grad: output and every gradient vs the reference."""
+    _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = 64, 4, 1, 1
+    B, H, G, D, N = 2, 4, 2, 5, 4 * world
+    q, k, v = qkv(B, H, G, N, N, D, dtype=torch.float64, seed=3)
+    bias = torch.randn(1, H, N, N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    dout = torch.randn(B, H, N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    kw = dict(dropout_p=0.3, seed=21)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    ref = attnkit.attention(*leaves[:3], bias=leaves[3], causal=True, engine="reference", **kw)
+    refs = [ref.detach(), *torch.autograd.grad(ref, leaves, dout)]
+    ql, kl, vl = (shard_sequence(t, rank, world).requires_grad_() for t in (q, k, v))
+    b = bias.clone().requires_grad_()
+    out = ring_attention(ql, kl, vl, bias=b, causal=True, **kw)
+    ours = [out.detach(), *torch.autograd.grad(out, (ql, kl, vl, b), shard_sequence(dout, rank, world))]
+    mine = [shard_sequence(t, rank, world) for t in refs[:4]] + [refs[4]]  # bias.grad: the whole gradient
+    return [err(a, r) for a, r in zip(ours, mine)]
+
+
+def test_ring_dropout_and_bias_gradient_equal_reference():
+    for rank, errs in enumerate(values(run_ranks(_dropout_and_bias, 2))):
+        assert max(errs) <= 64 * 2 * 2 * 5 * EPS64, (rank, errs)  # [out, dq, dk, dv, dbias]
 
 
 def test_sharding_round_trip_and_balance():

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import AttnkitError
-from . import _checks, bench, explain, seq2seq, softmax
+from . import _checks, bench, build, explain, seq2seq, softmax
 
 __all__ = ["build_parser", "main", "FOREIGN"]
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnkit", description="attnkit: softmax attention done right.")
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in (softmax, explain, seq2seq, bench):  # each module's heavy imports load only when it runs
+    for command in (softmax, explain, seq2seq, bench, build):  # each module's heavy imports load only when it runs
         command.register(sub)
     return parser
 

@@ -5,8 +5,9 @@
 - ``reference`` (materialized scores, the oracle), ``sdpa`` (torch's fused kernel),
   ``flash`` (tiled FlashAttention-2), ``decode`` (split-KV for few queries): the dispatched engines.
 - ``ring``: ring attention across processes (public in :mod:`attnkit.distributed`).
-- ``_blocks`` (one block of a larger problem, forward and backward) and ``_tiling`` (the flash
-  block geometry): shared by the engines.
+- ``_kernel``: the one tiled online-softmax kernel (forward and backward over a query range ×
+  key range, its tile geometry, and the choice between the fused C++ path ``_fused`` and the
+  PyTorch tile path), shared by flash, decode and ring.
 
 Every engine module has ``NAME``, ``unsupported(spec) -> str | None`` (why it cannot compute a
 spec, or ``None``) and ``run(q, k, v, spec) -> AttentionOutput``. An engine never imports a

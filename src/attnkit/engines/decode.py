@@ -11,11 +11,13 @@ idle when ``B·H`` is small. This engine instead
    ``(out, lse)``;
 3. merges the partials exactly with :func:`attnkit.merge_partials` (DESIGN.md).
 
-Masks follow the spec (bottom-right causal, windows, ragged ``kv_lengths``, dense boolean
-masks sliced per tile), as do ALiBi, softcap and float masks/biases. Tiles hidden by the
-structured masks are skipped; keys past the longest ``kv_lengths`` are never read.
-Gradients for ``q, k, v`` (and ``lse``) use the FlashAttention backward of
-:func:`attnkit.engines._blocks.block_backward`, recomputing from the saved ``lse``.
+Every segment is one call of the tiled kernel (:mod:`attnkit.engines._kernel`), so masks
+(bottom-right causal, windows, ragged ``kv_lengths``, dense boolean masks sliced per tile),
+ALiBi, softcap, float masks/biases, ``score_mod`` and dropout (the counter hash: the same
+entries as every engine) follow the spec exactly. Tiles hidden by the structured masks are
+skipped; keys past the longest ``kv_lengths`` are never read. Gradients for ``q, k, v``, the
+float mask / bias and ``lse`` use the kernel's FlashAttention backward, recomputing from the
+saved ``lse``. Which tile path runs and why: :func:`describe`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import Tensor
 
 from ..softmax import merge_partials
 from ..spec import AttentionOutput, AttentionSpec
-from ._blocks import block_backward, block_forward
+from . import _kernel
 
 NAME = "decode"
 MAX_QUERIES = 16
@@ -45,16 +47,16 @@ def unsupported(spec: AttentionSpec) -> str | None:
         return f"not a decoding shape (L={spec.L} > {MAX_QUERIES} queries)"
     if spec.normalizer != "softmax":
         return f"normalizer {spec.normalizer!r} is not a softmax (partials merge only for softmax)"
-    if spec.dropout_p > 0:
-        return "dropout is not implemented in the decode engine"
     if spec.return_weights:
         return "return_weights asks for the (B, H, L, S) map, which the decode engine never builds"
-    if spec.score_mod is not None:
-        return "score_mod callables run in the flash/reference engines"
-    for name, t in (("bias", spec.bias), ("float mask", spec.float_mask), ("alibi_slopes", spec.alibi_slopes)):
-        if t is not None and t.requires_grad:
-            return f"{name} requires grad; the decode engine differentiates query, key and value only"
+    if spec.alibi_slopes is not None and spec.alibi_slopes.requires_grad:
+        return "alibi_slopes requires grad; the decode engine differentiates q, k, v, float masks and biases"
     return None
+
+
+def describe(spec: AttentionSpec) -> str:
+    """Which tile path the engine runs for ``spec`` and why, e.g. ``"tile path: torch (fused: not built)"``."""
+    return _kernel.describe(spec)
 
 
 def _segments(spec: AttentionSpec, workers: int) -> list[tuple[int, int]]:
@@ -83,11 +85,11 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
     workers = torch.get_num_threads() if workers is None else workers
     segs = _segments(spec, workers)
     if not segs:
-        return block_forward(q, k[:, :, :0], v[:, :, :0], spec)
+        return _kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
 
     def part(seg: tuple[int, int]) -> tuple[Tensor, Tensor]:
         j0, j1 = seg
-        return block_forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
+        return _kernel.forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
 
     if len(segs) == 1:
         return part(segs[0])
@@ -100,29 +102,29 @@ class _DecodeAttention(torch.autograd.Function):
     """Split-KV forward; backward recomputes probabilities from the saved ``lse``."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec):  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, *extras: Tensor):  # type: ignore[override]
         out, lse = split_kv_forward(q, k, v, spec)
         ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, *extras)
+        ctx.set_materialize_grads(False)
         return out.to(q.dtype), lse
 
     @staticmethod
-    def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        spec: AttentionSpec = ctx.spec
-        # Δ = rowsum(dO ∘ O); a gradient on lse adds P·dlse to dS, i.e. shifts Δ by -dlse.
-        delta = (dout.to(out.dtype) * out).sum(-1)
-        if dlse is not None:
-            delta = delta - dlse.to(delta.dtype).masked_fill(torch.isinf(lse), 0.0)
-        dq, dk, dv = block_backward(q, k, v, dout, lse, delta, spec)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+    def backward(ctx, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
+        q, k, v, out, lse, *extras = ctx.saved_tensors
+        dout = torch.zeros_like(out) if dout is None else dout
+        # One kernel backward over all keys (the same as the flash engine's).
+        grads = _kernel.all_grads(q, k, v, out, lse, dout, dlse, ctx.spec, extras, ctx.needs_input_grad[4:])
+        return (*grads[:3], None, *grads[3:])
 
 
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
     """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see :func:`attnkit.attention`."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        out, lse = _DecodeAttention.apply(q, k, v, spec)
+    extras = _kernel.grad_extras(spec)[1]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *extras)):
+        out, lse = _DecodeAttention.apply(q, k, v, spec, *extras)
     else:
-        out, lse = split_kv_forward(q, k, v, spec)
+        with torch.no_grad():
+            out, lse = split_kv_forward(q, k, v, spec)
         out = out.to(q.dtype)
     return AttentionOutput(out, lse if spec.return_lse else None, None)

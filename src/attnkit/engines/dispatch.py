@@ -25,7 +25,7 @@ from types import ModuleType
 
 from ..errors import AttnkitError
 from ..spec import AttentionSpec
-from ._tiling import single_block
+from ._kernel import single_block
 
 __all__ = ["ENGINE_ORDER", "Dispatch", "load", "auto_order", "choose"]
 
@@ -42,9 +42,10 @@ class Dispatch:
 
     engine: str
     reasons: dict[str, str] = field(default_factory=dict)
+    detail: str | None = None  # how the chosen engine runs, e.g. "tile path: fused (built for avx512)"
 
     def __str__(self) -> str:
-        lines = [f"engine: {self.engine}"]
+        lines = [f"engine: {self.engine}" + (f" ({self.detail})" if self.detail else "")]
         lines += [f"  not {name}: {why}" for name, why in self.reasons.items()]
         return "\n".join(lines)
 
@@ -77,7 +78,7 @@ def choose(spec: AttentionSpec, engine: str = "auto") -> Dispatch:
         why = load(engine).unsupported(spec)
         if why is not None:
             raise AttnkitError.build(f"a spec the {engine} engine computes exactly", why, "use engine='auto'")
-        return Dispatch(engine)
+        return Dispatch(engine, detail=_detail(engine, spec))
     order, notes = auto_order(spec)
     chosen: str | None = None
     reasons: dict[str, str] = {}
@@ -90,4 +91,10 @@ def choose(spec: AttentionSpec, engine: str = "auto") -> Dispatch:
         else:
             reasons[name] = notes.get(name, f"{chosen} is faster for this spec")
     assert chosen is not None, "the reference engine computes every spec"
-    return Dispatch(chosen, reasons)
+    return Dispatch(chosen, reasons, _detail(chosen, spec))
+
+
+def _detail(engine: str, spec: AttentionSpec) -> str | None:
+    """The engine's own account of how it runs ``spec`` (tiled engines name their tile path)."""
+    describe = getattr(load(engine), "describe", None)
+    return describe(spec) if describe is not None else None

@@ -65,49 +65,39 @@ class _HiddenGuard:
     """Keeps keys that are not visible from influencing anything when K/V hold NaN/±inf.
 
     A hidden key has weight exactly 0, but ``0·NaN = NaN`` in ``P·V`` (and in the backward's
-    ``dS·K``), so a KV cache allocated with ``torch.empty`` would poison every row. The products
-    run on copies with the non-finite entries zeroed; the visible ones are then put back with
-    plain IEEE arithmetic, without gradient (their rows are NaN/inf anyway):
-
-    - scores: ``q·k`` of a visible key holding NaN/inf is the raw product (NaN or ±inf);
-    - values: a visible NaN entry makes its column NaN; ``±inf`` gives ``±inf`` where the weight
-      is positive, NaN where it is 0 (``0·inf``) or where both signs meet.
+    ``dS·K`` and ``dO·Vᵀ``), so a KV cache allocated with ``torch.empty`` would poison every row.
+    The dense products run with every non-finite key row zeroed; the non-finite keys that some
+    row does see (usually few) are added back per (query, key) pair with the hidden pairs' K/V
+    replaced by 0 *before* the product, so autograd never multiplies a zero by NaN/inf there and
+    the visible pairs follow plain IEEE arithmetic, forward and backward.
     """
 
     def __init__(self, k: Tensor, v: Tensor, vis: Tensor, spec: AttentionSpec):
         ct, R = spec.compute_dtype, spec.H // spec.G
-        self.spec, self.vis = spec, vis
         k, v = k.to(ct), v.to(ct)
-        self.k_raw, self.v_raw = k, v
-        self.bad_k = ~torch.isfinite(k)  # (B, G, S, D)
-        self.k = k.masked_fill(self.bad_k, 0.0)
-        self.v = v.masked_fill(~torch.isfinite(v), 0.0)
-        self.R = R
-
-    def _heads(self, t: Tensor) -> Tensor:
-        """(B, G, S, X) → (B, H, S, X): the key/value head each query head reads."""
-        return t.repeat_interleave(self.R, dim=1)
+        bad = ~torch.isfinite(k).all(-1) | ~torch.isfinite(v).all(-1)  # (B, G, S)
+        self.k = k.masked_fill(bad.unsqueeze(-1), 0.0)
+        self.v = v.masked_fill(bad.unsqueeze(-1), 0.0)
+        self.vis = vis.expand(spec.B, spec.H, spec.L, spec.S)
+        bad_h = bad.repeat_interleave(R, dim=1)  # (B, H, S): the kv head each query head reads
+        seen = (self.vis & bad_h.unsqueeze(2)).any(2).any(1).any(0)  # (S,): bad and seen by some row
+        self.cols = seen.nonzero().flatten()
+        self.k_bad = k[:, :, self.cols].repeat_interleave(R, dim=1)  # (B, H, n, D)
+        self.v_bad = v[:, :, self.cols].repeat_interleave(R, dim=1)  # (B, H, n, E)
+        self.vis_bad = self.vis[..., self.cols].unsqueeze(-1)  # (B, H, L, n, 1)
+        self.scale = spec.scale
 
     def scores(self, scores: Tensor, q5: Tensor) -> Tensor:
-        spec = self.spec
-        key_bad = self._heads(self.bad_k.any(-1))[:, :, None, :]  # (B, H, 1, S)
-        sees_bad = self.vis & key_bad
-        if not bool(sees_bad.any()):
+        if self.cols.numel() == 0:
             return scores
-        with torch.no_grad():
-            raw = torch.einsum("bgrld,bgsd->bgrls", q5, self.k_raw).reshape(scores.shape) * spec.scale
-        return torch.where(sees_bad, raw, scores)
+        q = q5.reshape(scores.shape[0], scores.shape[1], scores.shape[2], -1)  # (B, H, L, D)
+        k_pairs = torch.where(self.vis_bad, self.k_bad.unsqueeze(2), 0.0)  # (B, H, L, n, D)
+        extra = (q.unsqueeze(3) * k_pairs).sum(-1) * self.scale  # IEEE q·k for visible pairs, 0 otherwise
+        return scores.index_add(-1, self.cols, extra)
 
     def value_terms(self, probs: Tensor) -> Tensor:
-        """IEEE contributions of the visible non-finite value entries, ``(B, H, L, E)``."""
-        v = self._heads(self.v_raw)  # (B, H, S, E)
-        with torch.no_grad():
-            vis = self.vis.expand_as(probs).to(v.dtype)
-            pos = (probs > 0).to(v.dtype)
-            zero_vis = vis * (probs == 0).to(v.dtype)
-            nan = vis @ v.isnan().to(v.dtype) + zero_vis @ v.isinf().to(v.dtype)
-            plus = pos @ (v == float("inf")).to(v.dtype)
-            minus = pos @ (v == float("-inf")).to(v.dtype)
-            terms = torch.zeros_like(nan)
-            terms = terms.masked_fill(plus > 0, float("inf")).masked_fill(minus > 0, float("-inf"))
-            return terms.masked_fill((nan > 0) | ((plus > 0) & (minus > 0)), float("nan"))
+        """The seen non-finite keys' contribution ``Σ_j P_ij·v_j`` over visible pairs, ``(B, H, L, E)``."""
+        if self.cols.numel() == 0:
+            return torch.zeros((), dtype=probs.dtype, device=probs.device)
+        v_pairs = torch.where(self.vis_bad, self.v_bad.unsqueeze(2), 0.0)  # (B, H, L, n, E)
+        return (probs[..., self.cols].unsqueeze(-1) * v_pairs).sum(-2)

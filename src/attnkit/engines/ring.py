@@ -45,7 +45,7 @@ from ..errors import AttnkitError
 from ..masks import block_class
 from ..softmax import _NEG_INF, merge_partials
 from ..spec import AttentionSpec
-from ._blocks import block_backward, block_forward
+from . import _kernel
 
 __all__ = ["ring_attention", "shard_sequence", "unshard_sequence", "gather_sequence", "chunk_ids"]
 
@@ -159,6 +159,15 @@ class _Ring:
         except RuntimeError as err:
             raise self._fail(err, what) from err
 
+    def all_reduce(self, t: Tensor, what: str) -> None:
+        """Sum ``t`` over the ranks in place, bounded by the timeout."""
+        try:
+            work = dist.all_reduce(t, group=self.group, async_op=True)
+        except RuntimeError as err:
+            raise self._fail(err, what) from err
+        assert work is not None
+        self.wait([work], what)
+
     def check_same(self, meta: list[int], describe: str) -> None:
         """All-gather a small description of each rank's call; raise on every rank if they differ."""
         mine = torch.tensor(meta, dtype=torch.int64)
@@ -233,22 +242,19 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
     lses = torch.full((spec.B, spec.H, q.shape[2]), _NEG_INF, dtype=ct, device=q.device)
     for _, src, k_t, v_t in _rotate(k, v, ring, "forward"):
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            o, lse = block_forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
+            o, lse = _kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
             outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
     return outs, lses
 
 
 def _ring_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None,
-    spec: AttentionSpec, ring: _Ring, layout: Layout,
+    spec: AttentionSpec, ring: _Ring, layout: Layout, d_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
-    # Δ = rowsum(dO ∘ O); a gradient on lse adds P·dlse to dS, i.e. shifts Δ by -dlse.
-    delta = (dout.to(ct) * out).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.to(ct).masked_fill(torch.isinf(lse), 0.0)
+    delta = _kernel.delta(dout, out, lse, dlse)  # rowsum(dO ∘ O) - dlse
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
@@ -260,8 +266,8 @@ def _ring_backward(
         g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            block_backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
-                           spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks])
+            _kernel.backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
+                             spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks], d_bias=d_bias)
         if ring.size > 1:
             if t > 0:
                 ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
@@ -281,17 +287,25 @@ class _RingAttention(torch.autograd.Function):
     """Ring forward; ring backward recomputing probabilities from the saved ``lse``."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str):  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str,  # type: ignore[override]
+                *bias: Tensor):
         out, lse = _ring_forward(q, k, v, spec, ring, layout)  # type: ignore[arg-type]
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, *bias)
         ctx.spec, ctx.ring, ctx.layout = spec, ring, layout
         return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _ring_backward(q, k, v, out, lse, dout, dlse, ctx.spec, ctx.ring, ctx.layout)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        q, k, v, out, lse, *bias = ctx.saved_tensors
+        need_bias = bool(bias) and ctx.needs_input_grad[6]
+        d_bias = torch.zeros(bias[0].shape, dtype=ctx.spec.compute_dtype, device=q.device) if need_bias else None
+        dq, dk, dv = _ring_backward(q, k, v, out, lse, dout, dlse, ctx.spec, ctx.ring, ctx.layout, d_bias)
+        grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None]
+        if bias:
+            if d_bias is not None:  # each rank added its queries' rows: the sum is the whole gradient
+                ctx.ring.all_reduce(d_bias, "sum the bias gradient")
+            grads.append(None if d_bias is None else d_bias.to(bias[0].dtype))
+        return tuple(grads)
 
 
 # --------------------------------------------------------------------------- public API
@@ -320,6 +334,9 @@ def ring_attention(
     group: dist.ProcessGroup | None = None,
     layout: Layout = "zigzag",
     timeout: float | timedelta | None = None,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
     return_lse: bool = False,
     check: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -340,6 +357,13 @@ def ring_attention(
             holds ``r`` and ``2P-1-r``: balanced causal work) or ``"contiguous"``.
         timeout: seconds (or ``timedelta``) each communication may take before every live
             rank raises :class:`AttnkitError`; default: the process group's timeout.
+        bias: float tensor broadcastable to the *whole* problem's ``(B, H, L, S)`` (absolute
+            positions, e.g. ``(1, H, 1, S)``), the same on every rank, added to the scores. If it
+            requires grad, backward all-reduces its gradient: every rank's ``bias.grad`` is the
+            whole gradient (like a replicated parameter).
+        dropout_p, seed: attention dropout with the counter hash of ``attnkit.attention`` (the
+            same entries as every engine for the same ``seed``); ``seed`` must be the same int on
+            every rank and is required when ``dropout_p > 0``.
         return_lse: also return ``lse (B, H, L/P)`` (float32; float64 for float64 input).
         check: all-gather the call's shapes first, so a rank with mismatched shards makes
             every rank raise instead of exchanging garbage (one tiny collective per call).
@@ -367,22 +391,32 @@ def ring_attention(
         )
     if layout not in _LAYOUTS:
         raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
+    if not 0.0 <= dropout_p < 1.0 or (dropout_p > 0 and seed is None):
+        raise AttnkitError.build(
+            "0 <= dropout_p < 1, with an int seed (the same on every rank) when dropout_p > 0",
+            f"dropout_p={dropout_p}, seed={seed}", "pass e.g. dropout_p=0.1, seed=step",
+        )
     td = timedelta(seconds=timeout) if isinstance(timeout, (int, float)) else timeout
     ring = _Ring(group, td)
     # The local shards are checked like attnkit.attention's tensors; the spec describes the whole sequence.
-    spec = AttentionSpec.build(query, key, value, causal=bool(causal), scale=scale, shards=ring.size)
+    spec = AttentionSpec.build(query, key, value, causal=bool(causal), scale=scale, bias=bias, dropout_p=dropout_p,
+                               seed=seed, shards=ring.size)
     _check_shards(query, key, causal, layout)
     B, H, Lc, D = query.shape
     G, Sc, E = key.shape[1], key.shape[2], value.shape[3]
     if check and ring.size > 1:
         dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         dtype_code = dtypes.index(query.dtype) if query.dtype in dtypes else -1
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad)]
+        leaves = (query, key, value) + ((bias,) if bias is not None else ())
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+        bias_code = -1 if bias is None else int(bias.requires_grad)
+        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad),
+                bias_code, int(dropout_p * 2**20), int(seed or 0) & (2**62 - 1)]
         # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
-        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad]")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        out, lse = _RingAttention.apply(query, key, value, spec, ring, layout)
+        ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad, bias, dropout, seed]")
+    extras = (spec.bias,) if spec.bias is not None else ()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *extras)):
+        out, lse = _RingAttention.apply(query, key, value, spec, ring, layout, *extras)
     else:
         out, lse = _ring_forward(query, key, value, spec, ring, layout)
         out = out.to(query.dtype)

@@ -1,0 +1,633 @@
+// The fused CPU kernel of attnkit: FlashAttention-2 forward (Algorithm 1) and backward
+// (Algorithm 2) over one query range x one key range, with attnkit's structure fused in the tile.
+//
+// Contract (engines/_fused.py, notes/KERNEL-CONTRACT.md):
+//   forward(q (B,H,Lb,D), k (B,G,Sb,D), v (B,G,Sb,E), ...) -> out (B,H,Lb,E) f32, lse (B,H,Lb) f32
+//     queries are the absolute rows [i0, i0+Lb), keys the absolute columns [j0, j0+Sb) of an
+//     (L, S) problem; masks/biases are indexed with absolute positions through broadcast strides.
+//   backward(..., dout, lse, delta, dq, dk, dv, d_float_mask?, d_bias?) accumulates in place.
+//
+// Score of (b, h, i, j), in attnkit.scores order:
+//   s = scale*q.k -> softcap c*tanh(s/c) -> + alibi -slope*|p-j| -> + float_mask + bias
+//   -> hidden (causal / window / lengths / bool mask) = -inf.
+// Softmax state and accumulation are float32 whatever the input type; half inputs use
+// half-precision GEMMs (bf16 x bf16 -> f32, fp16 x fp16 -> f32) as SDPA's CPU kernel does.
+//
+// GEMMs: SDPA's kernel calls at::native::cpublas::gemm, which is not exported from libtorch_cpu;
+// it forwards fp32 to MKL's sgemm_ and bf16/fp16 to MKL's cblas_gemm_{bf16bf16,f16f16}f32, which
+// ARE exported, so we call those (weak symbols) and fall back to at::mm on torch builds without MKL.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace attnkit_fused {
+namespace {
+
+// ----------------------------------------------------------------------------- block sizes
+// Forward query blocks as SDPA (256 / 64 / 32 rows for Lb >= 768 / >= 192 / else), keys 512.
+constexpr int64_t kFwdBlockQLarge = 256;
+constexpr int64_t kFwdBlockQMid = 64;
+constexpr int64_t kFwdBlockQSmall = 32;
+constexpr int64_t kFwdBlockK = 512;
+// Backward: parallel over (batch*kv-group, key block); small key blocks give B=1 H=1 work
+// to every core, the query blocks are walked inside.
+constexpr int64_t kBwdBlockQ = 64;
+constexpr int64_t kBwdBlockK = 128;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+using Vec = at::vec::Vectorized<float>;
+
+// ----------------------------------------------------------------------------- GEMM
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void cblas_gemm_bf16bf16f32(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int,
+                            float, float*, int) __attribute__((weak));
+void cblas_gemm_f16f16f32(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int,
+                          float, float*, int) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // the C interface (by value)
+}
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+template <typename T>
+at::Tensor as_matrix(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  // Row-major (rows x cols) with leading dim ld, or its transpose when `trans`.
+  auto t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1},
+                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  return trans ? t.t() : t;
+}
+
+// Row-major C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C  (C float32).
+template <typename T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ != nullptr) {
+      // Column-major BLAS computes C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+      const int m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
+      const char fa = tb ? 'T' : 'N', fb = ta ? 'T' : 'N';
+      sgemm_(&fa, &fb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+      return;
+    }
+  } else if constexpr (std::is_same_v<T, at::BFloat16>) {
+    if (cblas_gemm_bf16bf16f32 != nullptr) {
+      cblas_gemm_bf16bf16f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, M, N, K, alpha,
+                             reinterpret_cast<const uint16_t*>(A), lda, reinterpret_cast<const uint16_t*>(B), ldb,
+                             beta, C, ldc);
+      return;
+    }
+  } else {
+    if (cblas_gemm_f16f16f32 != nullptr) {
+      cblas_gemm_f16f16f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, M, N, K, alpha,
+                           reinterpret_cast<const uint16_t*>(A), lda, reinterpret_cast<const uint16_t*>(B), ldb,
+                           beta, C, ldc);
+      return;
+    }
+  }
+  // No MKL in this torch build: the same product through ATen (slower, same numbers in fp32).
+  auto a = as_matrix(A, M, K, lda, ta).to(at::kFloat);
+  auto b = as_matrix(B, K, N, ldb, tb).to(at::kFloat);
+  auto c = as_matrix(C, M, N, ldc, false);
+  auto prod = at::mm(a, b);
+  if (beta == 0.f) {
+    c.copy_(prod.mul_(alpha));
+  } else {
+    c.mul_(beta).add_(prod, alpha);
+  }
+}
+
+// Tile GEMMs are small and already run one per thread: MKL must not fork its own OpenMP team
+// per call (each fork/join waits at a barrier — seconds under load when a thread is descheduled).
+struct SequentialBlas {
+  int previous = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+};
+
+// ----------------------------------------------------------------------------- dropout
+// Port of attnkit/dropout.py: the same counter hash, so keep masks are bit-identical.
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x21F0AAADu;
+  x ^= x >> 15;
+  x *= 0x735A2D97u;
+  return x ^ (x >> 15);
+}
+inline uint32_t col_key(int64_t j) { return mix32(static_cast<uint32_t>(j) * 0x2545F491u); }
+
+// ----------------------------------------------------------------------------- parameters
+struct Strides4 {
+  int64_t b = 0, h = 0, i = 0, j = 0;
+};
+
+inline Strides4 broadcast_strides(const at::Tensor& t) {
+  // Size-1 dims broadcast: stride 0.
+  Strides4 s;
+  s.b = t.size(0) == 1 ? 0 : t.stride(0);
+  s.h = t.size(1) == 1 ? 0 : t.stride(1);
+  s.i = t.size(2) == 1 ? 0 : t.stride(2);
+  s.j = t.size(3) == 1 ? 0 : t.stride(3);
+  return s;
+}
+
+struct Params {
+  int64_t B, H, G, R, Lb, Sb, D, E;
+  int64_t i0, j0, L, S;
+  float scale;
+  int64_t causal;  // 0 none, 1 bottom_right, 2 top_left
+  int64_t wl, wr;  // window sides, -1 = unbounded
+  const int64_t* kv_len = nullptr;
+  const int64_t* q_len = nullptr;
+  const bool* mask = nullptr;
+  Strides4 ms;
+  const float* fmask = nullptr;
+  Strides4 fs;
+  const float* bias = nullptr;
+  Strides4 bs;
+  const float* alibi = nullptr;  // (B, H) contiguous
+  float softcap = 0.f;           // 0 = none
+  float dropout_p = 0.f;
+  int64_t threshold = 0;  // keep iff hash >= threshold
+  uint32_t base_key = 0;  // mix32 of the seed
+};
+
+Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& q_lengths,
+                   const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& float_mask,
+                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alibi,
+                   at::IntArrayRef ints, at::ArrayRef<double> floats) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
+  TORCH_CHECK(ints.size() == 9 && floats.size() == 3, "ints = [i0,j0,L,S,causal,wl,wr,seed,threshold]");
+  Params p;
+  p.B = q.size(0), p.H = q.size(1), p.Lb = q.size(2), p.D = q.size(3);
+  p.G = k.size(1), p.Sb = k.size(2), p.E = v.size(3);
+  TORCH_CHECK(p.G > 0 && p.H % p.G == 0, "H must be a multiple of G");
+  p.R = p.H / p.G;
+  p.i0 = ints[0], p.j0 = ints[1], p.L = ints[2], p.S = ints[3];
+  p.causal = ints[4], p.wl = ints[5], p.wr = ints[6];
+  const uint64_t seed = static_cast<uint64_t>(ints[7]);
+  p.threshold = ints[8];
+  p.base_key = mix32(static_cast<uint32_t>(seed & 0xFFFFFFFFu) ^ static_cast<uint32_t>((seed >> 32) & 0xFFFFFFFFu));
+  p.scale = static_cast<float>(floats[0]);
+  p.softcap = static_cast<float>(floats[1]);
+  p.dropout_p = static_cast<float>(floats[2]);
+  if (kv_lengths) p.kv_len = kv_lengths->data_ptr<int64_t>();
+  if (q_lengths) p.q_len = q_lengths->data_ptr<int64_t>();
+  if (mask) p.mask = mask->data_ptr<bool>(), p.ms = broadcast_strides(*mask);
+  if (float_mask) p.fmask = float_mask->data_ptr<float>(), p.fs = broadcast_strides(*float_mask);
+  if (bias) p.bias = bias->data_ptr<float>(), p.bs = broadcast_strides(*bias);
+  if (alibi) p.alibi = alibi->data_ptr<float>();
+  return p;
+}
+
+// Visible absolute keys [lo, hi) of absolute query row ia in batch b from the structured masks
+// (attnkit.masks.visible): aligned position pos = ia + offset, offset = 0 (top_left) or
+// kv_len - q_len (bottom_right; S - L without lengths).
+inline void row_range(const Params& p, int64_t b, int64_t ia, int64_t& lo, int64_t& hi) {
+  const int64_t kvl = p.kv_len ? p.kv_len[b] : p.S;
+  const int64_t ql = p.q_len ? p.q_len[b] : p.L;
+  lo = 0, hi = p.S;
+  if (p.q_len && ia >= ql) {
+    hi = 0;
+    return;
+  }
+  if (p.kv_len) hi = std::min(hi, kvl);
+  if (p.causal != 0 || p.wl >= 0 || p.wr >= 0) {
+    const int64_t pos = ia + (p.causal == 2 ? 0 : kvl - ql);
+    if (p.causal != 0) hi = std::min(hi, pos + 1);
+    if (p.wl >= 0) lo = std::max(lo, pos - p.wl);
+    if (p.wr >= 0 && p.causal == 0) hi = std::min(hi, pos + p.wr + 1);
+  }
+  hi = std::max(hi, lo);
+}
+
+inline int64_t align_offset(const Params& p, int64_t b) {
+  if (p.causal == 2) return 0;
+  return (p.kv_len ? p.kv_len[b] : p.S) - (p.q_len ? p.q_len[b] : p.L);
+}
+
+inline Vec load_strided(const float* base, int64_t stride, int64_t count) {
+  if (stride == 1) return Vec::loadu(base, count);
+  if (stride == 0) return Vec(*base);
+  __at_align__ float tmp[Vec::size()] = {};
+  for (int64_t t = 0; t < count; ++t) tmp[t] = base[t * stride];
+  return Vec::loadu(tmp);
+}
+
+// Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
+// final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
+// visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
+// `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule.
+inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
+                       float* dcap) {
+  int64_t lo, hi;
+  row_range(p, b, ia, lo, hi);
+  lo = std::clamp(lo - ja, int64_t(0), n);
+  hi = std::clamp(hi - ja, int64_t(0), n);
+  std::fill(s, s + lo, kNegInf);
+  std::fill(s + hi, s + n, kNegInf);
+  if (lo >= hi) return kNegInf;
+  const int64_t VS = Vec::size();
+  const Vec vscale(p.scale), vninf(kNegInf);
+  Vec vmax(kNegInf);
+  const bool cap = p.softcap != 0.f;
+  const float slope = p.alibi ? p.alibi[b * p.H + h] : 0.f;
+  const float pos = static_cast<float>(ia + align_offset(p, b));
+  const float* frow = p.fmask ? p.fmask + b * p.fs.b + h * p.fs.h + ia * p.fs.i : nullptr;
+  const float* brow = p.bias ? p.bias + b * p.bs.b + h * p.bs.h + ia * p.bs.i : nullptr;
+  for (int64_t j = lo; j < hi; j += VS) {
+    const int64_t cnt = std::min(VS, hi - j);
+    Vec x = Vec::loadu(s + j, cnt) * vscale;
+    if (cap) {
+      Vec t = (x * Vec(1.f / p.softcap)).tanh();
+      if (dcap) (Vec(1.f) - t * t).store(dcap + j, cnt);
+      x = t * Vec(p.softcap);
+    }
+    if (p.alibi) {
+      Vec dist = Vec(pos) - Vec::arange(static_cast<float>(ja + j), 1.f);
+      x = x - Vec(slope) * dist.abs();
+    }
+    if (frow) x = x + load_strided(frow + (ja + j) * p.fs.j, p.fs.j, cnt);
+    if (brow) x = x + load_strided(brow + (ja + j) * p.bs.j, p.bs.j, cnt);
+    x.store(s + j, cnt);
+    vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
+  }
+  if (p.mask) {
+    const bool* mrow = p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i;
+    vmax = vninf;
+    for (int64_t j = lo; j < hi; ++j) {
+      if (!mrow[(ja + j) * p.ms.j]) s[j] = kNegInf;
+    }
+    for (int64_t j = lo; j < hi; j += VS) {
+      const int64_t cnt = std::min(VS, hi - j);
+      Vec x = Vec::loadu(s + j, cnt);
+      vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
+    }
+  }
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
+}
+
+// s <- exp(s - m), returns the row sum (FA-2 Alg. 1 line 10: P~ and rowsum(P~) in one pass).
+inline float exp_sum_row(float* s, int64_t n, float m) {
+  const int64_t VS = Vec::size();
+  const Vec vm(m);
+  Vec vsum(0.f);
+  int64_t j = 0;
+  for (; j + VS <= n; j += VS) {
+    Vec e = (Vec::loadu(s + j) - vm).exp_u20();
+    e.store(s + j);
+    vsum = vsum + e;
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
+  for (; j < n; ++j) {
+    s[j] = std::exp(s[j] - m);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
+inline void dropout_row(const Params& p, int64_t b, int64_t h, int64_t ia, const uint32_t* ckeys, float* s,
+                        int64_t n, float keep_scale) {
+  const uint32_t bh = mix32(p.base_key ^ static_cast<uint32_t>(b * p.H + h));
+  const uint32_t rk = mix32(bh ^ static_cast<uint32_t>(ia));
+  const int64_t thr = p.threshold;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool keep = static_cast<int64_t>(mix32(rk ^ ckeys[j])) >= thr;
+    s[j] = keep ? s[j] * keep_scale : 0.f;
+  }
+}
+
+template <typename T>
+inline void to_gemm_type(const float* src, T* dst, int64_t n) {
+  if constexpr (!std::is_same_v<T, float>) at::vec::convert(src, dst, n);
+}
+
+// ============================================================================= forward
+// Causal work is triangular: visiting blocks as 0, n-1, 1, n-2, ... gives each thread's
+// contiguous chunk of items an even mix of light and heavy blocks.
+inline int64_t zigzag(int64_t t, int64_t n) { return t % 2 == 0 ? t / 2 : n - 1 - t / 2; }
+
+template <typename T>
+void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse) {
+  const int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
+  const int64_t bk = kFwdBlockK;
+  // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
+  // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
+  // (decode): several heads per block, so one pass over K/V serves them all.
+  const int64_t heads_per_block = p.Lb >= bq ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
+  const int64_t blocks_per_head = p.Lb >= bq ? (p.Lb + bq - 1) / bq : 0;
+  const int64_t group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
+  const int64_t rows_max = p.Lb >= bq ? bq : heads_per_block * p.Lb;
+  constexpr bool half = !std::is_same_v<T, float>;
+  const int64_t nthreads = at::get_num_threads();
+  // Per-thread scratch: scores (rows x bk), half copy of P, accumulator, m, l, column keys.
+  const int64_t per_thread = rows_max * bk + rows_max * p.E + 2 * rows_max + bk;
+  std::vector<float> scratch(nthreads * per_thread);
+  std::vector<T> scratch_half(half ? nthreads * rows_max * bk : 0);
+  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+
+  // Parallel over (batch * kv group, query block); K/V are read in place, never repeated.
+  at::parallel_for(0, p.B * p.G * group_blocks, 1, [&](int64_t begin, int64_t end) {
+    SequentialBlas sequential_blas;
+    const int64_t tid = at::get_thread_num();
+    float* qk = scratch.data() + tid * per_thread;
+    float* acc = qk + rows_max * bk;
+    float* mrow = acc + rows_max * p.E;
+    float* lrow = mrow + rows_max;
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + rows_max);
+    T* p_half = half ? scratch_half.data() + tid * rows_max * bk : nullptr;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
+      const int64_t b = bg / p.G, g = bg % p.G;
+      int64_t pr0, rows;  // packed rows [pr0, pr0 + rows) of this group
+      if (p.Lb >= bq) {
+        const int64_t m = (t % blocks_per_head) * bq;
+        pr0 = (t / blocks_per_head) * p.Lb + m, rows = std::min(bq, p.Lb - m);
+      } else {
+        pr0 = t * heads_per_block * p.Lb, rows = std::min(heads_per_block, p.R - t * heads_per_block) * p.Lb;
+      }
+      auto head_of = [&](int64_t r) { return g * p.R + (pr0 + r) / p.Lb; };
+      auto query_of = [&](int64_t r) { return p.i0 + (pr0 + r) % p.Lb; };
+      const int64_t row0 = bg * p.R * p.Lb + pr0;  // first row in (B*H*Lb) order
+      const T* qp = q + row0 * p.D;
+      const T* kp = k + bg * p.Sb * p.D;
+      const T* vp = v + bg * p.Sb * p.E;
+      // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
+      int64_t jlo = p.Sb, jhi = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t lo, hi;
+        row_range(p, b, query_of(r), lo, hi);
+        lo = std::clamp(lo - p.j0, int64_t(0), p.Sb);
+        hi = std::clamp(hi - p.j0, int64_t(0), p.Sb);
+        if (lo < hi) jlo = std::min(jlo, lo), jhi = std::max(jhi, hi);
+        mrow[r] = kNegInf;
+        lrow[r] = 0.f;
+      }
+      std::fill(acc, acc + rows * p.E, 0.f);
+      for (int64_t n0 = (jlo / bk) * bk; n0 < jhi; n0 += bk) {
+        const int64_t cols = std::min(bk, p.Sb - n0);
+        // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
+        gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
+        if (p.dropout_p > 0.f)
+          for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(p.j0 + n0 + c);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t ia = query_of(r), h = head_of(r);
+          float* s = qk + r * cols;
+          // Alg. 1 line 9: m_new = max(m_old, rowmax(S)).
+          const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr);
+          // NaN (from a NaN query) must win over -inf so it stays in its row.
+          const float mnew = std::isnan(smax) ? smax : std::max(mrow[r], smax);
+          if (mnew == kNegInf) {
+            std::fill(s, s + cols, 0.f);  // nothing visible yet: P = 0 (never exp(-inf + inf))
+          } else {
+            // Alg. 1 line 10: P = exp(S - m_new), l = e^{m_old - m_new} l + rowsum(P).
+            const float sum = exp_sum_row(s, cols, mnew);
+            const float alpha = std::exp(mrow[r] - mnew);
+            lrow[r] = alpha * lrow[r] + sum;
+            mrow[r] = mnew;
+            if (alpha != 1.f) {
+              // O = diag(e^{m_old - m_new}) O before adding this block's P V.
+              at::vec::map<float>([alpha](Vec x) { return x * Vec(alpha); }, acc + r * p.E, acc + r * p.E, p.E);
+            }
+            // Dropout after the sum: l keeps the undropped normalizer (out = sum p keep v / ((1-p) l)).
+            if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
+          }
+          if constexpr (half) to_gemm_type(s, p_half + r * cols, cols);
+        }
+        // Alg. 1 line 10 (cont.): O += P V_j.
+        if constexpr (half) {
+          gemm<T>(false, false, rows, p.E, cols, 1.f, p_half, cols, vp + n0 * p.E, p.E, 1.f, acc, p.E);
+        } else {
+          gemm<T>(false, false, rows, p.E, cols, 1.f, qk, cols, vp + n0 * p.E, p.E, 1.f, acc, p.E);
+        }
+      }
+      // Alg. 1 lines 12-13: O = diag(l)^-1 O, L = m + log l; rows that saw nothing: O = 0, L = -inf.
+      for (int64_t r = 0; r < rows; ++r) {
+        float* o = out + (row0 + r) * p.E;
+        const float l = lrow[r];
+        const float inv = l == 0.f ? 0.f : 1.f / l;  // NaN rows stay NaN
+        at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
+        lse[row0 + r] = l == 0.f ? kNegInf : mrow[r] + std::log(l);
+      }
+    }
+  });
+}
+
+// ============================================================================= backward
+template <typename T>
+void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                     const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
+  const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
+  const int64_t k_blocks = (p.Sb + bk - 1) / bk;
+  constexpr bool half = !std::is_same_v<T, float>;
+  const int64_t nthreads = at::get_num_threads();
+  // Per-thread scratch: P, dP (bq x bk), softcap derivative, dK/dV accumulators, column keys.
+  const int64_t per_thread = 3 * bq * bk + bk * p.D + bk * p.E + bk;
+  std::vector<float> scratch(nthreads * per_thread);
+  std::vector<T> scratch_half(half ? nthreads * 2 * bq * bk : 0);
+  // dQ gathers contributions from every key block: one private copy per thread, summed at the end.
+  const int64_t dq_numel = p.B * p.H * p.Lb * p.D;
+  std::vector<float> dq_private(nthreads > 1 ? (nthreads - 1) * dq_numel : 0, 0.f);
+  // Float-mask / bias gradients sum over broadcast dims, which several work items may share.
+  std::vector<at::Tensor> dmask_private[2];
+  const at::Tensor* dmask_out[2] = {d_fmask, d_bias};
+  for (int w = 0; w < 2; ++w)
+    if (dmask_out[w])
+      for (int64_t t = 0; t < nthreads; ++t) dmask_private[w].push_back(at::zeros_like(*dmask_out[w]));
+  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+
+  at::parallel_for(0, p.B * p.G * k_blocks, 1, [&](int64_t begin, int64_t end) {
+    SequentialBlas sequential_blas;
+    const int64_t tid = at::get_thread_num();
+    float* pbuf = scratch.data() + tid * per_thread;
+    float* dpbuf = pbuf + bq * bk;
+    float* dcap = dpbuf + bq * bk;
+    float* dk_acc = dcap + bq * bk;
+    float* dv_acc = dk_acc + bk * p.D;
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(dv_acc + bk * p.E);
+    T* p_half = half ? scratch_half.data() + tid * 2 * bq * bk : nullptr;
+    T* ds_half = half ? p_half + bq * bk : nullptr;
+    float* dq_t = tid == 0 ? dq : dq_private.data() + (tid - 1) * dq_numel;
+    float* dm_t[2] = {nullptr, nullptr};
+    Strides4 dm_s[2];
+    for (int w = 0; w < 2; ++w)
+      if (dmask_out[w]) dm_t[w] = dmask_private[w][tid].data_ptr<float>(), dm_s[w] = broadcast_strides(*dmask_out[w]);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bg = item / k_blocks, kb = zigzag(item % k_blocks, k_blocks);
+      const int64_t b = bg / p.G, g = bg % p.G;
+      const int64_t n0 = kb * bk, cols = std::min(bk, p.Sb - n0);
+      const int64_t ja = p.j0 + n0;
+      const T* kp = k + (bg * p.Sb + n0) * p.D;
+      const T* vp = v + (bg * p.Sb + n0) * p.E;
+      // Alg. 2 line 6: dK_j = 0, dV_j = 0 (kept in f32 for this key block across the R heads).
+      std::fill(dk_acc, dk_acc + cols * p.D, 0.f);
+      std::fill(dv_acc, dv_acc + cols * p.E, 0.f);
+      if (p.dropout_p > 0.f)
+        for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
+      for (int64_t r_head = 0; r_head < p.R; ++r_head) {
+        const int64_t h = g * p.R + r_head, bh = b * p.H + h;
+        for (int64_t m0 = 0; m0 < p.Lb; m0 += bq) {
+          const int64_t rows = std::min(bq, p.Lb - m0);
+          bool any = false;  // skip query blocks that see none of these keys
+          for (int64_t r = 0; r < rows && !any; ++r) {
+            int64_t lo, hi;
+            row_range(p, b, p.i0 + m0 + r, lo, hi);
+            any = lo < ja + cols && hi > ja && lo < hi && lse[bh * p.Lb + m0 + r] != kNegInf;
+          }
+          if (!any) continue;
+          const T* qp = q + (bh * p.Lb + m0) * p.D;
+          const T* dop = dout + (bh * p.Lb + m0) * p.E;
+          // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - L) with the final log-normalizer.
+          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp, p.D, 0.f, pbuf, cols);
+          // Alg. 2 line 14: dP = dO V^T.
+          gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, vp, p.E, 0.f, dpbuf, cols);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t ia = p.i0 + m0 + r;
+            float* s = pbuf + r * cols;
+            float* dpr = dpbuf + r * cols;
+            float* dcr = p.softcap != 0.f ? dcap + r * cols : nullptr;
+            const float l = lse[bh * p.Lb + m0 + r];
+            score_row(p, b, h, ia, ja, cols, s, dcr);
+            if (l == kNegInf) {
+              std::fill(s, s + cols, 0.f);  // the row saw nothing: it contributes nothing
+              std::fill(dpr, dpr + cols, 0.f);
+              continue;
+            }
+            exp_sum_row(s, cols, l);
+            // Alg. 2 line 16: dS = P o (dP - D_i), with dropout dP <- dP o keep / (1-p).
+            const Vec vd(delta[bh * p.Lb + m0 + r]);
+            if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, dpr, cols, keep_scale);
+            at::vec::map2<float>([vd](Vec pp, Vec dd) { return pp * (dd - vd); }, dpr, s, dpr, cols);
+            // dV uses the dropped probabilities: P o keep / (1-p).
+            if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
+            for (int w = 0; w < 2; ++w) {
+              if (!dm_t[w]) continue;
+              float* drow = dm_t[w] + b * dm_s[w].b + h * dm_s[w].h + ia * dm_s[w].i;
+              for (int64_t c = 0; c < cols; ++c) drow[(ja + c) * dm_s[w].j] += dpr[c];
+            }
+            if (dcr) at::vec::map2<float>([](Vec a, Vec c) { return a * c; }, dpr, dpr, dcr, cols);
+          }
+          const float* pm = pbuf;
+          const float* dsm = dpbuf;
+          const T* pm_g;
+          const T* dsm_g;
+          if constexpr (half) {
+            to_gemm_type(pbuf, p_half, rows * cols);
+            to_gemm_type(dpbuf, ds_half, rows * cols);
+            pm_g = p_half, dsm_g = ds_half;
+          } else {
+            pm_g = pm, dsm_g = dsm;
+          }
+          // Alg. 2 line 12: dV_j += P^T dO.
+          gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, p.E, 1.f, dv_acc, p.E);
+          // Alg. 2 line 17: dQ_i += scale dS K_j (f32 accumulator of this thread).
+          gemm<T>(false, false, rows, p.D, cols, p.scale, dsm_g, cols, kp, p.D, 1.f, dq_t + (bh * p.Lb + m0) * p.D,
+                  p.D);
+          // Alg. 2 line 18: dK_j += scale dS^T Q.
+          gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);
+        }
+      }
+      // Alg. 2 line 20: write dK_j, dV_j (accumulated into the caller's tensors).
+      float* dkp = dk + (bg * p.Sb + n0) * p.D;
+      float* dvp = dv + (bg * p.Sb + n0) * p.E;
+      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dkp, dkp, dk_acc, cols * p.D);
+      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dvp, dvp, dv_acc, cols * p.E);
+    }
+  });
+  for (int64_t t = 1; t < nthreads; ++t) {
+    const float* src = dq_private.data() + (t - 1) * dq_numel;
+    at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dq, dq, src, dq_numel);
+  }
+  for (int w = 0; w < 2; ++w)
+    for (auto& part : dmask_private[w]) dmask_out[w]->add_(part);
+}
+
+// ============================================================================= op entry points
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const std::optional<at::Tensor>& kv_lengths,
+                                           const std::optional<at::Tensor>& q_lengths,
+                                           const std::optional<at::Tensor>& mask,
+                                           const std::optional<at::Tensor>& float_mask,
+                                           const std::optional<at::Tensor>& bias,
+                                           const std::optional<at::Tensor>& alibi_slopes, at::IntArrayRef ints,
+                                           at::ArrayRef<double> floats) {
+  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);
+  auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({p.B, p.H, p.Lb, p.E}, f32);
+  at::Tensor lse = at::empty({p.B, p.H, p.Lb}, f32);
+  if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_forward", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
+    } else {
+      forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                               out.data_ptr<float>(), lse.data_ptr<float>());
+    }
+  });
+  return {out, lse};
+}
+
+void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+              const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& dq, const at::Tensor& dk,
+              const at::Tensor& dv,
+              const std::optional<at::Tensor>& d_float_mask, const std::optional<at::Tensor>& d_bias,
+              const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& q_lengths,
+              const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& float_mask,
+              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alibi_slopes,
+              at::IntArrayRef ints, at::ArrayRef<double> floats) {
+  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.is_contiguous(), "dout: contiguous, q's dtype");
+  for (const at::Tensor* t : {&lse, &delta, &dq, &dk, &dv})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "lse/delta/dq/dk/dv: contiguous float32");
+  const at::Tensor* dfm = d_float_mask ? &*d_float_mask : nullptr;
+  const at::Tensor* dbi = d_bias ? &*d_bias : nullptr;
+  for (const at::Tensor* t : {dfm, dbi})
+    TORCH_CHECK(!t || (t->scalar_type() == at::kFloat && t->dim() == 4), "d_float_mask/d_bias: 4-D float32");
+  if (p.Lb == 0 || p.Sb == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_backward", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
+    } else {
+      backward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                dout.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
+                                dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dfm, dbi);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace attnkit_fused
+
+// ints = [i0, j0, L, S, causal (0 none / 1 bottom_right / 2 top_left), window_left, window_right
+//         (-1 = unbounded), dropout seed, dropout threshold]; floats = [scale, softcap (0 = none), dropout_p].
+TORCH_LIBRARY(attnkit_fused, m) {
+  m.def(
+      "forward(Tensor q, Tensor k, Tensor v, Tensor? kv_lengths, Tensor? q_lengths, Tensor? mask, "
+      "Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, float[] floats) -> (Tensor, Tensor)");
+  m.def(
+      "backward(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor lse, Tensor delta, Tensor(a!) dq, "
+      "Tensor(b!) dk, Tensor(c!) dv, Tensor(d!)? d_float_mask, Tensor(e!)? d_bias, Tensor? kv_lengths, "
+      "Tensor? q_lengths, Tensor? mask, Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, "
+      "float[] floats) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(attnkit_fused, CPU, m) {
+  m.impl("forward", &attnkit_fused::forward);
+  m.impl("backward", &attnkit_fused::backward);
+}

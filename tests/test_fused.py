@@ -1,0 +1,314 @@
+"""The fused C++ tile path (engines/_fused.py + csrc/flash_attention.cpp) against the float64 reference.
+
+The kernel is driven directly through the contract's ``forward``/``backward`` (wrapped here in a
+small autograd Function, the way the engines wrap it), so these tests do not depend on path
+selection. Accuracy: FlashAttention's rule — error vs float64 at most twice the error of the
+reference engine run in the same precision.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnkit
+
+from attnkit.dropout import keep_mask
+from attnkit.engines import _fused
+from attnkit.spec import AttentionSpec, BlockIndex
+
+from conftest import assert_flash_rule, err, qkv
+
+_REASON = _fused.build_status()
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"fused kernel unavailable: {_REASON}")
+
+SPEC_DEFAULTS = dict(
+    mask=None, causal=False, window=None, kv_lengths=None, q_lengths=None, scale=None, score_mod=None, bias=None,
+    alibi_slopes=None, softcap=None, normalizer="softmax", dropout_p=0.0, seed=None, return_lse=True,
+    return_weights=False,
+)
+
+
+def make_spec(q, k, v, **kw):
+    return AttentionSpec.build(q, k, v, **{**SPEC_DEFAULTS, **kw})
+
+
+class _Fused(torch.autograd.Function):
+    """Test-side autograd over the contract functions (the engines own the real one)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, spec, float_mask, bias):
+        out, lse = _fused.forward(q.detach(), k.detach(), v.detach(), spec)
+        ctx.spec = spec
+        ctx.save_for_backward(q, k, v, out, lse, float_mask, bias)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, float_mask, bias = ctx.saved_tensors
+        delta = (dout.float() * out).sum(-1) - (0 if dlse is None else dlse.float())
+        dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (q, k, v))
+        need_fm, need_b = ctx.needs_input_grad[4:6]
+        dfm = torch.zeros(float_mask.shape) if need_fm else None
+        db = torch.zeros(bias.shape) if need_b else None
+        _fused.backward(q, k, v, dout, lse, delta, ctx.spec, dq=dq, dk=dk, dv=dv, d_float_mask=dfm, d_bias=db)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, dfm, db
+
+
+def fused(q, k, v, **kw):
+    spec = make_spec(q, k, v, **kw)
+    fm = kw.get("mask") if kw.get("mask") is not None and kw["mask"].is_floating_point() else None
+    return _Fused.apply(q, k, v, spec, fm, kw.get("bias"))
+
+
+def materialize(case, B, H, L, S, dtype=torch.float32):
+    kw = dict(case)
+    g = torch.Generator().manual_seed(5)
+    for name, n in (("kv_lengths", S), ("q_lengths", L)):
+        if name in kw:
+            kw[name] = torch.tensor(kw[name][:B]).clamp(max=n)
+    if kw.get("alibi_slopes") == "alibi":
+        kw["alibi_slopes"] = attnkit.alibi_slopes(H)
+    if kw.get("mask") == "bool":
+        m = torch.rand(B, 1, L, S, generator=g) > 0.3
+        m[0, 0, min(3, L - 1)] = False  # a fully masked row
+        kw["mask"] = m
+    elif kw.get("mask") == "float":  # broadcast over B, f32 even for half inputs
+        kw["mask"] = torch.randn(1, H, L, S, generator=g)
+    elif kw.get("mask") == "float_cols":  # broadcast over B, H and query rows
+        kw["mask"] = torch.randn(1, 1, 1, S, generator=g)
+    if kw.get("bias") == "bias":
+        kw["bias"] = torch.randn(B, 1, L, S, generator=g)
+    return kw
+
+
+CASES = [
+    dict(),
+    dict(causal=True),
+    dict(causal="top_left"),
+    dict(window=(20, 0)),
+    dict(window=(7, 11)),
+    dict(causal="top_left", window=(30, None)),
+    dict(kv_lengths=[70, 0, 33]),
+    dict(q_lengths=[1, 97, 50], kv_lengths=[70, 12, 33], causal=True),
+    dict(alibi_slopes="alibi", causal=True),
+    dict(softcap=3.0),
+    dict(mask="bool"),
+    dict(mask="float"),
+    dict(mask="float_cols", bias="bias", causal=True),
+]
+# (B, H, G, L, S, D, E): GQA, MQA, D 59/111, L != S, L = 1, and S > 512 (several forward key blocks).
+SHAPES = [(3, 4, 2, 97, 70, 59, 59), (3, 6, 1, 33, 150, 111, 8), (2, 2, 2, 1, 300, 16, 16), (1, 2, 1, 130, 700, 32, 32)]
+
+
+def check_all(q, k, v, kw, dtype, grads_of_masks=False):
+    """out, lse and every gradient under FlashAttention's rule."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    kw64 = {n: (t.double() if torch.is_tensor(t) and t.is_floating_point() else t) for n, t in kw.items()}
+    extras = [n for n in ("mask", "bias") if torch.is_tensor(kw.get(n)) and kw[n].is_floating_point()]
+    if grads_of_masks:
+        for n in extras:
+            kw64[n] = kw64[n].detach().requires_grad_()
+    ref = attnkit.attention(q64, k64, v64, engine="reference", return_lse=True, **kw64)
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    kwb = {n: (t.detach().requires_grad_() if n in extras and grads_of_masks else t) for n, t in kw.items()}
+    base = attnkit.attention(qd, kd, vd, engine="reference", return_lse=True, **kwb)
+    qf, kf, vf = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    kwf = {n: (t.detach().requires_grad_() if n in extras and grads_of_masks else t) for n, t in kw.items()}
+    out, lse = fused(qf, kf, vf, **kwf)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert_flash_rule(out, base.out, ref.out)
+    assert_flash_rule(lse, base.lse, ref.lse)
+    do = torch.randn(ref.out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def grads(o, inputs):
+        return torch.autograd.grad((o.double() * do).sum(), inputs, allow_unused=True)
+
+    leaves = lambda a, b, c, kws: (a, b, c, *(kws[n] for n in extras if grads_of_masks))  # noqa: E731
+    for a, b, r in zip(grads(out, leaves(qf, kf, vf, kwf)), grads(base.out, leaves(qd, kd, vd, kwb)),
+                       grads(ref.out, leaves(q64, k64, v64, kw64))):
+        assert_flash_rule(a, b, r)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c) or "full")
+def test_fp32_forward_backward(shape, case):
+    B, H, G, L, S, D, E = shape
+    q, k, v = qkv(B, H, G, L, S, D, E, seed=L + S + D)
+    check_all(q, k, v, materialize(case, B, H, L, S), torch.float32)
+
+
+@pytest.mark.parametrize("case", [dict(), dict(q_lengths=[3, 5], kv_lengths=[600, 250], causal=True),
+                                  dict(mask="float", alibi_slopes="alibi", window=(100, 0))], ids=str)
+def test_decode_shapes_pack_query_heads(case):
+    """Few queries, many heads per kv head: several heads share one tile of K/V."""
+    B, H, G, L, S, D = 2, 8, 2, 5, 600, 32
+    q, k, v = qkv(B, H, G, L, S, D, seed=12)
+    check_all(q, k, v, materialize(case, B, H, L, S), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", [dict(), dict(causal=True), dict(mask="float", window=(40, 3)),
+                                  dict(alibi_slopes="alibi", softcap=5.0, kv_lengths=[60, 17])], ids=str)
+@pytest.mark.parametrize("half_gemm", ["1", "0"], ids=["half-gemm", "f32-gemm"])
+def test_half_precision(dtype, case, half_gemm, monkeypatch):
+    monkeypatch.setenv("ATTNKIT_FUSED_HALF_GEMM", half_gemm)
+    B, H, G, L, S, D = 2, 4, 2, 97, 130, 59
+    q, k, v = qkv(B, H, G, L, S, D, seed=3)
+    check_all(q, k, v, materialize(case, B, H, L, S), dtype)
+
+
+@pytest.mark.parametrize("case", [dict(mask="float"), dict(mask="float_cols", bias="bias", causal=True),
+                                  dict(bias="bias", softcap=4.0, alibi_slopes="alibi")], ids=str)
+def test_mask_and_bias_gradients(case):
+    B, H, G, L, S, D = 2, 4, 2, 45, 200, 24
+    q, k, v = qkv(B, H, G, L, S, D, seed=9)
+    check_all(q, k, v, materialize(case, B, H, L, S), torch.float32, grads_of_masks=True)
+
+
+def test_fully_masked_rows_out_zero_lse_neg_inf():
+    q, k, v = qkv(2, 2, 1, 9, 40, 8)
+    out, lse = fused(q, k, v, kv_lengths=torch.tensor([0, 40]), q_lengths=torch.tensor([9, 4]))
+    assert (out[0] == 0).all() and torch.isneginf(lse[0]).all()
+    assert (out[1, :, 4:] == 0).all() and torch.isneginf(lse[1, :, 4:]).all()
+    assert torch.isfinite(lse[1, :, :4]).all()
+
+
+def test_key_ranges_with_offsets_merge_to_the_whole():
+    """forward over [i0, i0+Lb) x [j0, j0+Sb) with absolute positions, merged with merge_partials."""
+    B, H, G, L, S, D = 2, 4, 2, 50, 900, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=4)
+    kw = materialize(dict(mask="float", causal=True, alibi_slopes="alibi", kv_lengths=[800, 600]), B, H, L, S)
+    spec = make_spec(q, k, v, **kw)
+    whole_out, whole_lse = _fused.forward(q, k, v, spec)
+    rows = []
+    for i0, i1 in ((0, 17), (17, 50)):
+        acc = None
+        for j0, j1 in ((0, 333), (333, 610), (610, 900)):
+            part = _fused.forward(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], spec, i0, j0)
+            acc = part if acc is None else attnkit.merge_partials(acc[0], acc[1], *part)
+        rows.append(acc)
+    out = torch.cat([r[0] for r in rows], 2)
+    lse = torch.cat([r[1] for r in rows], 2)
+    assert err(out, whole_out) < 1e-5 and err(lse, whole_lse) < 1e-5
+
+
+def test_backward_over_key_ranges_accumulates():
+    B, H, G, L, S, D = 1, 2, 1, 40, 300, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=6)
+    spec = make_spec(q, k, v, causal=True)
+    out, lse = _fused.forward(q, k, v, spec)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    delta = (do * out).sum(-1)
+    whole = [torch.zeros(t.shape) for t in (q, k, v)]
+    _fused.backward(q, k, v, do, lse, delta, spec, dq=whole[0], dk=whole[1], dv=whole[2])
+    dq, dk, dv = (torch.zeros(t.shape) for t in (q, k, v))
+    for j0, j1 in ((0, 100), (100, 300)):
+        _fused.backward(q, k[:, :, j0:j1], v[:, :, j0:j1], do, lse, delta, spec, 0, j0,
+                        dq=dq, dk=dk[:, :, j0:j1], dv=dv[:, :, j0:j1])
+    for a, b in zip((dq, dk, dv), whole):
+        assert err(a, b) < 1e-5
+
+
+def test_dropout_keep_mask_bitwise_equal():
+    """With v = one-hot rows (E = S), out·(1-p)·l / p_ij recovers keep_ij exactly as 0/1."""
+    B, H, L, S, p = 2, 3, 37, 64, 0.5
+    g = torch.Generator().manual_seed(0)
+    q = torch.zeros(B, H, L, 8)  # all scores equal: p_ij = 1/S
+    k = torch.randn(B, H, S, 8, generator=g)
+    v = torch.eye(S).expand(B, H, S, S).contiguous()
+    spec = make_spec(q, k, v, dropout_p=p, seed=123456789012345)
+    out, _ = _fused.forward(q, k, v, spec)
+    keep = (out * (1 - p) * S).round()
+    expected = keep_mask(spec.seed, p, BlockIndex.ranges(range(B), range(H), range(L), range(S)), H)
+    assert torch.equal(keep.bool(), expected)
+    assert set(keep.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_dropout_matches_reference_forward_and_backward():
+    B, H, G, L, S, D = 2, 4, 2, 33, 90, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=8)
+    check_all(q, k, v, dict(dropout_p=0.3, seed=77, causal=True), torch.float32)
+
+
+def test_nan_query_row_stays_in_its_row():
+    q, k, v = qkv(1, 1, 1, 5, 30, 8)
+    q[0, 0, 2, 0] = float("nan")
+    out, lse = fused(q, k, v)
+    assert torch.isnan(out[0, 0, 2]).all() and torch.isfinite(out[0, 0, [0, 1, 3, 4]]).all()
+    assert torch.isnan(lse[0, 0, 2]) and torch.isfinite(lse[0, 0, [0, 1, 3, 4]]).all()
+
+
+def test_meta_tensors_and_op_registration():
+    q = torch.empty(2, 4, 7, 16, device="meta")
+    k = torch.empty(2, 2, 9, 16, device="meta")
+    v = torch.empty(2, 2, 9, 5, device="meta")
+    out, lse = torch.ops.attnkit_fused.forward(q, k, v, None, None, None, None, None, None,
+                                               [0, 0, 7, 9, 0, -1, -1, 0, 0], [0.25, 0.0, 0.0])
+    assert out.shape == (2, 4, 7, 5) and lse.shape == (2, 4, 7) and out.dtype == torch.float32
+
+
+def test_unsupported_reasons():
+    q, k, v = qkv(1, 2, 1, 4, 6, 8)
+    spec = make_spec(q, k, v)
+    assert "non-finite" in _fused.unsupported(spec)  # no kv_nonfinite attribute → assume it may
+    object.__setattr__(spec, "kv_nonfinite", False)
+    assert _fused.unsupported(spec) is None
+    spec64 = make_spec(q.double(), k.double(), v.double())
+    assert "float64" in _fused.unsupported(spec64)
+    assert "score_mod" in _fused.unsupported(make_spec(q, k, v, score_mod=lambda s, b, h, i, j: s))
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    src = str(Path(attnkit.__file__).parents[1])
+    full_env = {**os.environ, "PYTHONPATH": src, **env}
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def test_cached_build_loads_without_compiling():
+    """A second process finds the cached library: no compile line on stderr."""
+    res = _run("from attnkit.engines import _fused; print(_fused.build_status())", {})
+    assert res.returncode == 0 and res.stdout.strip() == "None", res.stderr
+    assert "compiling" not in res.stderr
+
+
+def test_disabled_by_env_falls_back_with_reason():
+    code = (
+        "import torch, attnkit; from attnkit.engines import _fused; from attnkit import functional;"
+        "q = torch.randn(1, 1, 3, 4);"
+        "print(_fused.build_status())"
+    )
+    res = _run(code, {"ATTNKIT_NO_FUSED": "1"})
+    assert res.returncode == 0 and "ATTNKIT_NO_FUSED" in res.stdout
+
+
+def test_failed_build_reports_first_line(tmp_path):
+    """No compiler → a one-line reason, no crash (fresh cache so nothing is found)."""
+    code = "from attnkit.engines import _fused; print(_fused.build_status())"
+    res = _run(code, {"ATTNKIT_CACHE": str(tmp_path), "CXX": "no-such-compiler-xyz"})
+    assert res.returncode == 0 and "no C++ compiler" in res.stdout, res.stderr
+
+
+def test_import_attnkit_stays_light():
+    res = _run("import sys, attnkit; print('torch.utils.cpp_extension' in sys.modules)", {})
+    assert res.stdout.strip() == "False"
+
+
+def test_cli_build_reports_cache_and_time(capsys):
+    from attnkit.cli import main
+
+    assert main(["build"]) == 0
+    printed = capsys.readouterr().out
+    assert "ready in" in printed and str(_fused.cache_root()) in printed
+
+
+def test_cli_build_failure_is_one_line_exit_2(tmp_path):
+    res = _run("import sys; from attnkit.cli import main; sys.exit(main(['build']))",
+               {"ATTNKIT_CACHE": str(tmp_path), "CXX": "no-such-compiler-xyz"})
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "no C++ compiler" in res.stderr
