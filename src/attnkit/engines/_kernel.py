@@ -218,10 +218,12 @@ def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor
 
 
 def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
-    """Exact normalized weights ``exp(s - lse)`` ``(B, H, Lb, Sb)`` (compute dtype), rebuilt tile by tile.
+    """Exact normalized weights ``(B, H, Lb, Sb)`` (compute dtype), rebuilt tile by tile.
 
-    ``lse`` is the final log-normalizer of the queries; hidden entries and empty rows give 0.
-    Weights are before dropout. Always the PyTorch tile path (the result is L×S anyway).
+    Computed as ``exp(s - m) / l`` from a first pass over the tiles (see ``_Tiles.weights``), so
+    they round like a plain softmax; ``lse`` (the final log-normalizer) is accepted for the
+    contract's signature. Hidden entries and empty rows give 0. Weights are before dropout.
+    Always the PyTorch tile path (the result is L×S anyway).
     """
     with torch.no_grad():
         return _Tiles(q, k, k[..., :0], spec, i0, j0).weights(lse)
@@ -525,19 +527,25 @@ class _Tiles:
     # ---- weights
 
     def weights(self, lse: Tensor) -> Tensor:
+        """Normalized weights, two passes over the tiles: the rows' running ``(m, l)`` first, then
+        ``exp(s - m) / l`` — rounded like a plain softmax. ``exp(s - lse)`` would carry ``lse``'s own
+        rounding (``|lse|·eps``, and whatever path computed it) into every weight."""
         spec = self.spec
         B, H = spec.B, spec.H
         w = torch.zeros(B, H, self.Lb, self.Sb, dtype=self.ct, device=self.q5.device)
-        lse5 = lse.to(self.ct)
-        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(self.BG, self.R, self.Lb)
         for a, b in self.tiles(self.Lb, self.tq):
             qb = self.q_tile(a, b)
-            lse_b = lse5[:, :, a:b].reshape(self.BG, -1, 1)
-            for c, d in self.tiles(self.Sb, self.tk):
-                cls = self.cls(a, b, c, d)
-                if cls != "empty":
-                    s = self.scores(qb, a, b, c, d, cls)[0]
-                    w[:, :, a:b, c:d] = s.sub_(lse_b).exp_().view(B, H, b - a, d - c)
+            state = SoftmaxState.empty((self.BG, qb.shape[1]), dtype=self.ct, device=qb.device)
+            cols = [(c, d, self.cls(a, b, c, d)) for c, d in self.tiles(self.Sb, self.tk)]
+            cols = [(c, d, cls) for c, d, cls in cols if cls != "empty"]
+            for c, d, cls in cols:
+                state.update(self.scores(qb, a, b, c, d, cls)[0].clone(), inplace=True)
+            empty = state.l == 0
+            m = state.m.masked_fill(empty, 0.0).unsqueeze(-1)
+            inv_l = 1.0 / state.l.masked_fill(empty, 1.0).unsqueeze(-1)
+            for c, d, cls in cols:
+                s = self.scores(qb, a, b, c, d, cls)[0]
+                w[:, :, a:b, c:d] = s.sub_(m).exp_().mul_(inv_l).view(B, H, b - a, d - c)
         return w
 
 
