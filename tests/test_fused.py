@@ -246,6 +246,13 @@ def test_meta_tensors_and_op_registration():
     assert out.shape == (2, 4, 7, 5) and lse.shape == (2, 4, 7) and out.dtype == torch.float32
 
 
+def test_torch_compile_sees_one_operator():
+    q, k, v = qkv(1, 2, 1, 8, 20, 16)
+    spec = make_spec(q, k, v, causal=True)
+    compiled = torch.compile(lambda a, b, c: _fused.forward(a, b, c, spec)[0], backend="eager", fullgraph=True)
+    assert err(compiled(q, k, v), _fused.forward(q, k, v, spec)[0]) == 0
+
+
 def test_unsupported_reasons():
     q, k, v = qkv(1, 2, 1, 4, 6, 8)
     spec = make_spec(q, k, v)
@@ -297,7 +304,7 @@ def test_cli_build_reports_cache_and_time(capsys):
 
     assert main(["build"]) == 0
     printed = capsys.readouterr().out
-    assert "ready in" in printed and str(_fused.cache_root()) in printed
+    assert "already built (cached)" in printed and str(_fused.cache_root()) in printed
 
 
 def test_cli_build_failure_is_one_line_exit_2(tmp_path):

@@ -357,8 +357,9 @@ def backward(
             given += used.view(given.shape).to(given.dtype)
 
 
-def timed_build(force: bool = False) -> tuple[Path, float]:
-    """Build (or find) the kernel and return ``(library path, seconds)`` — for ``attnkit build``."""
+def timed_build(force: bool = False) -> tuple[Path, float, bool]:
+    """Build (or find) the kernel: ``(library path, seconds, compiled now?)`` — for ``attnkit build``."""
+    cached = not force and _library_path(build_dir()).exists()
     start = time.perf_counter()
     lib = build(force=force)
-    return lib, time.perf_counter() - start
+    return lib, time.perf_counter() - start, not cached
