@@ -109,7 +109,7 @@ def _compile(directory: Path) -> None:
     with _FileLock(directory / "build.lock"):
         if _library_path(directory).exists():  # another process finished it while we waited
             return
-        print(f"attnkit: compiling the fused CPU kernel once into {directory} (once per machine, under a minute) ...", file=sys.stderr)
+        print(f"attnkit: compiling the fused CPU kernel into {directory} (once per machine, under a minute) ...", file=sys.stderr)
         cpp_extension.load(
             name="attnkit_fused",
             sources=[str(SOURCE)],
