@@ -70,7 +70,9 @@ def _cpu_flags() -> list[str]:
 def _compile_flags(flags: list[str]) -> list[str]:
     """-O3 -march=native plus the ATen vector width the CPU supports (Vectorized<float> reads it)."""
     have = set(flags)
-    cflags = ["-O3", "-march=native", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is a header template over `#pragma omp parallel` in OpenMP builds
+    # of torch; without the flag it silently runs serially (measured: half the speed on 2 cores).
+    cflags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= have:
         cflags += ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     elif {"avx2", "fma"} <= have:
@@ -114,6 +116,7 @@ def _compile(directory: Path) -> None:
             name="attnkit_fused",
             sources=[str(SOURCE)],
             extra_cflags=_compile_flags(_cpu_flags()),
+            extra_ldflags=["-fopenmp"],  # libgomp.so.1: the same soname torch already loaded
             build_directory=str(directory),
             is_python_module=False,
             verbose=False,
