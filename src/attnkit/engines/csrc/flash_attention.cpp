@@ -394,8 +394,10 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         lrow[r] = 0.f;
       }
       std::fill(acc, acc + rows * p.E, 0.f);
-      for (int64_t n0 = (jlo / bk) * bk; n0 < jhi; n0 += bk) {
-        const int64_t cols = std::min(bk, p.Sb - n0);
+      // Key blocks start at the first key any row sees and stop at the last: a window of w keys
+      // costs ~rows x (w + rows), and the causal diagonal block is trimmed to its visible part.
+      for (int64_t n0 = jlo; n0 < jhi; n0 += bk) {
+        const int64_t cols = std::min(bk, jhi - n0);
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
         if (p.dropout_p > 0.f)
