@@ -23,6 +23,7 @@ from attnkit.engines import _fused
 from attnkit.spec import AttentionSpec, BlockIndex
 
 from conftest import assert_flash_rule, err, qkv
+from test_flash import _materialize as flash_materialize
 
 _REASON = _fused.build_status()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"fused kernel unavailable: {_REASON}")
@@ -66,25 +67,17 @@ def fused(q, k, v, **kw):
     return _Fused.apply(q, k, v, spec, fm, kw.get("bias"))
 
 
-def materialize(case, B, H, L, S, dtype=torch.float32):
-    kw = dict(case)
-    g = torch.Generator().manual_seed(5)
-    for name, n in (("kv_lengths", S), ("q_lengths", L)):
-        if name in kw:
-            kw[name] = torch.tensor(kw[name][:B]).clamp(max=n)
-    if kw.get("alibi_slopes") == "alibi":
-        kw["alibi_slopes"] = attnkit.alibi_slopes(H)
-    if kw.get("mask") == "bool":
-        m = torch.rand(B, 1, L, S, generator=g) > 0.3
-        m[0, 0, min(3, L - 1)] = False  # a fully masked row
-        kw["mask"] = m
-    elif kw.get("mask") == "float":  # broadcast over B, f32 even for half inputs
-        kw["mask"] = torch.randn(1, H, L, S, generator=g)
-    elif kw.get("mask") == "float_cols":  # broadcast over B, H and query rows
-        kw["mask"] = torch.randn(1, 1, 1, S, generator=g)
+def materialize(case, B, H, L, S):
+    """test_flash's cases (float32 masks/biases, as for half inputs) plus two broadcast shapes the
+    kernel reads through strides: a float mask over keys only and a bias broadcast over heads."""
+    kw, g, extra = dict(case), torch.Generator().manual_seed(7), {}
+    if kw.get("mask") == "float_cols":
+        extra["mask"] = torch.randn(1, 1, 1, S, generator=g)
+        del kw["mask"]
     if kw.get("bias") == "bias":
-        kw["bias"] = torch.randn(B, 1, L, S, generator=g)
-    return kw
+        extra["bias"] = torch.randn(B, 1, L, S, generator=g)
+        del kw["bias"]
+    return {**flash_materialize(kw, B, H, L, S, torch.float32), **extra}
 
 
 CASES = [
@@ -253,6 +246,13 @@ def test_meta_tensors_and_op_registration():
     assert out.shape == (2, 4, 7, 5) and lse.shape == (2, 4, 7) and out.dtype == torch.float32
 
 
+def test_torch_compile_sees_one_operator():
+    q, k, v = qkv(1, 2, 1, 8, 20, 16)
+    spec = make_spec(q, k, v, causal=True)
+    compiled = torch.compile(lambda a, b, c: _fused.forward(a, b, c, spec)[0], backend="eager", fullgraph=True)
+    assert err(compiled(q, k, v), _fused.forward(q, k, v, spec)[0]) == 0
+
+
 def test_unsupported_reasons():
     q, k, v = qkv(1, 2, 1, 4, 6, 8)
     spec = make_spec(q, k, v)
@@ -304,7 +304,7 @@ def test_cli_build_reports_cache_and_time(capsys):
 
     assert main(["build"]) == 0
     printed = capsys.readouterr().out
-    assert "ready in" in printed and str(_fused.cache_root()) in printed
+    assert "already built (cached)" in printed and str(_fused.cache_root()) in printed
 
 
 def test_cli_build_failure_is_one_line_exit_2(tmp_path):

@@ -13,14 +13,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from ..engines import _fused
 
     try:
-        lib, seconds = _fused.timed_build(force=args.force)
+        lib, seconds, compiled = _fused.timed_build(force=args.force)
     except RuntimeError as err:
         raise AttnkitError.build(
             "a C++ compiler and ninja to build the fused kernel",
             str(err).splitlines()[0] if str(err) else "build failed",
             "install g++ and `pip install ninja` (attnkit still runs on the PyTorch tile path)",
         ) from None
-    print(f"fused CPU kernel ready in {seconds:.1f} s: {lib}")
+    how = f"compiled in {seconds:.1f} s" if compiled else "already built (cached)"
+    print(f"fused CPU kernel {how}: {lib}")
     return 0
 
 
