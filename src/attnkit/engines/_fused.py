@@ -224,8 +224,6 @@ def unsupported(spec: AttentionSpec) -> str | None:
         return "only the softmax normalizer is fused"
     if spec.score_mod is not None:
         return "a Python score_mod callable cannot be fused (use alibi/softcap/bias arguments instead)"
-    if getattr(spec, "kv_nonfinite", True):
-        return "K or V may hold non-finite values (hidden keys must contribute nothing; the PyTorch path masks them)"
     return build_status()
 
 

@@ -34,6 +34,8 @@ With ``spec.kv_nonfinite`` (missing = True) each tile's small product (``P·V``:
 products with the non-finite K/V entries zeroed, masking ``dS`` at hidden entries and adding
 back the IEEE contributions of *visible* non-finite entries (rows that see a NaN get NaN, as in
 the reference). A whole-tensor ``isfinite`` pass would cost more than a decode step itself.
+The fused path cannot redo a tile, so it checks its *result* instead: a leak always shows as a
+non-finite output (or gradient); only then is the range recomputed on the torch path.
 """
 
 from __future__ import annotations
@@ -178,7 +180,11 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
         Rows with no visible key in the range: ``out = 0``, ``lse = -inf``.
     """
     if path(spec)[0] == "fused":
-        return _fused()[0].forward(q, k, v, spec, i0, j0)  # type: ignore[union-attr]
+        out, lse = _fused()[0].forward(q, k, v, spec, i0, j0)  # type: ignore[union-attr]
+        if not _may_hold_garbage(spec) or _all_finite(out, lse.masked_fill(lse == _NEG_INF, 0.0)):
+            return out, lse
+        # A non-finite result with K/V that may hold NaN/inf: a hidden key may have leaked (0·NaN in
+        # the tile GEMM). Redo the range on the torch path, which keeps hidden keys out exactly.
     with torch.no_grad():
         return _Tiles(q, k, v, spec, i0, j0).forward()
 
@@ -199,11 +205,32 @@ def backward(
             ``spec.bias``'s 4-D shape (gradient = dS summed over broadcast dims), or ``None``.
     """
     if path(spec)[0] == "fused":
-        _fused()[0].backward(q, k, v, dout, lse, delta, spec, i0, j0, dq=dq, dk=dk, dv=dv,  # type: ignore[union-attr]
-                             d_float_mask=d_float_mask, d_bias=d_bias)
-        return
+        fused = _fused()[0]
+        if not _may_hold_garbage(spec):
+            fused.backward(q, k, v, dout, lse, delta, spec, i0, j0, dq=dq, dk=dk, dv=dv,  # type: ignore[union-attr]
+                           d_float_mask=d_float_mask, d_bias=d_bias)
+            return
+        # As in forward: compute into fresh buffers, keep them only if every gradient is finite.
+        parts = [torch.zeros_like(t) if t is not None else None for t in (dq, dk, dv, d_float_mask, d_bias)]
+        fused.backward(q, k, v, dout, lse, delta, spec, i0, j0, dq=parts[0], dk=parts[1], dv=parts[2],  # type: ignore[union-attr]
+                       d_float_mask=parts[3], d_bias=parts[4])
+        if _all_finite(*(t for t in parts if t is not None)):
+            for acc, part in zip((dq, dk, dv, d_float_mask, d_bias), parts):
+                if acc is not None:
+                    acc.add_(part)
+            return
     with torch.no_grad():
         _Tiles(q, k, v, spec, i0, j0).backward(dout, lse, delta, dq, dk, dv, d_float_mask, d_bias)
+
+
+def _may_hold_garbage(spec: AttentionSpec) -> bool:
+    """K/V may hold NaN/±inf (or were not checked) and some key may be hidden from some row."""
+    hides = spec.has_structured_mask or spec.mask is not None
+    return bool(getattr(spec, "kv_nonfinite", True)) and hides
+
+
+def _all_finite(*ts: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in ts)
 
 
 def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor:
