@@ -83,6 +83,10 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
     """
     global _pool
     workers = torch.get_num_threads() if workers is None else workers
+    if spec.B * spec.G >= workers and workers > 1 and k.is_contiguous() and v.is_contiguous():
+        # Enough (batch, kv-head) groups to fill every thread inside one kernel call, which reads K/V
+        # in place; a key segment k[:, :, j0:j1] of several groups is strided and would be copied.
+        workers = 1
     segs = _segments(spec, workers)
     if not segs:
         return _kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
