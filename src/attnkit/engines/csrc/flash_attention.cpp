@@ -340,7 +340,13 @@ inline int64_t zigzag(int64_t t, int64_t n) { return t % 2 == 0 ? t / 2 : n - 1 
 
 template <typename T>
 void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse) {
-  const int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
+  int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
+  if (p.wl >= 0 && (p.causal != 0 || p.wr >= 0)) {
+    // A band of `span` keys per row: a block of bq rows computes ~span + bq keys per row, so keep
+    // bq <= span / 4 (waste <= 1.25x); at w = 256 this is 64-row blocks instead of 256 (2x less work).
+    const int64_t span = p.wl + (p.causal != 0 ? 0 : p.wr) + 1;
+    while (bq > kFwdBlockQSmall && bq * 4 > span) bq /= 2;
+  }
   const int64_t bk = kFwdBlockK;
   // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
   // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
