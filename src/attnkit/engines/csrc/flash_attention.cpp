@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -333,6 +334,20 @@ inline void to_gemm_type(const float* src, T* dst, int64_t n) {
   if constexpr (!std::is_same_v<T, float>) at::vec::convert(src, dst, n);
 }
 
+// Work items are handed out one at a time from an atomic counter instead of one static chunk per
+// thread: when another process takes a core, the slowed thread simply takes fewer items and the
+// others do not wait for it at the end (the static split made a busy machine stall at the barrier).
+class WorkQueue {
+ public:
+  explicit WorkQueue(int64_t total) : total_(total) {}
+  int64_t threads() const { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_)); }
+  bool next(int64_t& item) { return (item = next_.fetch_add(1, std::memory_order_relaxed)) < total_; }
+
+ private:
+  const int64_t total_;
+  std::atomic<int64_t> next_{0};
+};
+
 // ============================================================================= forward
 // Causal work is triangular: visiting blocks as 0, n-1, 1, n-2, ... gives each thread's
 // contiguous chunk of items an even mix of light and heavy blocks.
@@ -362,7 +377,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
 
   // Parallel over (batch * kv group, query block); K/V are read in place, never repeated.
-  at::parallel_for(0, p.B * p.G * group_blocks, 1, [&](int64_t begin, int64_t end) {
+  WorkQueue work(p.B * p.G * group_blocks);
+  at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
     at::Tensor scratch = scratch_of<float>(per_thread);
     at::Tensor scratch_half = scratch_of<T>(half ? rows_max * bk : 0);
@@ -372,7 +388,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
     float* lrow = mrow + round16(rows_max);
     uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + round16(rows_max));
     T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item; work.next(item);) {
       const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
       const int64_t b = bg / p.G, g = bg % p.G;
       int64_t pr0, rows;  // packed rows [pr0, pr0 + rows) of this group
@@ -469,7 +485,8 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   std::mutex reduce_lock;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
 
-  at::parallel_for(0, p.B * p.G * k_blocks, 1, [&](int64_t begin, int64_t end) {
+  WorkQueue work(p.B * p.G * k_blocks);
+  at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
     at::Tensor scratch = scratch_of<float>(per_thread);
     at::Tensor scratch_half = scratch_of<T>(half ? 2 * bq * bk : 0);
@@ -491,7 +508,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
       dmask_private[w] = at::zeros_like(*dmask_out[w]);
       dm_t[w] = dmask_private[w].data_ptr<float>(), dm_s[w] = broadcast_strides(*dmask_out[w]);
     }
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item; work.next(item);) {
       const int64_t bg = item / k_blocks, kb = zigzag(item % k_blocks, k_blocks);
       const int64_t b = bg / p.G, g = bg % p.G;
       const int64_t n0 = kb * bk, cols = std::min(bk, p.Sb - n0);
