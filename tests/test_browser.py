@@ -126,11 +126,16 @@ def test_controls_layer_heads_and_keys(browser, small_page):
     _assert_clean(browser)
 
 
+def _wait_for_model_grid(driver, n: int) -> None:
+    """The model grid is drawn after the click's event turn: wait for its n thumbnails (a loaded
+    machine is slow) instead of counting too early."""
+    WebDriverWait(driver, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model-grid canvas")) >= n)
+
+
 def test_model_and_rollout_views(browser, small_page):
     _open(browser, small_page)
     browser.find_element(By.CSS_SELECTOR, 'button[data-view="model"]').click()
-    # The grid is drawn after the click's event turn: wait for it (a loaded machine is slow), then count.
-    WebDriverWait(browser, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model-grid canvas")) >= 3 * 4)
+    _wait_for_model_grid(browser, 3 * 4)
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#model-grid canvas")
     assert len(thumbs) == 3 * 4
     assert _ink(browser, "#model-grid canvas") > 0
@@ -269,5 +274,6 @@ def test_512_tokens_12_layers_12_heads_stays_responsive(browser, tmp_path):
     WebDriverWait(browser, FREEZE_S).until(lambda d: d.execute_script("return document.body.dataset.focus") == "q400")
     assert _ink(browser) > 0
     browser.find_element(By.CSS_SELECTOR, 'button[data-view="model"]').click()
+    _wait_for_model_grid(browser, 144)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#model-grid canvas")) == 144
     _assert_clean(browser)
