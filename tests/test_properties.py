@@ -4,7 +4,7 @@ Shapes (odd D, L != S, L = 1, empty) × masks (bool, float, causal in both align
 lengths, fully masked rows, NaN/inf in hidden keys) × GQA × dtypes × engines, checked with
 FlashAttention's rule: ``max|ours - ref64| <= 2·max|baseline - ref64| + floor``, where the baseline
 is the reference engine in the same dtype. Profiles (tests/conftest.py): ``ci`` (the default,
-derandomized, >= 2,000 examples in all) and ``thorough`` (``pytest --hypothesis-profile=thorough``).
+derandomized, 700 examples per test, 2,800 in all) and ``thorough`` (``pytest --hypothesis-profile=thorough``).
 """
 
 from __future__ import annotations
@@ -95,19 +95,19 @@ def _check_forward(q, k, v, kw, engine, what):
     assert err(ours.lse, ref64.lse) <= 2 * err(base.lse, ref64.lse) + floor * 10, f"{engine} lse ({what})"
 
 
-@settings(max_examples=700, **_SETTINGS)
+@settings(**_SETTINGS)
 @given(problems())
 def test_forward_and_lse_agree_with_float64_reference(p):
     _check_forward(*p)
 
 
-@settings(max_examples=500, **_SETTINGS)
+@settings(**_SETTINGS)
 @given(problems(dtypes=(torch.float16, torch.bfloat16)))
 def test_half_precision_forward_follows_the_flash_rule(p):
     _check_forward(*p)
 
 
-@settings(max_examples=500, **_SETTINGS)
+@settings(**_SETTINGS)
 @given(problems())
 def test_gradients_agree_with_float64_reference(p):
     q, k, v, kw, engine, what = p
@@ -122,16 +122,24 @@ def test_gradients_agree_with_float64_reference(p):
     lb = [t.clone().requires_grad_() for t in (q, k, v)]
     base = torch.autograd.grad(attnkit.attention(*lb, engine="reference", **kw), lb, g.to(q.dtype), allow_unused=True)
     hidden_garbage = ~torch.isfinite(k).all(-1, keepdim=True) | ~torch.isfinite(v).all(-1, keepdim=True)
+    # FlashAttention's backward recomputes P = exp(s - lse) with s from another GEMM blocking than the
+    # forward's: a relative error of about |s|·eps in every weight, which the reference's autograd
+    # (one materialized softmax) does not have. Bound it from this example's own scores.
+    with torch.no_grad():
+        lse = attnkit.attention(*(t.double() for t in (q, k, v)), engine="reference", return_lse=True, **_as64(kw)).lse
+    s_max = float(lse[torch.isfinite(lse)].abs().max()) if torch.isfinite(lse).any() else 0.0
+    recompute = 4 * torch.finfo(q.dtype).eps * s_max
     for name, a, r, b in zip("qkv", got, ref, base):
         zero = torch.zeros(())
         a, r, b = (zero if t is None else t for t in (a, r, b))
         if name != "q" and hidden_garbage.any():  # gradients *of* garbage keys are not compared
             a, r, b = (t.masked_fill(hidden_garbage, 0.0) if t.dim() else t for t in (a, r, b))
         assert torch.isfinite(a).all(), f"{engine} d{name} not finite ({what})"
-        assert err(a, r) <= 2 * err(b, r) + FLOOR[q.dtype] * 10, f"{engine} d{name} ({what})"
+        scale = float(r.abs().max()) if r.numel() else 0.0
+        assert err(a, r) <= 2 * err(b, r) + FLOOR[q.dtype] * 10 + recompute * scale, f"{engine} d{name} ({what})"
 
 
-@settings(max_examples=400, **_SETTINGS)
+@settings(**_SETTINGS)
 @given(
     st.integers(1, 40),
     st.integers(1, 6),
@@ -160,7 +168,12 @@ def test_partials_merge_in_any_order_and_extreme_logits_stay_finite(S, parts, of
     assert float((merged.lse.double() - exact).abs().max()) <= bound
     p = attnkit.softmax(x.float())
     assert torch.isfinite(p).all() and torch.allclose(p.sum(-1), torch.ones(3), atol=1e-5)
-    assert float((attnkit.log_softmax(x.float()).double() - torch.log_softmax(x, -1)).nan_to_num(0.0, 0.0, 0.0).abs().max()) <= (
-        2 * float((torch.log_softmax(x.float(), -1).double() - torch.log_softmax(x, -1)).nan_to_num(0.0, 0.0, 0.0).abs().max()) + 1e-6
-    )
+    exact_ls = torch.log_softmax(x, -1)
+    finite = torch.isfinite(exact_ls)
+    ours_err = float((attnkit.log_softmax(x.float()).double() - exact_ls)[finite].abs().max()) if finite.any() else 0.0
+    torch_ls_err = float((torch.log_softmax(x.float(), -1).double() - exact_ls)[finite].abs().max()) if finite.any() else 0.0
+    # Twice torch's error, or two float32 roundings of the largest result (one ulp each way can land
+    # either side: torch's own error on one example is no floor for another's rounding).
+    ulps = 4 * torch.finfo(torch.float32).eps * (float(exact_ls[finite].abs().max()) if finite.any() else 0.0)
+    assert ours_err <= 2 * torch_ls_err + ulps + 1e-7
     assert not math.isnan(float(attnkit.logsumexp(x.float()).sum()))
