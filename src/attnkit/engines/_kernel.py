@@ -29,7 +29,7 @@ operand through the GEMM (2× faster at 4 rows, RESULTS.md "Keys-major scores").
 Hidden non-finite keys: a key that is not visible never influences an output or a gradient,
 even if its K/V hold NaN/±inf (a KV cache from ``torch.empty``). Hidden scores are -inf, so
 ``P = 0`` there, but ``0·NaN`` in ``P·V`` (forward) or ``dS·K`` (backward) would still spread.
-With ``spec.kv_nonfinite`` (missing = True) each tile's small product (``P·V``: ``R·Lt × E``;
+With ``spec.kv_nonfinite`` (set by ``AttentionSpec.build``; True when unchecked) each tile's small product (``P·V``: ``R·Lt × E``;
 ``dS·K``: ``R·Lt × D``) is checked with one sum; only a non-finite one makes the tile redo its
 products with the non-finite K/V entries zeroed, masking ``dS`` at hidden entries and adding
 back the IEEE contributions of *visible* non-finite entries (rows that see a NaN get NaN, as in
@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -55,7 +55,7 @@ from ..scores import apply_score_mods
 from ..softmax import SoftmaxState
 from ..spec import AttentionSpec, BlockIndex
 
-__all__ = ["forward", "backward", "weights", "delta", "all_grads", "grad_extras", "tile_sizes", "path", "force_path",
+__all__ = ["forward", "backward", "attend", "weights", "delta", "tile_sizes", "single_block", "path", "force_path",
            "describe"]
 
 _NEG_INF = float("-inf")
@@ -226,11 +226,11 @@ def backward(
 def _may_hold_garbage(spec: AttentionSpec) -> bool:
     """K/V may hold NaN/±inf (or were not checked) and some key may be hidden from some row."""
     hides = spec.has_structured_mask or spec.mask is not None
-    return bool(getattr(spec, "kv_nonfinite", True)) and hides
+    return spec.kv_nonfinite and hides
 
 
 def _all_finite(*ts: Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in ts)
+    return all(_finite(t) for t in ts)
 
 
 def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor:
@@ -256,27 +256,56 @@ def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
         return _Tiles(q, k, k[..., :0], spec, i0, j0).weights(lse)
 
 
-def grad_extras(spec: AttentionSpec) -> tuple[list[str], list[Tensor]]:
+def _grad_extras(spec: AttentionSpec) -> tuple[list[str], list[Tensor]]:
     """The float mask / bias tensors (4-D views of the user's) that autograd may differentiate."""
     names = [n for n in ("float_mask", "bias") if getattr(spec, n) is not None]
     return names, [getattr(spec, n) for n in names]
 
 
-def all_grads(q, k, v, out, lse, dout, dlse, spec: AttentionSpec, extras, need) -> list[Tensor | None]:
-    """``[dq, dk, dv, *d_extras]`` in the inputs' dtypes from one kernel backward over the whole problem.
+Forward = Callable[[Tensor, Tensor, Tensor, AttentionSpec], "tuple[Tensor, Tensor]"]
 
-    The flash and decode engines' autograd backward: all queries against all keys in one call.
+
+def attend(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, fwd: Forward | None = None) -> tuple[Tensor, Tensor]:
+    """``(out in q's dtype, lse)`` of the whole problem, differentiable when ``spec.needs_grad``.
+
+    ``fwd(q, k, v, spec) -> (out, lse)`` computes the forward (default: one :func:`forward` over all
+    keys; the decode engine passes its split-KV forward). The backward is always one kernel
+    :func:`backward` over all keys, recomputing P from the saved ``lse``.
     """
-    ct = spec.compute_dtype
-    dq = torch.zeros(q.shape, dtype=ct, device=q.device)
-    dk = torch.zeros(k.shape, dtype=ct, device=k.device)
-    dv = torch.zeros(v.shape, dtype=ct, device=v.device)
-    names = grad_extras(spec)[0]
-    d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-    backward(q, k, v, dout, lse, delta(dout, out, lse, dlse), spec, dq=dq, dk=dk, dv=dv,
-             d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
-    d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
-    return [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *d_extras]
+    fwd = forward if fwd is None else fwd
+    if spec.needs_grad:
+        return _Attend.apply(q, k, v, spec, fwd, *_grad_extras(spec)[1])
+    with torch.no_grad():
+        out, lse = fwd(q, k, v, spec)
+    return out.to(q.dtype), lse
+
+
+class _Attend(torch.autograd.Function):
+    """Autograd for the flash and decode engines: saves ``q, k, v, out, lse`` (and a float mask or
+    bias that requires grad), never the probabilities."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, spec: AttentionSpec, fwd: Forward, *extras):  # type: ignore[override]
+        out, lse = fwd(q, k, v, spec)
+        ctx.spec = spec
+        ctx.save_for_backward(q, k, v, out, lse, *extras)
+        ctx.set_materialize_grads(False)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):  # type: ignore[override]
+        q, k, v, out, lse, *extras = ctx.saved_tensors
+        spec: AttentionSpec = ctx.spec
+        dout = torch.zeros_like(out) if dout is None else dout
+        ct = spec.compute_dtype
+        dq, dk, dv = (torch.zeros(t.shape, dtype=ct, device=t.device) for t in (q, k, v))
+        names = _grad_extras(spec)[0]
+        need = ctx.needs_input_grad[5:]
+        d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
+        backward(q, k, v, dout, lse, delta(dout, out, lse, dlse), spec, dq=dq, dk=dk, dv=dv,
+                 d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
+        d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, *d_extras
 
 
 # --------------------------------------------------------------------------- the PyTorch tile path
@@ -293,7 +322,7 @@ class _Tiles:
         self.Lb, self.Sb = q.shape[2], k.shape[2]
         self.q5 = q.detach().to(ct).reshape(self.BG, self.R, self.Lb, q.shape[3])  # (BG, R, Lb, D)
         kc, vc = k.detach().to(ct), v.detach().to(ct)
-        self.check = bool(getattr(spec, "kv_nonfinite", True))  # K/V may hold NaN/±inf (hidden or not)
+        self.check = spec.kv_nonfinite  # K/V may hold NaN/±inf (hidden or not), or were not checked
         self.k3 = kc.reshape(self.BG, self.Sb, k.shape[3])  # (BG, Sb, D)
         self.v3 = vc.reshape(self.BG, self.Sb, v.shape[3])  # (BG, Sb, E)
         self.tq, self.tk = tile_sizes(spec, self.Lb, self.Sb)

@@ -102,33 +102,8 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
     return _merge_all(list(_pool.map(part, segs)))
 
 
-class _DecodeAttention(torch.autograd.Function):
-    """Split-KV forward; backward recomputes probabilities from the saved ``lse``."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, *extras: Tensor):  # type: ignore[override]
-        out, lse = split_kv_forward(q, k, v, spec)
-        ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, lse, *extras)
-        ctx.set_materialize_grads(False)
-        return out.to(q.dtype), lse
-
-    @staticmethod
-    def backward(ctx, dout: Tensor | None, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse, *extras = ctx.saved_tensors
-        dout = torch.zeros_like(out) if dout is None else dout
-        # One kernel backward over all keys (the same as the flash engine's).
-        grads = _kernel.all_grads(q, k, v, out, lse, dout, dlse, ctx.spec, extras, ctx.needs_input_grad[4:])
-        return (*grads[:3], None, *grads[3:])
-
-
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
     """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see :func:`attnkit.attention`."""
-    extras = _kernel.grad_extras(spec)[1]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *extras)):
-        out, lse = _DecodeAttention.apply(q, k, v, spec, *extras)
-    else:
-        with torch.no_grad():
-            out, lse = split_kv_forward(q, k, v, spec)
-        out = out.to(q.dtype)
+    # Split-KV forward; the backward is one kernel call over all keys, as for the flash engine.
+    out, lse = _kernel.attend(q, k, v, spec, split_kv_forward)
     return AttentionOutput(out, lse if spec.return_lse else None, None)

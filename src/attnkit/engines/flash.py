@@ -14,7 +14,6 @@ PyTorch) and why: :func:`describe`.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..spec import AttentionOutput, AttentionSpec
@@ -36,37 +35,10 @@ def describe(spec: AttentionSpec) -> str:
     return _kernel.describe(spec)
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: saves ``q, k, v, out, lse`` (never the probabilities)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, spec: AttentionSpec, *extras):  # type: ignore[override]
-        out, lse = _kernel.forward(q, k, v, spec)
-        ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, lse, *extras)
-        ctx.set_materialize_grads(False)
-        return out.to(q.dtype), lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):  # type: ignore[override]
-        q, k, v, out, lse, *extras = ctx.saved_tensors
-        spec: AttentionSpec = ctx.spec
-        dout = torch.zeros_like(out) if dout is None else dout
-        grads = _kernel.all_grads(q, k, v, out, lse, dout, dlse, spec, extras, ctx.needs_input_grad[4:])
-        return (*grads[:3], None, *grads[3:])
-
-
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
     """Flash attention for ``q (B, H, L, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``."""
-    extras = _kernel.grad_extras(spec)[1]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *extras))
-    if needs_grad:
-        out, lse = FlashAttentionFunction.apply(q, k, v, spec, *extras)
-    else:
-        with torch.no_grad():
-            out, lse = _kernel.forward(q, k, v, spec)
-        out = out.to(q.dtype)
+    out, lse = _kernel.attend(q, k, v, spec)  # one kernel call over all keys, differentiable
     weights = None
-    if spec.return_weights:  # exact: exp(s - lse) rebuilt tile by tile in a second pass
+    if spec.return_weights:  # exact: exp(s - m) / l rebuilt tile by tile in a second pass
         weights = _kernel.weights(q, k, lse.detach(), spec).to(q.dtype)
     return AttentionOutput(out, lse if spec.return_lse else None, weights)

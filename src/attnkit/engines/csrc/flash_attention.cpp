@@ -1,7 +1,7 @@
 // The fused CPU kernel of attnkit: FlashAttention-2 forward (Algorithm 1) and backward
 // (Algorithm 2) over one query range x one key range, with attnkit's structure fused in the tile.
 //
-// Contract (engines/_fused.py, notes/KERNEL-CONTRACT.md):
+// Contract (the forward/backward of engines/_kernel.py, called through engines/_fused.py):
 //   forward(q (B,H,Lb,D), k (B,G,Sb,D), v (B,G,Sb,E), ...) -> out (B,H,Lb,E) f32, lse (B,H,Lb) f32
 //     queries are the absolute rows [i0, i0+Lb), keys the absolute columns [j0, j0+Sb) of an
 //     (L, S) problem; masks/biases are indexed with absolute positions through broadcast strides.
