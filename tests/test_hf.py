@@ -584,9 +584,12 @@ def test_sparse_indexer_float64_and_gradients_match_sdpa():
     assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
 
 
-# --------------------------------------------------------------------------- models that bypass the interface
+# --------------------------------------------------------------------------- models on either side of the interface
+# Older architectures compute attention in their own layers; which ones is transformers' call and moves
+# between releases (Falcon crossed over in 5.2x). The tests ask the library's own criterion
+# (hf.uses_attention_interface) and check the refusal for a model on one side, the exact run on the other.
 
-BYPASS = {
+CANDIDATES = {
     "bloom": lambda impl: transformers.BloomForCausalLM(transformers.BloomConfig(
         vocab_size=97, hidden_size=32, n_layer=1, n_head=4, attn_implementation=impl)),
     "falcon": lambda impl: transformers.FalconForCausalLM(transformers.FalconConfig(
@@ -594,22 +597,52 @@ BYPASS = {
     "gpt_neo": lambda impl: transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(
         vocab_size=97, hidden_size=32, num_layers=1, num_heads=4, attention_types=[[["global"], 1]],
         max_position_embeddings=64, bos_token_id=0, eos_token_id=0, attn_implementation=impl)),
+    "mpt": lambda impl: transformers.MptForCausalLM(transformers.MptConfig(
+        vocab_size=97, d_model=32, n_layers=1, n_heads=4, max_seq_len=64, attn_implementation=impl)),
+    "openai_gpt": lambda impl: transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
+        vocab_size=97, n_embd=32, n_layer=1, n_head=4, n_positions=64, attn_implementation=impl)),
 }
 
 
-@pytest.mark.parametrize("arch", BYPASS)
-def test_models_that_bypass_the_interface_are_refused_at_load(arch):
+def _candidate_class(arch):
+    return type(CANDIDATES[arch]("eager"))
+
+
+@pytest.mark.parametrize("arch", CANDIDATES)
+def test_models_are_refused_or_exact_as_transformers_reports(arch):
     # Before: KeyError: 'attnkit' while building Falcon / GPT-Neo, TypeError inside BLOOM's forward.
-    name = type(BYPASS[arch]("eager")).__name__
-    with pytest.raises(AttnkitError, match=rf"got {name}, which computes attention in its own layers") as info:
-        BYPASS[arch](IMPL)
-    assert 'attn_implementation="eager"' in str(info.value)
-    assert ('"sdpa"' in str(info.value)) == (arch == "falcon")  # only the implementations the class has
+    cls = _candidate_class(arch)
+    name = cls.__name__
+    if not hf.uses_attention_interface(cls):
+        with pytest.raises(AttnkitError, match=rf"got {name}, which computes attention in its own layers") as info:
+            CANDIDATES[arch](IMPL)
+        assert 'attn_implementation="eager"' in str(info.value)
+        assert ('"sdpa"' in str(info.value)) == bool(getattr(cls, "_supports_sdpa", False))
+        return
+    ids, am = _prompts("right")
+    with torch.no_grad():
+        torch.manual_seed(0)
+        e = CANDIDATES[arch]("eager").eval()(input_ids=ids, attention_mask=am).logits
+        torch.manual_seed(0)
+        a = CANDIDATES[arch](IMPL).eval()(input_ids=ids, attention_mask=am).logits
+    real = am.bool()
+    assert err(a[real], e[real]) < 1e-5
+
+
+def test_the_criterion_splits_the_candidates_both_ways():
+    # If a release moves every candidate to one side, one branch of the test above stops being exercised.
+    sides = {hf.uses_attention_interface(_candidate_class(arch)) for arch in CANDIDATES}
+    assert sides == {True, False}, "add a candidate from the missing side to CANDIDATES"
+
+
+def _a_bypassing_candidate():
+    return next(arch for arch in CANDIDATES if not hf.uses_attention_interface(_candidate_class(arch)))
 
 
 def test_from_pretrained_refuses_a_bypassing_model(tmp_path):
-    BYPASS["bloom"]("eager").save_pretrained(tmp_path)
-    with pytest.raises(AttnkitError, match="BloomForCausalLM"):
+    arch = _a_bypassing_candidate()
+    CANDIDATES[arch]("eager").save_pretrained(tmp_path)
+    with pytest.raises(AttnkitError, match=_candidate_class(arch).__name__):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=IMPL)
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation in ("eager", "sdpa")
 
@@ -618,5 +651,68 @@ def test_model_class_check_follows_transformers():
     for cls in (transformers.T5Model, transformers.WhisperModel):  # route through the interface, no declaration
         hf.check_model_class(cls)
     hf.check_model_class(transformers.GotOcr2ForConditionalGeneration)  # declares it (its vision tower is its own)
-    with pytest.raises(AttnkitError, match="GPTNeoModel"):
-        hf.check_model_class(transformers.GPTNeoModel)
+    cls = _candidate_class(_a_bypassing_candidate())
+    with pytest.raises(AttnkitError, match=cls.__name__):
+        hf.check_model_class(cls)
+
+
+# --------------------------------------------------------------------------- Falcon (calls the interface since transformers 5.2x)
+# Three attention layouts in one class: grouped KV heads with rotary positions (Falcon-40B/180B's
+# new_decoder_architecture), multi-query with rotary (Falcon-7B), and ALiBi, whose bias Falcon hands
+# to the attention function inside a float attention_mask.
+
+FALCON_VARIANTS = {
+    "gqa_rotary": dict(new_decoder_architecture=True, num_kv_heads=2),
+    "mqa_rotary": dict(multi_query=True),
+    "alibi": dict(alibi=True, multi_query=False),
+}
+
+
+def _falcon(impl, variant, dtype=torch.float32):
+    torch.manual_seed(0)
+    cfg = transformers.FalconConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+                                    attn_implementation=impl, **FALCON_VARIANTS[variant])
+    model = transformers.FalconForCausalLM(cfg)
+    if not hf.uses_attention_interface(type(model)):
+        pytest.skip(f"transformers {transformers.__version__} computes Falcon's attention in its own layers")
+    return model.eval().to(dtype)
+
+
+@pytest.mark.parametrize("pad", ["none", "left", "right"])
+@pytest.mark.parametrize("variant", FALCON_VARIANTS)
+def test_falcon_logits_match_eager(variant, pad, probe):
+    ids, am = _prompts(pad)
+    real = am.bool()
+    with torch.no_grad():
+        e = _falcon("eager", variant)(input_ids=ids, attention_mask=am).logits
+        a = _falcon(probe[0], variant)(input_ids=ids, attention_mask=am).logits
+    assert probe[1], "attnkit's attention function was never called"
+    assert err(a[real], e[real]) < 1e-5
+
+
+# ALiBi Falcon with a static cache fails inside transformers itself (eager too: build_alibi_tensor gets a 4-D mask).
+@pytest.mark.parametrize("variant, cache", [(v, c) for v in FALCON_VARIANTS for c in ("dynamic", "static")
+                                            if (v, c) != ("alibi", "static")])
+def test_falcon_generate_matches_eager(variant, cache):
+    ids, am = _prompts("left")
+    kw = dict(attention_mask=am, max_new_tokens=8, do_sample=False, pad_token_id=0, cache_implementation=cache)
+    with torch.no_grad():
+        expected = _falcon("eager", variant).generate(ids, **kw)
+        got = _falcon(IMPL, variant).generate(ids, **kw)
+    assert got.shape == (3, 20) and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("variant", FALCON_VARIANTS)
+def test_falcon_float64_and_gradients_match_sdpa(variant):
+    ids, am = _prompts("right")
+    real = am.bool()
+    runs = {}
+    for impl in ("sdpa", FLASH):
+        model = _falcon(impl, variant, torch.float64)
+        logits = model(input_ids=ids, attention_mask=am).logits
+        logits[real].square().sum().backward()
+        runs[impl] = (logits[real], {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    (o_s, g_s), (o_a, g_a) = runs["sdpa"], runs[FLASH]
+    assert err(o_a, o_s) < 1e-10 and g_a.keys() == g_s.keys() and g_s
+    assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10

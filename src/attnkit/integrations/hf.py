@@ -24,8 +24,9 @@
   repeating keys) to :func:`attnkit.attention`. With ``output_attentions=True`` it returns the
   exact attention weights from the engine, so attention maps need no switch to ``eager``.
 
-Models whose layers do not call the ``AttentionInterface`` (BLOOM, Falcon, GPT-Neo, ...: see
-:func:`check_model_class`) are refused when they are built with ``attn_implementation="attnkit"``.
+Models whose layers do not call the ``AttentionInterface`` (BLOOM, GPT-Neo, ...: ``transformers``
+itself says which, see :func:`uses_attention_interface`) are refused when they are built with
+``attn_implementation="attnkit"``.
 
 Semantics that differ from ``eager``: a query row with no visible key (only left-padding positions
 of a causal model) gives output 0 and weights 0, as ``sdpa`` does (``eager`` averages every value
@@ -52,6 +53,7 @@ from ._hf_masks import StructuredMask, attnkit_mask
 __all__ = [
     "register",
     "check_model_class",
+    "uses_attention_interface",
     "attnkit_attention_forward",
     "attnkit_mask",
     "StructuredMask",
@@ -217,23 +219,40 @@ def attnkit_attention_forward(
     return out.transpose(1, 2).contiguous(), weights
 
 
+def uses_attention_interface(model_class: type) -> bool:
+    """Whether ``model_class``'s attention layers call ``transformers``' ``AttentionInterface``.
+
+    The test is ``transformers``' own, so it moves with each release (Falcon computed attention in
+    its own layers before ``transformers`` 5.2x and calls the interface since): the class declares
+    ``_supports_attention_backend``, or its module's attention layers call
+    ``ALL_ATTENTION_FUNCTIONS.get_interface`` (``_can_set_attn_implementation``).
+
+    Example:
+        >>> import transformers                                            # doctest: +SKIP
+        >>> uses_attention_interface(transformers.LlamaForCausalLM)         # doctest: +SKIP
+        True
+        >>> uses_attention_interface(transformers.BloomForCausalLM)         # doctest: +SKIP
+        False
+    """
+    if getattr(model_class, "_supports_attention_backend", False):
+        return True
+    can_set = getattr(model_class, "_can_set_attn_implementation", None)
+    return can_set is None or bool(can_set())
+
+
 def check_model_class(model_class: type) -> None:
     """Refuse a model class whose attention layers do not call ``transformers``' ``AttentionInterface``.
 
-    BLOOM, Falcon, GPT-Neo and other older architectures compute attention in their own layers
-    (``eager``/``sdpa`` classes picked by name): ``attn_implementation="attnkit"`` would fail deep
-    inside them (``KeyError``, or a ``TypeError`` on the mask) or never reach attnkit. The test is
-    ``transformers``' own: the class declares ``_supports_attention_backend``, or its module's
-    attention layers call ``ALL_ATTENTION_FUNCTIONS.get_interface`` (``_can_set_attn_implementation``).
-    :func:`register` runs it whenever a model is built with attnkit's implementation.
+    Older architectures (BLOOM, GPT-Neo, ...) compute attention in their own layers (``eager``/``sdpa``
+    classes picked by name): ``attn_implementation="attnkit"`` would fail deep inside them
+    (``KeyError``, or a ``TypeError`` on the mask) or never reach attnkit. The criterion is
+    :func:`uses_attention_interface`; :func:`register` runs this check whenever a model is built
+    with attnkit's implementation.
 
     Raises:
         AttnkitError: naming the class and the implementations it supports.
     """
-    if getattr(model_class, "_supports_attention_backend", False):
-        return
-    can_set = getattr(model_class, "_can_set_attn_implementation", None)
-    if can_set is None or can_set():
+    if uses_attention_interface(model_class):
         return
     name = model_class.__name__
     others = '"eager" or "sdpa"' if getattr(model_class, "_supports_sdpa", False) else '"eager"'
