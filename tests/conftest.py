@@ -62,6 +62,15 @@ def one_thread():
 ENGINES = list(ENGINE_ORDER)
 
 
+def general_dispatch(q, k, v, **kwargs):
+    """What ``engine="auto"`` dispatch picks on the general path (calls the hot path leaves to it:
+    gradients, dropout, weights, float64, ...), whether or not this call would take the hot path."""
+    from attnkit.engines import dispatch
+    from attnkit.spec import AttentionSpec
+
+    return dispatch.choose(AttentionSpec.build(q, k, v, **kwargs))
+
+
 def skip_unless_accepts(engine: str, q, k, v, **kwargs) -> None:
     """Skip (with the engine's own reason) when ``engine`` cannot compute this spec."""
     try:

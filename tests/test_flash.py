@@ -13,7 +13,7 @@ from attnkit.dropout import keep_mask
 from attnkit.engines import _kernel, flash
 from attnkit.spec import BlockIndex
 
-from conftest import assert_flash_rule, err, qkv
+from conftest import assert_flash_rule, err, general_dispatch, qkv
 
 # float64 flash vs float64 reference differ only by summation order: a few ulps times the
 # number of key tiles merged. 1e-10 is ~1e6 ulps of headroom for values of order 1.
@@ -375,7 +375,7 @@ def test_tile_path_choice_and_explain(monkeypatch):
 
 def test_dispatch_reasons():
     q, k, v = qkv(1, 2, 2, 8, 8, 8)
-    d = attnkit.explain(q, k, v, normalizer="entmax15")
+    d = general_dispatch(q, k, v, normalizer="entmax15")
     assert d.engine == "reference" and "reference-only" in d.reasons["flash"]
     with pytest.raises(attnkit.AttnkitError, match="flash"):
         attnkit.attention(q, k, v, normalizer="sparsemax", engine="flash")
@@ -384,24 +384,28 @@ def test_dispatch_reasons():
 def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
     set_tiles(monkeypatch, 8, 8)  # so these small inputs span several tiles
     q, k, v = qkv(1, 4, 2, 32, 200, 8)  # L > 16: not a decoding shape
-    assert attnkit.explain(q, k, v).engine == "sdpa"
-    assert attnkit.explain(q, k, v, causal="top_left").engine == "sdpa"
-    d = attnkit.explain(q, k, v, causal=True)  # bottom-right with L != S
+    assert general_dispatch(q, k, v).engine == "sdpa"
+    assert general_dispatch(q, k, v, causal="top_left").engine == "sdpa"
+    d = general_dispatch(q, k, v, causal=True)  # bottom-right with L != S
     assert d.engine == "flash" and "top-left" in d.reasons["sdpa"]
-    assert attnkit.explain(q, k, v, window=(4, 0)).engine == "flash"
-    assert attnkit.explain(q, k, v, dropout_p=0.1).engine == "flash"
-    assert attnkit.explain(q, k, v, return_weights=True).engine == "flash"
-    d = attnkit.explain(q, k, v, normalizer="sigmoid")
+    assert general_dispatch(q, k, v, window=(4, 0)).engine == "flash"
+    assert general_dispatch(q, k, v, dropout_p=0.1).engine == "flash"
+    assert general_dispatch(q, k, v, return_weights=True).engine == "flash"
+    d = general_dispatch(q, k, v, normalizer="sigmoid")
     assert d.engine == "reference" and set(d.reasons) >= {"sdpa", "flash"}
 
 
-def test_single_block_problems_go_to_reference(monkeypatch):
+def test_single_block_problems_run_on_the_fused_kernel_and_reference_only_without_it(monkeypatch):
     set_tiles(monkeypatch, 256, 512, 1 << 20)  # the defaults
-    q, k, v = qkv(1, 4, 2, 8, 12, 8)
-    d = attnkit.explain(q, k, v, causal=True)
-    assert d.engine == "reference" and "one block" in d.reasons["flash"]
+    q, k, v = qkv(1, 4, 2, 20, 24, 8)
+    if _kernel.path(AttentionSpec.build(q, k, v))[0] == "fused":
+        d = general_dispatch(q, k, v, causal=True)
+        assert d.engine == "flash" and "one block" not in str(d)
+    with _kernel.force_path("torch"):  # tiles in PyTorch: one block gains nothing from tiling
+        d = general_dispatch(q, k, v, causal=True)
+        assert d.engine == "reference" and "one block" in d.reasons["flash"]
     q, k, v = qkv(1, 4, 2, 600, 700, 8)
-    assert attnkit.explain(q, k, v, causal=True).engine == "flash"
+    assert general_dispatch(q, k, v, causal=True).engine == "flash"
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(causal="top_left"), dict(mask="bool"), dict(mask="float")])

@@ -7,7 +7,7 @@ import logging
 
 from torch import Tensor
 
-from .engines import dispatch
+from .engines import dispatch, hot
 from .engines.dispatch import Dispatch
 from .errors import AttnkitError
 from .spec import AttentionOutput, AttentionSpec, Normalizer, ScoreMod
@@ -95,6 +95,13 @@ def attention(
         >>> attnkit.attention(q, k, v, causal=True).shape  # GQA: 8 query heads share 2 kv heads
         torch.Size([2, 8, 5, 16])
     """
+    args = hot.plan(query, key, value, mask, causal, window, kv_lengths, q_lengths, scale, score_mod, bias,
+                    alibi_slopes, softcap, normalizer, dropout_p, seed, return_lse, return_weights, engine)
+    if type(args) is tuple:
+        res = hot.run(args)
+        if res is not None:
+            return AttentionOutput(res[0], res[1]) if return_lse else res[0]
+        # The op's own checks declined the call: the general path computes it or raises the AttnkitError.
     spec = AttentionSpec.build(
         query, key, value, mask=mask, causal=causal, window=window, kv_lengths=kv_lengths, q_lengths=q_lengths,
         scale=scale, score_mod=score_mod, bias=bias, alibi_slopes=alibi_slopes, softcap=softcap,
@@ -110,7 +117,10 @@ def attention(
 def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", **kwargs) -> Dispatch:
     """Which engine :func:`attention` would run for these arguments, and why the others would not.
 
-    Takes the same arguments as :func:`attention`; computes nothing.
+    Takes the same arguments as :func:`attention`; computes nothing. The common call runs on the
+    hot path (one compiled op, see ``attnkit.engines.hot``): then ``engine`` is ``"flash"``,
+    ``hot`` is True and ``detail`` says so; otherwise ``not_hot`` says why the call takes the
+    general path and ``reasons`` why each other engine was not chosen.
 
     Example:
         >>> import torch, attnkit
@@ -121,8 +131,13 @@ def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", 
     unknown = set(kwargs) - _OPTIONS
     if unknown:
         raise AttnkitError.build("arguments of attnkit.attention", str(sorted(unknown)), "check the spelling")
-    spec = AttentionSpec.build(query, key, value, **kwargs)
-    return dispatch.choose(spec, engine)
+    spec = AttentionSpec.build(query, key, value, **kwargs)  # raises what attention() would raise
+    plan = hot.plan(query, key, value, engine=engine, **kwargs)
+    if type(plan) is tuple:
+        return Dispatch("flash", detail=hot.DETAIL, hot=True)
+    choice = dispatch.choose(spec, engine)
+    choice.not_hot = plan
+    return choice
 
 
 # What explain() accepts besides the tensors and engine: exactly attention()'s options.

@@ -206,6 +206,12 @@ def _register_fakes() -> None:
         B, H, Lb, _ = q.shape
         return q.new_empty(B, H, Lb, v.shape[-1], dtype=torch.float32), q.new_empty(B, H, Lb, dtype=torch.float32)
 
+    @torch.library.register_fake("attnkit_fused::attention")
+    def _(q, k, v, mask, kv_lengths, q_lengths, alibi_slopes, causal, window_left, window_right, scale, softcap,
+          half_gemm):
+        B, H, L, _ = q.shape
+        return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.float32)
+
     @torch.library.register_fake("attnkit_fused::backward")
     def _(q, k, v, dout, lse, delta, dq, dk, dv, d_float_mask, d_bias, *rest):
         return None

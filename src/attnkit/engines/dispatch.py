@@ -25,7 +25,7 @@ from types import ModuleType
 
 from ..errors import AttnkitError
 from ..spec import AttentionSpec
-from ._kernel import single_block
+from ._kernel import path, single_block
 
 __all__ = ["ENGINE_ORDER", "Dispatch", "load", "auto_order", "choose"]
 
@@ -43,9 +43,13 @@ class Dispatch:
     engine: str
     reasons: dict[str, str] = field(default_factory=dict)
     detail: str | None = None  # how the chosen engine runs, e.g. "tile path: fused (built for avx512)"
+    hot: bool = False  # the call runs on the hot path (attnkit.engines.hot): one compiled op
+    not_hot: str | None = None  # why the call takes the general path instead (None: hot, or not asked)
 
     def __str__(self) -> str:
         lines = [f"engine: {self.engine}" + (f" ({self.detail})" if self.detail else "")]
+        if self.not_hot:
+            lines.append(f"  not the hot path: {self.not_hot}")
         lines += [f"  not {name}: {why}" for name, why in self.reasons.items()]
         return "\n".join(lines)
 
@@ -58,14 +62,16 @@ def load(name: str) -> ModuleType:
 def auto_order(spec: AttentionSpec) -> tuple[tuple[str, ...], dict[str, str]]:
     """Engines to try for ``engine="auto"``, fastest first, with reasons for demotions.
 
-    A problem whose whole score matrix is a single flash block gains nothing from tiling or
-    splitting: the reference engine computes the same block in one step, with less overhead.
+    The fused kernel packs a small problem into one call, so it runs single-block shapes too. Only
+    where the tiles would run in PyTorch (no compiler, float64, a ``score_mod`` callable, ...)
+    does a problem whose whole score matrix is a single block gain nothing from tiling: the
+    reference engine then computes the same block in one step, with less overhead.
     """
-    if not single_block(spec):
+    if not single_block(spec) or path(spec)[0] == "fused":
         return ENGINE_ORDER, {}
     order = [e for e in ENGINE_ORDER if e not in _TILED and e != "reference"] + ["reference"]
     order += [e for e in ENGINE_ORDER if e in _TILED]
-    why = "the whole score matrix is one block; the reference engine computes it in one step"
+    why = "the whole score matrix is one block and the tiles would run in PyTorch; the reference engine computes it in one step"
     return tuple(order), {e: why for e in _TILED}
 
 

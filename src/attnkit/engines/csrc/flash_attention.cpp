@@ -349,6 +349,25 @@ class WorkQueue {
 };
 
 // ============================================================================= forward
+// pv = sum over the keys row ia of head h can see of P[j] * V[j] (tile columns [0, n) = absolute
+// keys [ja, ja+n)): the P V product of one row with hidden keys left out, not multiplied by 0.
+template <typename T>
+void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, const float* prob,
+                    const T* v, float* pv) {
+  int64_t lo, hi;
+  row_range(p, b, ia, lo, hi);
+  lo = std::clamp(lo - ja, int64_t(0), n);
+  hi = std::clamp(hi - ja, int64_t(0), n);
+  std::fill(pv, pv + p.E, 0.f);
+  const bool* mrow = p.mask ? p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i : nullptr;
+  for (int64_t j = lo; j < hi; ++j) {
+    if (mrow && !mrow[(ja + j) * p.ms.j]) continue;
+    const float w = prob[j];
+    const T* vj = v + j * p.E;
+    for (int64_t e = 0; e < p.E; ++e) pv[e] += w * static_cast<float>(vj[e]);
+  }
+}
+
 // Causal work is triangular: visiting blocks as 0, n-1, 1, n-2, ... gives each thread's
 // contiguous chunk of items an even mix of light and heavy blocks.
 inline int64_t zigzag(int64_t t, int64_t n) { return t % 2 == 0 ? t / 2 : n - 1 - t / 2; }
@@ -373,7 +392,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   constexpr bool half = !std::is_same_v<T, float>;
   // Scratch per chunk of work (one chunk per thread): scores (rows x bk), half copy of P,
   // accumulator, m, l, column keys. Allocated inside the chunk, so nothing depends on thread ids.
-  const int64_t per_thread = round16(rows_max * bk) + round16(rows_max * p.E) + 2 * round16(rows_max) + bk;
+  const int64_t per_thread = round16(rows_max * bk) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + bk;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
 
   // Parallel over (batch * kv group, query block); K/V are read in place, never repeated.
@@ -387,6 +406,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
     float* mrow = acc + round16(rows_max * p.E);
     float* lrow = mrow + round16(rows_max);
     uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + round16(rows_max));
+    float* pv = reinterpret_cast<float*>(ckeys + bk);  // this tile's P V where some row hides a key of it
     T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
     for (int64_t item; work.next(item);) {
       const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
@@ -406,12 +426,14 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       const T* vp = v + bg * p.Sb * p.E;
       // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
       int64_t jlo = p.Sb, jhi = 0;
+      int64_t inner_lo = 0, inner_hi = p.Sb;  // keys every row of the tile sees (structurally)
       for (int64_t r = 0; r < rows; ++r) {
         int64_t lo, hi;
         row_range(p, b, query_of(r), lo, hi);
         lo = std::clamp(lo - p.j0, int64_t(0), p.Sb);
         hi = std::clamp(hi - p.j0, int64_t(0), p.Sb);
         if (lo < hi) jlo = std::min(jlo, lo), jhi = std::max(jhi, hi);
+        inner_lo = std::max(inner_lo, lo), inner_hi = std::min(inner_hi, hi);
         mrow[r] = kNegInf;
         lrow[r] = 0.f;
       }
@@ -449,10 +471,29 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
           if constexpr (half) to_gemm_type(s, p_half + r * cols, cols);
         }
         // Alg. 1 line 10 (cont.): O += P V_j.
+        const T* pg;
         if constexpr (half) {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, p_half, cols, vp + n0 * p.E, p.E, 1.f, acc, p.E);
+          pg = p_half;
         } else {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, qk, cols, vp + n0 * p.E, p.E, 1.f, acc, p.E);
+          pg = qk;
+        }
+        // A key hidden from a row has P = 0 there, but 0 * NaN = NaN: garbage in V (a KV cache from
+        // torch.empty) would leak through the GEMM. Where some row hides a key of this tile, the
+        // product goes to `pv` first and rows that came out non-finite are redone over their visible
+        // keys only (IEEE arithmetic for those, as in the reference). The cache is read once.
+        const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;
+        if (!partial) {
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 1.f, acc, p.E);
+        } else {
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 0.f, pv, p.E);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* pvr = pv + r * p.E;
+            bool finite = true;
+            for (int64_t e = 0; e < p.E && finite; ++e) finite = std::isfinite(pvr[e]);
+            if (!finite) visible_pv_row(p, b, head_of(r), query_of(r), p.j0 + n0, cols, qk + r * cols,
+                                        vp + n0 * p.E, pvr);
+            at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, acc + r * p.E, acc + r * p.E, pvr, p.E);
+          }
         }
       }
       // Alg. 1 lines 12-13: O = diag(l)^-1 O, L = m + log l; rows that saw nothing: O = 0, L = -inf.
@@ -649,6 +690,92 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
   });
 }
 
+// ============================================================================= the hot path
+// attnkit.attention's common call in one op: arguments checked here, the forward kernel over the
+// whole problem, the result in the input dtype. Every check that fails raises; the Python side then
+// runs the general path, which either computes the call (a case the hot path leaves to it) or
+// raises the AttnkitError with expected/got/fix — so both paths give the same errors.
+at::Tensor lengths_arg(const std::optional<at::Tensor>& t, int64_t B, int64_t n, const char* name) {
+  if (!t) return at::Tensor();
+  TORCH_CHECK(t->device().is_cpu() && t->dim() == 1 && t->size(0) == B, "hot path: ", name, " shape/device");
+  TORCH_CHECK(at::isIntegralType(t->scalar_type(), /*includeBool=*/false), "hot path: ", name, " dtype");
+  at::Tensor c = t->to(at::kLong).contiguous();
+  const int64_t* d = c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B; ++i) TORCH_CHECK(d[i] >= 0 && d[i] <= n, "hot path: ", name, " out of range");
+  return c;
+}
+
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                             const std::optional<at::Tensor>& mask_in,
+                                             const std::optional<at::Tensor>& kv_lengths,
+                                             const std::optional<at::Tensor>& q_lengths,
+                                             const std::optional<at::Tensor>& alibi_slopes, int64_t causal,
+                                             int64_t window_left, int64_t window_right, std::optional<double> scale,
+                                             double softcap, bool half_gemm) {
+  const auto dt = q_in.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, "hot path: dtype");
+  for (const at::Tensor* t : {&q_in, &k_in, &v_in}) {
+    TORCH_CHECK(t->dim() == 4 && t->scalar_type() == dt && t->device().is_cpu() && t->layout() == at::kStrided,
+                "hot path: q/k/v must be 4-D strided CPU tensors of one floating dtype");
+  }
+  const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2), D = q_in.size(3);
+  const int64_t G = k_in.size(1), S = k_in.size(2);
+  TORCH_CHECK(k_in.size(0) == B && k_in.size(3) == D && G > 0 && H % G == 0, "hot path: key shape");
+  TORCH_CHECK(v_in.size(0) == B && v_in.size(1) == G && v_in.size(2) == S, "hot path: value shape");
+  TORCH_CHECK(D > 0 && v_in.size(3) > 0, "hot path: empty head dims");
+  TORCH_CHECK(causal >= 0 && causal <= 2 && window_left >= -1 && window_right >= -1, "hot path: causal/window");
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0.0, "hot path: softcap");
+  const double sc = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
+  TORCH_CHECK(std::isfinite(sc), "hot path: scale");
+
+  std::optional<at::Tensor> bmask, fmask, alibi;
+  if (mask_in) {
+    const at::Tensor& m = *mask_in;
+    TORCH_CHECK(m.device().is_cpu() && m.dim() <= 4, "hot path: mask device/dims");
+    TORCH_CHECK(m.scalar_type() == at::kBool || at::isFloatingType(m.scalar_type()), "hot path: mask dtype");
+    const int64_t full[4] = {B, H, L, S};
+    std::vector<int64_t> shape(4 - m.dim(), 1);
+    for (int64_t d = 0; d < m.dim(); ++d) shape.push_back(m.size(d));
+    for (int d = 0; d < 4; ++d) TORCH_CHECK(shape[d] == 1 || shape[d] == full[d], "hot path: mask shape");
+    at::Tensor m4 = m.reshape(shape);
+    if (m.scalar_type() == at::kBool) {
+      bmask = m4;
+    } else {
+      fmask = m4.to(at::kFloat);  // float32 whatever the inputs: half would round 2049 to 2048
+    }
+  }
+  if (alibi_slopes) {
+    const at::Tensor& a = *alibi_slopes;
+    TORCH_CHECK(a.device().is_cpu() && at::isFloatingType(a.scalar_type()), "hot path: alibi dtype/device");
+    TORCH_CHECK((a.dim() == 1 && a.size(0) == H) || (a.dim() == 2 && a.size(0) == B && a.size(1) == H),
+                "hot path: alibi shape");
+    alibi = a.to(at::kFloat).expand({B, H}).contiguous();
+  }
+  const at::Tensor kvl = lengths_arg(kv_lengths, B, S, "kv_lengths");
+  const at::Tensor ql = lengths_arg(q_lengths, B, L, "q_lengths");
+  const bool widen = dt != at::kFloat && !half_gemm;
+  const at::Tensor q = widen ? q_in.to(at::kFloat).contiguous() : q_in.contiguous();
+  const at::Tensor k = widen ? k_in.to(at::kFloat).contiguous() : k_in.contiguous();
+  const at::Tensor v = widen ? v_in.to(at::kFloat).contiguous() : v_in.contiguous();
+  const int64_t ints[9] = {0, 0, L, S, causal, window_left, window_right, 0, 0};
+  const double floats[3] = {sc, softcap, 0.0};
+  const Params p = make_params(q, k, v, kvl.defined() ? std::optional<at::Tensor>(kvl) : std::nullopt,
+                               ql.defined() ? std::optional<at::Tensor>(ql) : std::nullopt, bmask, fmask,
+                               std::nullopt, alibi, ints, floats);
+  const int64_t E = v.size(3);
+  at::Tensor out = at::empty({B, H, L, E}, q.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({B, H, L}, q.options().dtype(at::kFloat));
+  if (out.numel() != 0 || lse.numel() != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                 out.data_ptr<float>(), lse.data_ptr<float>());
+      }
+    });
+  }
+  return {dt == at::kFloat ? out : out.to(dt), lse};
+}
+
 }  // namespace
 }  // namespace attnkit_fused
 
@@ -663,9 +790,16 @@ TORCH_LIBRARY(attnkit_fused, m) {
       "Tensor(b!) dk, Tensor(c!) dv, Tensor(d!)? d_float_mask, Tensor(e!)? d_bias, Tensor? kv_lengths, "
       "Tensor? q_lengths, Tensor? mask, Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, "
       "float[] floats) -> ()");
+  // The hot path of attnkit.attention (no autograd, no dropout): checks its arguments, returns
+  // out (B,H,L,E) in q's dtype and lse (B,H,L) float32.
+  m.def(
+      "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? kv_lengths, Tensor? q_lengths, "
+      "Tensor? alibi_slopes, int causal, int window_left, int window_right, float? scale, float softcap, "
+      "bool half_gemm) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attnkit_fused, CPU, m) {
+  m.impl("attention", &attnkit_fused::attention);
   m.impl("forward", &attnkit_fused::forward);
   m.impl("backward", &attnkit_fused::backward);
 }
