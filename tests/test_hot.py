@@ -1,0 +1,217 @@
+"""The hot path (attnkit.engines.hot): the common call as one compiled op.
+
+Every case asserts that the call really takes the hot path (``hot.plan`` returns the op's
+arguments), then compares with the float64 reference engine by FlashAttention's rule, the
+baseline being the reference engine in the input dtype. Bad inputs must raise the same
+AttnkitError on the hot path as on the general path (AttentionSpec.build), including the ones
+only the C++ checks can see (lengths out of range, mask shapes).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnkit
+from attnkit import AttnkitError
+from attnkit.engines import hot
+from attnkit.spec import AttentionSpec
+
+from conftest import assert_flash_rule, err, qkv
+
+if hot.status() is not None:  # CI has a compiler: there a failed build must fail this module, not skip it
+    import os
+
+    if os.environ.get("CI"):
+        raise RuntimeError(f"the fused kernel did not build in CI: {hot.status()}")
+    pytest.skip(f"hot path unavailable: {hot.status()}", allow_module_level=True)
+
+SHAPES = {  # (B, H, G, L, S, D, E)
+    "encoder_tiny": (1, 12, 12, 16, 16, 32, 32),
+    "encoder_batch": (3, 4, 4, 65, 65, 32, 32),
+    "decode": (2, 8, 2, 1, 513, 64, 64),
+    "decode_chunk": (2, 4, 1, 5, 300, 16, 24),
+    "awkward": (2, 6, 3, 97, 131, 59, 111),
+    "many_blocks": (1, 2, 1, 300, 1100, 16, 16),
+}
+
+
+def _options(name, B, H, L, S, g):
+    lengths = torch.randint(0, S + 1, (B,), generator=g)
+    qlen = torch.randint(0, L + 1, (B,), generator=g)
+    return {
+        "plain": {},
+        "causal": dict(causal=True),
+        "top_left": dict(causal="top_left"),
+        "window": dict(window=(7, 2)),
+        "causal_window": dict(causal=True, window=(33, 0)),
+        "kv_lengths": dict(kv_lengths=lengths, causal=True),
+        "q_lengths": dict(kv_lengths=lengths, q_lengths=qlen),
+        "bool_mask": dict(mask=torch.rand(B, 1, L, S, generator=g) > 0.4),
+        "float_mask": dict(mask=torch.randn(1, H, L, S, generator=g) * 3),
+        "key_mask_2d": dict(mask=torch.rand(L, S, generator=g) > 0.2),
+        "alibi": dict(alibi_slopes=attnkit.alibi_slopes(H), causal=True),
+        "alibi_batch": dict(alibi_slopes=torch.rand(B, H, generator=g)),
+        "softcap_scale": dict(softcap=4.0, scale=0.5),
+        "empty_row_mask": dict(mask=torch.zeros(1, 1, L, S, dtype=torch.bool)),
+    }[name]
+
+
+OPTIONS = ["plain", "causal", "top_left", "window", "causal_window", "kv_lengths", "q_lengths", "bool_mask",
+           "float_mask", "key_mask_2d", "alibi", "alibi_batch", "softcap_scale", "empty_row_mask"]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_hot_path_matches_the_float64_reference(shape, option):
+    B, H, G, L, S, D, E = SHAPES[shape]
+    q, k, v = qkv(B, H, G, L, S, D, E, seed=len(shape) + len(option))
+    kw = _options(option, B, H, L, S, torch.Generator().manual_seed(3))
+    assert type(hot.plan(q, k, v, **kw, return_lse=True)) is tuple, hot.plan(q, k, v, **kw, return_lse=True)
+    ours = attnkit.attention(q, k, v, **kw, return_lse=True)
+    base = attnkit.attention(q, k, v, **kw, return_lse=True, engine="reference")
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, return_lse=True, engine="reference")
+    assert ours.out.dtype == q.dtype and ours.out.shape == (B, H, L, E) and ours.lse.dtype == torch.float32
+    assert_flash_rule(ours.out, base.out, ref.out)
+    assert torch.equal(ours.lse == float("-inf"), ref.lse == float("-inf"))  # the same empty rows
+    assert_flash_rule(ours.lse.masked_fill(ref.lse == float("-inf"), 0), base.lse.masked_fill(ref.lse == float("-inf"), 0),
+                      ref.lse.masked_fill(ref.lse == float("-inf"), 0), floor=1e-5)
+    plain = attnkit.attention(q, k, v, **kw)  # without return_lse: the tensor alone
+    assert torch.equal(plain, ours.out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("option", ["plain", "causal", "kv_lengths", "float_mask", "alibi"])
+def test_hot_path_half_precision_follows_the_flash_rule(dtype, option):
+    B, H, G, L, S, D, E = 2, 4, 2, 33, 70, 32, 32
+    q, k, v = qkv(B, H, G, L, S, D, E, dtype=dtype, seed=5)
+    kw = _options(option, B, H, L, S, torch.Generator().manual_seed(4))
+    assert type(hot.plan(q, k, v, **kw)) is tuple
+    ours = attnkit.attention(q, k, v, **kw)
+    base = attnkit.attention(q, k, v, **kw, engine="reference")
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
+    assert ours.dtype == dtype
+    assert_flash_rule(ours, base, ref)
+
+
+@pytest.mark.parametrize("where", ["kv_lengths", "causal", "bool_mask", "window"])
+def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_rows(where):
+    # A KV cache from torch.empty holds anything: NaN/inf in keys a row cannot see must not leak into
+    # that row through the P·V product (0·NaN) — the kernel's pass keeps them out, with no scan of
+    # K/V first. The garbage sits inside the key range the tile reads (rows of one tile see it or not).
+    B, H, G, L, S, D = 2, 4, 2, 40, 40, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=9)
+    k, v = k.clone(), v.clone()
+    bad = slice(30, 33)
+    k[:, :, bad] = float("inf")
+    v[:, :, bad] = float("nan")
+    kw = {"kv_lengths": dict(kv_lengths=torch.tensor([30, 40]), causal=True),  # batch 0: hidden by its length
+          "causal": dict(causal=True),                                          # rows 0..29 never see them
+          "bool_mask": dict(mask=(torch.arange(S) < 30) | (torch.arange(S) >= 33)),  # hidden from every row
+          "window": dict(window=(4, 0), causal=True)}[where]                    # rows 37+ have passed them
+    assert type(hot.plan(q, k, v, **kw)) is tuple
+    out = attnkit.attention(q, k, v, **kw)
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
+    nan_rows = torch.isnan(ref).any(-1)
+    assert (~nan_rows).any() and torch.equal(torch.isnan(out).any(-1), nan_rows)
+    assert err(out, ref) < 1e-5  # NaN in the same places, the rest exact
+    if where == "bool_mask":
+        assert not nan_rows.any()
+    if where in ("causal", "kv_lengths"):
+        assert not nan_rows[..., :30].any() and nan_rows[1, :, 30:].all()
+
+
+def test_nan_query_rows_stay_in_their_rows():
+    q, k, v = qkv(2, 4, 4, 8, 8, 16, seed=1)
+    q = q.clone()
+    q[1, 2, 5] = float("nan")
+    out = attnkit.attention(q, k, v)
+    nan_rows = torch.isnan(out).any(-1)
+    assert nan_rows.sum() == 1 and nan_rows[1, 2, 5]
+
+
+def test_empty_sequences_and_non_contiguous_inputs():
+    q, k, v = qkv(2, 4, 2, 0, 9, 8)
+    assert attnkit.attention(q, k, v).shape == (2, 4, 0, 8)
+    q, k, v = qkv(2, 4, 2, 5, 0, 8)
+    res = attnkit.attention(q, k, v, return_lse=True)
+    assert torch.equal(res.out, torch.zeros(2, 4, 5, 8)) and torch.isinf(res.lse).all()
+    # (B, L, H, D) memory viewed as (B, H, L, D): strided inputs are read correctly.
+    x = torch.randn(2, 7, 4, 8).transpose(1, 2)
+    assert type(hot.plan(x, x, x)) is tuple
+    ref = attnkit.attention(x.double(), x.double(), x.double(), engine="reference")
+    assert err(attnkit.attention(x, x, x), ref) < 1e-5
+
+
+def test_calls_that_need_the_general_path_take_it_and_explain_says_why():
+    q, k, v = qkv(1, 2, 2, 4, 6, 8)
+    cases = {
+        "engine='flash' is forced": dict(engine="flash"),
+        "float64": dict(dtype=torch.float64),
+        "autograd": dict(grad=True),
+        "dropout": dict(dropout_p=0.1),
+        "bias, return_weights or seed": dict(return_weights=True),
+        "normalizer other than softmax": dict(normalizer="sparsemax"),
+    }
+    for why, kw in cases.items():
+        kw = dict(kw)
+        qq, kk, vv = q, k, v
+        if kw.pop("dtype", None):
+            qq, kk, vv = (t.double() for t in (q, k, v))
+        if kw.pop("grad", None):
+            qq = q.clone().requires_grad_()
+        plan = hot.plan(qq, kk, vv, **kw)
+        assert isinstance(plan, str) and why.split()[0] in plan, (why, plan)
+        d = attnkit.explain(qq, kk, vv, **kw)
+        assert not d.hot and d.not_hot == plan and f"not the hot path: {plan}" in str(d)
+    d = attnkit.explain(q, k, v, causal=True)
+    assert d.hot and d.engine == "flash" and "hot path" in str(d)
+
+
+BAD = [  # (argument overrides, what the general path's message says)
+    (dict(key=torch.zeros(2, 3, 5, 8)), "key heads G dividing"),
+    (dict(key=torch.zeros(2, 2, 5, 7)), "key of shape"),
+    (dict(value=torch.zeros(2, 2, 4, 8)), "value of shape"),
+    (dict(mask=torch.ones(3, 1, 6, 5, dtype=torch.bool)), "mask broadcastable"),
+    (dict(mask=torch.ones(1, 1, 6, 5, dtype=torch.int32)), "boolean"),
+    (dict(mask=torch.ones(2, 2, 1, 6, 5, dtype=torch.bool)), "mask broadcastable"),
+    (dict(causal="bottom"), "causal"),
+    (dict(window=(3,)), "window"),
+    (dict(window=(-1, 0)), "window"),
+    (dict(kv_lengths=torch.tensor([5, 6])), "kv_lengths in"),
+    (dict(kv_lengths=torch.tensor([-1, 2])), "kv_lengths in"),
+    (dict(q_lengths=torch.tensor([7, 1])), "q_lengths in"),
+    (dict(kv_lengths=torch.tensor([5])), "kv_lengths as an integer tensor"),
+    (dict(kv_lengths=torch.tensor([5.0, 1.0])), "integer tensor"),
+    (dict(alibi_slopes=torch.ones(3)), "alibi_slopes"),
+    (dict(alibi_slopes=torch.ones(4, dtype=torch.int64)), "alibi_slopes"),
+    (dict(softcap=0.0), "softcap"),
+    (dict(softcap=float("inf")), "softcap"),
+    (dict(scale=float("nan")), "scale"),
+    (dict(scale=float("inf")), "scale"),
+    (dict(return_lse=1), "return_lse"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD)
+def test_bad_inputs_raise_the_general_paths_error(kwargs, match):
+    args = dict(query=torch.zeros(2, 4, 6, 8), key=torch.zeros(2, 2, 5, 8), value=torch.zeros(2, 2, 5, 8))
+    args.update({k_: v_ for k_, v_ in kwargs.items() if k_ in args})
+    opts = {k_: v_ for k_, v_ in kwargs.items() if k_ not in args}
+    with pytest.raises(AttnkitError, match=match) as general:
+        AttentionSpec.build(args["query"], args["key"], args["value"], **opts)
+    with pytest.raises(AttnkitError, match=match) as hot_call:
+        attnkit.attention(args["query"], args["key"], args["value"], **opts)
+    assert str(hot_call.value) == str(general.value)
+
+
+def test_the_op_itself_rejects_what_only_data_or_shapes_reveal():
+    # These pass the cheap Python checks of plan(); the C++ checks must catch them (then the
+    # general path raises), never compute garbage.
+    q, k, v = torch.zeros(2, 4, 6, 8), torch.zeros(2, 2, 5, 8), torch.zeros(2, 2, 5, 8)
+    for kw in (dict(kv_lengths=torch.tensor([5, 6])), dict(mask=torch.ones(3, 1, 6, 5, dtype=torch.bool)),
+               dict(key=torch.zeros(2, 3, 5, 8)), dict(scale=float("nan")), dict(softcap=float("inf"))):
+        args = [kw.pop("key", k) if "key" in kw else k]
+        plan = hot.plan(q, args[0], v, **kw)
+        assert type(plan) is tuple, kw
+        assert hot.run(plan) is None, kw
