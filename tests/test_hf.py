@@ -243,13 +243,17 @@ def test_minilm_matches_eager(minilm, probe):
     assert probe[1] and all(isinstance(m, hf.StructuredMask) and m.kv_lengths is not None for m in probe[1])
     a, e = ours.last_hidden_state, eager.last_hidden_state
     assert err(a[real], e[real]) < 1e-5
-    assert torch.allclose(a, e, atol=1e-5)
+    # Padding positions carry rounding noise amplified through six layers by any implementation:
+    # held to FlashAttention's rule with sdpa as the baseline (its own distance from eager there).
+    s = _encode(path, "sdpa", batch).last_hidden_state
+    assert err(a[~real], e[~real]) <= 2 * err(s[~real], e[~real]) + 1e-6
     assert len(ours.attentions) == len(eager.attentions) == 6
     # Layer 0 sees identical inputs: the weights differ by rounding only — the exp (1 ulp) and
     # the blockwise order of the row sum (a few ulps): at most 8 ulps of 1.
     assert err(ours.attentions[0], eager.attentions[0]) <= 8 * 2**-23
     for w, w_e in zip(ours.attentions, eager.attentions):
-        assert w.shape == w_e.shape and torch.allclose(w, w_e, atol=1e-6)
+        rows = real[:, None, :, None].expand_as(w)  # real queries (padding queries read noisy inputs, as above)
+        assert w.shape == w_e.shape and torch.allclose(w[rows], w_e[rows], atol=1e-6)
         assert (w[~real[:, None, None, :].expand_as(w)] == 0).all()  # padding keys get exactly 0
 
 

@@ -12,7 +12,7 @@ from .engines.dispatch import Dispatch
 from .errors import AttnkitError
 from .spec import AttentionOutput, AttentionSpec, Normalizer, ScoreMod
 
-__all__ = ["attention", "explain", "Dispatch"]
+__all__ = ["attention", "explain", "prepare", "Dispatch"]
 
 log = logging.getLogger("attnkit")
 
@@ -138,6 +138,22 @@ def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", 
     choice = dispatch.choose(spec, engine)
     choice.not_hot = plan
     return choice
+
+
+def prepare() -> str | None:
+    """Build (once per machine, cached) and load the fused kernel now, so that the first call of
+    :func:`attention` does not compile it — e.g. before ``torch.compile`` traces a model.
+
+    Returns:
+        ``None`` when the hot path is ready, else the reason it is not (then every call takes the
+        general path, whose PyTorch tile path needs no compiler).
+
+    Example:
+        >>> import attnkit
+        >>> attnkit.functional.prepare() is None or isinstance(attnkit.functional.prepare(), str)
+        True
+    """
+    return hot.status()
 
 
 # What explain() accepts besides the tensors and engine: exactly attention()'s options.

@@ -122,7 +122,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
     else:
         return "softcap is not a positive Python number"
     if query.dim() == 4 and query.shape[2] <= 16 and key.dim() == 4 and key.shape[2] >= _SPLIT_KV_MIN_KEYS:
-        if key.shape[0] * key.shape[1] < torch.get_num_threads():
+        if not torch.compiler.is_compiling() and key.shape[0] * key.shape[1] < torch.get_num_threads():
             return "a decode step over a long cache with fewer (batch, kv head) groups than threads: split-KV"
     if _kernel._forced == "torch":
         return "the torch tile path is forced (force_path('torch'))"

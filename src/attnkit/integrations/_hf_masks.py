@@ -238,8 +238,17 @@ def attnkit_mask(
         mask of ``sdpa_mask`` for any other pattern.
     """
     B, L, S = batch_size, q_length, kv_length
-    mu = importlib.import_module("transformers.masking_utils")
+    from transformers import masking_utils as mu  # (an import statement: torch.compile traces it, importlib not)
+
     mask_function = mu.causal_mask_function if mask_function is None else mask_function
+    if torch.compiler.is_compiling():
+        # Under torch.compile: the dense mask sdpa would use, built by traceable tensor ops (reading the
+        # padding to recognize a pattern is data-dependent and a tensor subclass breaks the graph).
+        return mu.sdpa_mask(
+            batch_size=B, q_length=L, kv_length=S, q_offset=q_offset, kv_offset=kv_offset, mask_function=mask_function,
+            attention_mask=attention_mask, local_size=local_size, allow_is_causal_skip=False,
+            allow_is_bidirectional_skip=allow_is_bidirectional_skip, use_vmap=use_vmap, device=device,
+        )
     kv_offset, delta = int(kv_offset), int(q_offset) - int(kv_offset)  # aligned query position p = i + delta
     pattern = _recognize(mask_function, local_size)
     if pattern is not None:

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..engines import ENGINE_ORDER
 from ..errors import AttnkitError
-from ..functional import attention
+from ..functional import attention, prepare
 from ._hf_masks import StructuredMask, attnkit_mask
 
 __all__ = [
@@ -198,7 +198,8 @@ def attnkit_attention_forward(
                                  "use the model's ordinary cache (continuous batching needs a paged implementation)")
     L, S = query.shape[2], key.shape[2]
     want_lse = s_aux is not None
-    output_attentions = output_attentions or _collector_wants_attentions()
+    # (transformers' output collector is a ContextVar, which torch.compile cannot trace)
+    output_attentions = output_attentions or (not torch.compiler.is_compiling() and _collector_wants_attentions())
     mask_kwargs = _mask_kwargs(module, attention_mask, L, S, is_causal)
     if indices is not None:
         mask_kwargs["mask"] = _only_selected_keys(mask_kwargs.get("mask"), indices, S)
@@ -321,4 +322,5 @@ def register(name: str = ATTN_IMPLEMENTATION, *, engine: str = "auto") -> str:
     tf.AttentionInterface.register(name, forward)
     tf.AttentionMaskInterface.register(name, attnkit_mask)
     _install_model_class_check(tf.PreTrainedModel)
+    prepare()  # build/load the fused kernel now, not inside the first (possibly compiled) model call
     return name
