@@ -12,6 +12,7 @@ Example:
     >>> q = torch.randn(1, 2, 4, 8)
     >>> print(attnkit.explain(q, q, q, normalizer="sparsemax"))
     engine: reference
+      not the hot path: a normalizer other than softmax or a score_mod callable
       not sdpa: SDPA only computes softmax attention
       not decode: normalizer 'sparsemax' is not a softmax (partials merge only for softmax)
       not flash: normalizer='sparsemax' is reference-only (it needs the whole score row, not an online normalizer)

@@ -44,6 +44,8 @@ constexpr int64_t kFwdBlockK = 512;
 // to every core, the query blocks are walked inside.
 constexpr int64_t kBwdBlockQ = 64;
 constexpr int64_t kBwdBlockK = 128;
+// Forward problems below this many flops run on one thread (see forward_kernel).
+constexpr double kSerialFlops = 1 << 20;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 using Vec = at::vec::Vectorized<float>;
@@ -343,12 +345,16 @@ inline void to_gemm_type(const float* src, T* dst, int64_t n) {
 // others do not wait for it at the end (the static split made a busy machine stall at the barrier).
 class WorkQueue {
  public:
-  explicit WorkQueue(int64_t total) : total_(total) {}
-  int64_t threads() const { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_)); }
+  // `serial`: run on the calling thread (a range of 1 makes at::parallel_for call inline, no OpenMP team).
+  explicit WorkQueue(int64_t total, bool serial = false) : total_(total), serial_(serial) {}
+  int64_t threads() const {
+    return serial_ ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_));
+  }
   bool next(int64_t& item) { return (item = next_.fetch_add(1, std::memory_order_relaxed)) < total_; }
 
  private:
   const int64_t total_;
+  const bool serial_;
   std::atomic<int64_t> next_{0};
 };
 
@@ -399,8 +405,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   const int64_t per_thread = round16(rows_max * bk) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + bk;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
 
-  // Parallel over (batch * kv group, query block); K/V are read in place, never repeated.
-  WorkQueue work(p.B * p.G * group_blocks);
+  // Parallel over (batch * kv group, query block); K/V are read in place, never repeated. A problem
+  // of a few microseconds (an L=16 encoder call) runs on the calling thread: an OpenMP fork/join
+  // costs about as much, and on a busy machine the join waits for a descheduled thread.
+  const double flops = 2.0 * p.B * p.H * p.Lb * p.Sb * (p.D + p.E);
+  WorkQueue work(p.B * p.G * group_blocks, flops < kSerialFlops);
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
     at::Tensor scratch = scratch_of<float>(per_thread);
@@ -441,11 +450,13 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         mrow[r] = kNegInf;
         lrow[r] = 0.f;
       }
-      std::fill(acc, acc + rows * p.E, 0.f);
+      if (jlo >= jhi) std::fill(acc, acc + rows * p.E, 0.f);  // no key block: the rows stay empty
       // Key blocks start at the first key any row sees and stop at the last: a window of w keys
       // costs ~rows x (w + rows), and the causal diagonal block is trimmed to its visible part.
       for (int64_t n0 = jlo; n0 < jhi; n0 += bk) {
         const int64_t cols = std::min(bk, jhi - n0);
+        // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
+        const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
         if (p.dropout_p > 0.f)
@@ -465,7 +476,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             const float alpha = std::exp(mrow[r] - mnew);
             lrow[r] = alpha * lrow[r] + sum;
             mrow[r] = mnew;
-            if (alpha != 1.f) {
+            if (alpha != 1.f && !first) {
               // O = diag(e^{m_old - m_new}) O before adding this block's P V.
               at::vec::map<float>([alpha](Vec x) { return x * Vec(alpha); }, acc + r * p.E, acc + r * p.E, p.E);
             }
@@ -487,7 +498,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // keys only (IEEE arithmetic for those, as in the reference). The cache is read once.
         const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;
         if (!partial) {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 1.f, acc, p.E);
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, first ? 0.f : 1.f, acc, p.E);
         } else {
           gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 0.f, pv, p.E);
           for (int64_t r = 0; r < rows; ++r) {
@@ -496,7 +507,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             for (int64_t e = 0; e < p.E && finite; ++e) finite = std::isfinite(pvr[e]);
             if (!finite) visible_pv_row(p, b, head_of(r), query_of(r), p.j0 + n0, cols, qk + r * cols,
                                         vp + n0 * p.E, pvr);
-            at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, acc + r * p.E, acc + r * p.E, pvr, p.E);
+            if (first) {
+              std::copy(pvr, pvr + p.E, acc + r * p.E);
+            } else {
+              at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, acc + r * p.E, acc + r * p.E, pvr, p.E);
+            }
           }
         }
       }
