@@ -215,3 +215,36 @@ def test_the_op_itself_rejects_what_only_data_or_shapes_reveal():
         plan = hot.plan(q, args[0], v, **kw)
         assert type(plan) is tuple, kw
         assert hot.run(plan) is None, kw
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_runs_every_attention_call_on_the_hot_path(cache):
+    # A decode step of transformers' generate (dynamic or static cache, left padding) must reach the
+    # compiled op, not the general path: the attention function's calls are recorded with the plan.
+    transformers = pytest.importorskip("transformers")
+    from attnkit.integrations import hf
+
+    seen = []
+
+    def recording(module, query, key, value, attention_mask, **kw):
+        kwargs = hf._mask_kwargs(module, attention_mask, query.shape[2], key.shape[2], kw.get("is_causal"))
+        seen.append(hot.plan(query, key, value, **kwargs, scale=kw.get("scaling")))
+        return hf.attnkit_attention_forward(module, query, key, value, attention_mask, **kw)
+
+    hf.register("attnkit_hot_probe")
+    transformers.AttentionInterface.register("attnkit_hot_probe", recording)
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128)
+    ids = torch.randint(3, 97, (3, 12), generator=torch.Generator().manual_seed(1))
+    am = torch.ones(3, 12, dtype=torch.long)
+    am[1, :4] = am[2, :7] = 0
+    kw = dict(attention_mask=am, max_new_tokens=6, do_sample=False, pad_token_id=0, cache_implementation=cache)
+    outs = {}
+    for impl in ("eager", "attnkit_hot_probe"):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, attn_implementation=impl)).eval()
+        with torch.no_grad():
+            outs[impl] = model.generate(ids, **kw)
+    assert torch.equal(outs["eager"], outs["attnkit_hot_probe"])
+    assert len(seen) == 2 * 6 and all(type(p) is tuple for p in seen), [p for p in seen if type(p) is not tuple][:2]
