@@ -237,8 +237,15 @@ inline Vec load_strided(const float* base, int64_t stride, int64_t count) {
 // final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
 // visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
 // `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule.
+// Scores that are the scaled products alone (no softcap, ALiBi, masks or biases; scale > 0): their
+// max is the raw products' max times the scale, so the forward leaves the products raw and applies
+// the scale inside the exp pass (exp_sum_row_scaled) — one store per score less than scaling first.
+inline bool plain_scores(const Params& p) {
+  return p.softcap == 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask && p.scale > 0.f;
+}
+
 inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
-                       float* dcap) {
+                       float* dcap, bool raw = false) {
   int64_t lo, hi;
   row_range(p, b, ia, lo, hi);
   lo = std::clamp(lo - ja, int64_t(0), n);
@@ -251,6 +258,14 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
   }
   if (lo >= hi) return kNegInf;
   const int64_t VS = Vec::size();
+  if (raw) {  // plain_scores(p): the max of the raw products, scaled (NaN-propagating like the rest)
+    Vec rmax(kNegInf);
+    int64_t j = lo;
+    for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
+    float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, rmax);
+    for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
+    return m * p.scale;
+  }
   const Vec vscale(p.scale), vninf(kNegInf);
   Vec vmax(kNegInf);
   const bool cap = p.softcap != 0.f;
@@ -311,6 +326,25 @@ inline float exp_sum_row(float* s, int64_t n, float m) {
   float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
   for (; j < n; ++j) {
     s[j] = std::exp(s[j] - m);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// s <- exp(scale * s - m) for raw products (see plain_scores), returns the row sum.
+inline float exp_sum_row_scaled(float* s, int64_t n, float m, float scale) {
+  const int64_t VS = Vec::size();
+  const Vec vm(m), vscale(scale);
+  Vec vsum(0.f);
+  int64_t j = 0;
+  for (; j + VS <= n; j += VS) {
+    Vec e = at::vec::fmsub(Vec::loadu(s + j), vscale, vm).exp_u20();
+    e.store(s + j);
+    vsum = vsum + e;
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
+  for (; j < n; ++j) {
+    s[j] = std::exp(s[j] * scale - m);
     sum += s[j];
   }
   return sum;
@@ -404,6 +438,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // accumulator, m, l, column keys. Allocated inside the chunk, so nothing depends on thread ids.
   const int64_t per_thread = round16(rows_max * bk) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + bk;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const bool raw = plain_scores(p);
 
   // Parallel over (batch * kv group, query block); K/V are read in place, never repeated. A problem
   // of a few microseconds (an L=16 encoder call) runs on the calling thread: an OpenMP fork/join
@@ -465,14 +500,14 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
           const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
           // Alg. 1 line 9: m_new = max(m_old, rowmax(S)).
-          const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr);
+          const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr, raw);
           // NaN (from a NaN query) must win over -inf so it stays in its row.
           const float mnew = std::isnan(smax) ? smax : std::max(mrow[r], smax);
           if (mnew == kNegInf) {
             std::fill(s, s + cols, 0.f);  // nothing visible yet: P = 0 (never exp(-inf + inf))
           } else {
             // Alg. 1 line 10: P = exp(S - m_new), l = e^{m_old - m_new} l + rowsum(P).
-            const float sum = exp_sum_row(s, cols, mnew);
+            const float sum = raw ? exp_sum_row_scaled(s, cols, mnew, p.scale) : exp_sum_row(s, cols, mnew);
             const float alpha = std::exp(mrow[r] - mnew);
             lrow[r] = alpha * lrow[r] + sum;
             mrow[r] = mnew;
