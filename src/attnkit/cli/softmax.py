@@ -1,4 +1,4 @@
-"""``attnkit softmax X [X ...]``: softmax of a few numbers, step by step (thin over :mod:`.walkthrough`)."""
+"""``attnkit softmax X [X ...]``: softmax of a few numbers, step by step (thin over `.walkthrough`)."""
 
 from __future__ import annotations
 
