@@ -57,6 +57,17 @@ def _ready(driver) -> None:
         sys.exit("the viewer page reported an error")
 
 
+def _trim(path: Path, margin: int = 16) -> None:
+    """Cut the blank rows below a screenshot's content."""
+    import numpy as np
+    from matplotlib.image import imread, imsave
+
+    img = imread(path)
+    ink = np.flatnonzero((img[..., :3] < 0.97).any(axis=(1, 2)))
+    if ink.size:
+        imsave(path, img[: min(len(img), ink[-1] + margin)])
+
+
 def explain() -> list[Path]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -82,6 +93,8 @@ def explain() -> list[Path]:
     finally:
         driver.quit()
         shutil.rmtree(work, ignore_errors=True)
+    for shot in shots:
+        _trim(shot)
     return [png, IMG / "explain-output.txt", *shots]
 
 
@@ -96,7 +109,7 @@ def alignment(minutes: float = 4.0) -> list[Path]:
         text = "3rd of March 1986"
         translation = _attnkit("seq2seq", "translate", "--model", str(run), text, "--plot", str(png))
         note = (f"$ attnkit seq2seq train --data dates --score general --epochs 2 --max-minutes {minutes:g}\n"
-                f"{train.strip().splitlines()[-1]}\n"
+                f"{train.strip().splitlines()[-1].replace(str(run), 'RUN')}\n"
                 f"$ attnkit seq2seq evaluate --model RUN --limit 500\n{report.strip()}\n"
                 f"$ attnkit seq2seq translate --model RUN \"{text}\" --plot alignment-dates.png\n"
                 f"{translation.strip().splitlines()[0]}\n")
