@@ -12,7 +12,9 @@ Output (PNG, committed under docs/img/ and shown on the Performance page):
 - ``perf-ratios.png``: per case and mode, time of SDPA / naive / flex divided by attnkit's time
   (the ``flash`` rows: what ``attnkit.attention`` ran), on a log axis; > 1 means attnkit is faster;
 - ``perf-memory.png``: peak RSS of one fresh process per row, cases sorted by key length ``S``
-  (a missing bar: that implementation was n/a or skipped for the case).
+  (a missing bar: that implementation was n/a or skipped for the case);
+- ``docs/snippets/bench-status.md`` (Markdown, included by docs/performance.md): which run was
+  plotted, its machine lines, and its table of targets (met / missed), copied as written.
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ def newest(paths: list[Path]) -> tuple[Path, list[Row]]:
         sys.exit(f"no bench result with a per-implementation table in {[str(p) for p in paths]}")
     _, path = max(runs)
     return path, parse(path.read_text(encoding="utf-8"))
+
+
+def status(text: str, source: str) -> str:
+    """The run's machine lines and its targets table (header has ``target`` and ``status``), as Markdown."""
+    lines = text.splitlines()
+    machine = [line for line in lines[1:12] if line.startswith("- ")]
+    table: list[str] = []
+    for n, line in enumerate(lines):
+        head = [h.lower() for h in _cells(line)] if line.startswith("|") else []
+        if {"case", "target", "status"} <= set(head):
+            end = next((i for i, b in enumerate(lines[n + 1:]) if not b.startswith("|")), len(lines))
+            table = lines[n:n + 1 + end]
+            break
+    out = [f"Run of {run_date(text)} (`{source}`):", "", *machine, ""]
+    return "\n".join(out + (table or ["(this run has no table of targets)"])) + "\n"
 
 
 def key_length(case: str) -> int | None:
@@ -163,7 +180,11 @@ def main(argv: list[str]) -> int:
     plot_ratios(rows, f"Speed-up per case (attnkit bench, {run_date(text)})", out / "perf-ratios.png")
     plot_memory(rows, f"Peak memory per case, by key length (attnkit bench, {run_date(text)})", out / "perf-memory.png",
                 float(idle.group(1)) if idle else None)
-    print(f"bench_plots: {len(rows)} rows from {name} -> {out / 'perf-ratios.png'}, {out / 'perf-memory.png'}")
+    snippets = out.parent / "snippets"
+    snippets.mkdir(exist_ok=True)
+    (snippets / "bench-status.md").write_text(status(text, str(name)), encoding="utf-8")
+    print(f"bench_plots: {len(rows)} rows from {name} -> {out / 'perf-ratios.png'}, {out / 'perf-memory.png'}, "
+          f"{snippets / 'bench-status.md'}")
     return 0
 
 
