@@ -314,6 +314,7 @@ def test_docs_pages_render_formulas_images_and_no_raw_roles(browser, docs_server
         text = driver.execute_script("return document.querySelector('article').innerText")
         assert not re.search(r":(func|class|attr|meth|mod):", text), page
         assert attnkit.__version__ in driver.execute_script("return document.querySelector('.md-header__topic').innerText")
+        assert "no public repository URL" in driver.execute_script("return document.querySelector('.md-copyright').innerText")
         found["formulas"] += driver.execute_script("return document.querySelectorAll('article mjx-container svg').length")
         found["images"] += driver.execute_script(
             "return [...document.querySelectorAll('article img')].filter(i => i.complete && i.naturalWidth > 100).length")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
 import re
-import subprocess
 import sys
 import types
 
