@@ -2,8 +2,8 @@
 
 Usage: python tools/bench_plots.py [RESULT.md | DIR ...] [--out docs/img]
 
-Input: Markdown files as ``attnkit bench --output`` writes them (``benchmarks/bench_*.md`` by
-default; a directory means every ``*.md`` in it). Of those, the newest run (the date on its first
+Input: Markdown files as ``attnkit bench --output`` writes them (by default every ``*.md`` under
+``benchmarks/``, e.g. ``benchmarks/bench_2026-11-26.md``; a directory means every ``*.md`` in it). Of those, the newest run (the date on its first
 line) is plotted. What is read is the per-implementation table: the one whose header has the
 columns ``case``, ``mode``, ``impl``, ``median s`` and a ``peak RSS`` column; rows whose time is
 ``—`` (n/a, skipped) are left out. Columns are found by name, so added or reordered columns are fine.
@@ -171,7 +171,9 @@ def main(argv: list[str]) -> int:
     if "--out" in argv:
         i = argv.index("--out")
         out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
-    paths = [Path(a) for a in argv] or sorted((ROOT / "benchmarks").glob("bench_*.md"))
+    # Default: every Markdown file under benchmarks/ (today's benchmarks/bench_*.md, or a runs/
+    # folder); files without a dated first line and a per-implementation table are skipped.
+    paths = [Path(a) for a in argv] or sorted((ROOT / "benchmarks").rglob("*.md"))
     path, rows = newest(paths)
     name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     out.mkdir(parents=True, exist_ok=True)
