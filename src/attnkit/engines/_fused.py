@@ -5,14 +5,14 @@ query range × one key range with causal/window/lengths, bool and float masks, b
 softcap and dropout fused in the tile. It registers the torch ops
 ``torch.ops.attnkit_fused.forward`` / ``.backward`` (with fake kernels, so meta tensors and
 ``torch.compile`` see one operator each); autograd stays in the engines, which call
-`forward` and `backward` below (the signatures and contract of
-`attnkit.engines._kernel.forward` / ``backward``, the same as the PyTorch tile path).
+:func:`forward` and :func:`backward` below (the signatures and contract of
+:func:`attnkit.engines._kernel.forward` / ``backward``, the same as the PyTorch tile path).
 
 Build: compiled on first use with ``torch.utils.cpp_extension`` (ninja), ``-O3 -march=native``,
 cached in ``$ATTNKIT_CACHE`` (default ``~/.cache/attnkit``) under a directory keyed by the torch
 version, the source hash and the CPU flags; one line on stderr while it compiles; a file lock
 keeps two processes from building at once. No compiler, no ninja, a failed build, or
-``ATTNKIT_NO_FUSED=1`` → `unsupported` returns the reason and the PyTorch tile path runs.
+``ATTNKIT_NO_FUSED=1`` → :func:`unsupported` returns the reason and the PyTorch tile path runs.
 Nothing here runs at ``import attnkit``.
 
 Example:
