@@ -1,11 +1,13 @@
 """The tutorial notebooks are generated from the tutorial pages: one source, no drift.
 
 ``docs/tutorials/NN-name.md`` → ``docs/notebooks/NN-name.ipynb``: prose becomes markdown cells,
-each ```` ```pycon ```` block one code cell (the ``>>>``/``...`` prompts and ``# doctest:``
-flags removed). The block's expected output is kept beside the cell for tests/test_docs.py,
-which executes the notebook and compares each cell's printed output with it.
+each ```` ```pycon ```` block code cells (the ``>>>``/``...`` prompts removed), split after each
+example that prints something, so every printed value is a cell's last value (what Jupyter
+shows). The expected output is kept beside the cell for tests/test_docs.py, which executes the
+notebook and compares each cell's printed output with it. The notebooks are stored executed
+(with their outputs), so they read like the page before anyone runs them.
 
-Regenerate after editing a tutorial page: ``python tests/_notebooks.py``.
+Regenerate and execute after editing a tutorial page: ``python tests/_notebooks.py``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,34 @@ def cells(page: str) -> list[tuple[str, str, str]]:
         prose = page[pos:m.start()].strip()
         if prose:
             out.append(("markdown", prose, ""))
-        examples = parser.get_examples(m.group(1))
-        source = "".join(_FLAGS.sub("", line) + "\n" for e in examples for line in e.source.rstrip("\n").split("\n"))
-        out.append(("code", source.rstrip("\n"), "".join(e.want for e in examples)))
+        group: list = []
+        for example in parser.get_examples(m.group(1)):
+            group.append(example)
+            if example.want:  # this output ends a cell
+                out.append(_cell(group))
+                group = []
+        if group:
+            out.append(_cell(group))
         pos = m.end()
     if page[pos:].strip():
         out.append(("markdown", page[pos:].strip(), ""))
     return out
+
+
+def _cell(examples: list) -> tuple[str, str, str]:
+    source = "".join(_FLAGS.sub("", line) + "\n" for e in examples for line in e.source.rstrip("\n").split("\n"))
+    return ("code", source.rstrip("\n"), "".join(e.want for e in examples))
+
+
+def execute(nb, cwd: str):  # -> the same notebook, run top to bottom with its outputs
+    """Run a notebook in a fresh kernel, offline and on one thread (as CI runs it)."""
+    import os
+
+    import nbclient
+
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": cwd}})
+    client.execute(env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1"))
+    return nb
 
 
 def notebook(page: str):  # -> nbformat.NotebookNode
@@ -52,18 +75,29 @@ def notebook(page: str):  # -> nbformat.NotebookNode
     return nb
 
 
-def write_all() -> list[Path]:
+def write_all(names: list[str] | None = None) -> list[Path]:
+    """Generate, execute (in a scratch folder: tutorials write files) and store each notebook."""
+    import tempfile
+
     import nbformat
 
     NOTEBOOKS.mkdir(parents=True, exist_ok=True)
     written = []
     for page in sorted(PAGES.glob("*.md")):
+        if names and page.stem not in names:
+            continue
         path = NOTEBOOKS / (page.stem + ".ipynb")
-        nbformat.write(notebook(page.read_text(encoding="utf-8")), path)
+        with tempfile.TemporaryDirectory() as scratch:
+            nb = execute(notebook(page.read_text(encoding="utf-8")), scratch)
+        for cell in nb.cells:  # stored outputs without run-specific noise
+            cell.get("metadata", {}).pop("execution", None)
+        nbformat.write(nb, path)
         written.append(path)
     return written
 
 
 if __name__ == "__main__":
-    for p in write_all():
+    import sys
+
+    for p in write_all(sys.argv[1:] or None):
         print(p.relative_to(ROOT))

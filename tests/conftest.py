@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,3 +80,16 @@ def skip_unless_accepts(engine: str, q, k, v, **kwargs) -> None:
         attnkit.explain(q, k, v, engine=engine, **kwargs)
     except attnkit.AttnkitError as why:
         pytest.skip(f"{engine}: {why}")
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    """The documentation site, built once per session with ``mkdocs build --strict``."""
+    pytest.importorskip("mkdocs", reason="needs the docs extra: pip install -e '.[docs]'")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="needs the docs extra: pip install -e '.[docs]'")
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out

@@ -277,3 +277,60 @@ def test_512_tokens_12_layers_12_heads_stays_responsive(browser, tmp_path):
     _wait_for_model_grid(browser, 144)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#model-grid canvas")) == 144
     _assert_clean(browser)
+
+
+@pytest.fixture(scope="module")
+def docs_server(site):
+    """The built documentation site over HTTP on 127.0.0.1 (Material's search needs http, not file://)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_docs_pages_render_formulas_images_and_no_raw_roles(browser, docs_server):
+    # Home, the attention reference and two tutorials as a reader sees them: offline (no request
+    # leaves 127.0.0.1), formulas typeset by the vendored MathJax, images loaded, no reST roles.
+    import attnkit
+
+    found = {"formulas": 0, "images": 0}
+    driver = browser
+    for page in ("", "reference/attnkit/", "tutorials/01-softmax/", "tutorials/04-translation/"):
+        driver.get_log("browser"), driver.get_log("performance")
+        driver.get(f"{docs_server}/{page}")
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "return document.readyState === 'complete' && !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"))
+        driver.execute_async_script("const done = arguments[0]; MathJax.startup.promise.then(() => done(true));")
+        text = driver.execute_script("return document.querySelector('article').innerText")
+        assert not re.search(r":(func|class|attr|meth|mod):", text), page
+        assert attnkit.__version__ in driver.execute_script("return document.querySelector('.md-header__topic').innerText")
+        assert "no public repository URL" in driver.execute_script("return document.querySelector('.md-copyright').innerText")
+        found["formulas"] += driver.execute_script("return document.querySelectorAll('article mjx-container svg').length")
+        found["images"] += driver.execute_script(
+            "return [...document.querySelectorAll('article img')].filter(i => i.complete && i.naturalWidth > 100).length")
+        if page == "reference/attnkit/":  # attention opens the page, before the internals
+            order = driver.execute_script("return [...document.querySelectorAll('article [id^=attnkit]')].map(h => h.id)")
+            assert order.index("attnkit.attention") < order.index("attnkit.KVCache") < order.index("attnkit.AttnkitError")
+            assert "attnkit.AttentionSpec" not in order
+        if page == "tutorials/01-softmax/":  # the copy button copies code, not prompts or outputs
+            output, copied = driver.execute_script(
+                "const c = [...document.querySelectorAll('.highlight code')].find(e => e.querySelector('.gp') && e.querySelector('.go'));"
+                "c.setAttribute('data-md-copying', '');"
+                "const t = c.innerText; c.removeAttribute('data-md-copying'); return [c.querySelector('.go').textContent, t];")
+            assert "import" in copied and ">>>" not in copied and output.strip() not in copied, copied
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, (page, errors)
+        urls = [json.loads(e["message"])["message"]["params"].get("request", {}).get("url", "") for e in driver.get_log("performance")]
+        remote = [u for u in urls if u.split(":", 1)[0] in ("http", "https", "ws", "wss") and not u.startswith(docs_server)]
+        assert not remote, (page, remote)
+    assert found["formulas"] >= 3 and found["images"] >= 2, found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 
@@ -62,3 +64,39 @@ def test_python_dash_m_attnkit_and_version():
     assert proc.returncode == 0 and proc.stdout.strip() == f"attnkit {__version__}"
     proc = subprocess.run([sys.executable, "-m", "attnkit", "softmax", "1", "1"], capture_output=True, text=True)
     assert proc.returncode == 0 and "softmax = [0.500, 0.500]" in proc.stdout
+
+
+def test_a_closed_pipe_is_not_an_error():
+    # `attnkit softmax 1 2 3 --explain | head -1`: the reader leaves first. Closing our end before the
+    # command writes makes the broken pipe certain (with `head` it depends on timing).
+    proc = subprocess.Popen([sys.executable, "-m", "attnkit", "softmax", "1", "2", "3", "--explain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b"", err.decode()
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from _parsers(sub)
+
+
+def test_every_help_shows_defaults_and_one_example_per_line():
+    from attnkit.cli.main import build_parser
+
+    parsers = list(_parsers(build_parser()))
+    assert len(parsers) >= 8
+    for parser in parsers:
+        text = parser.format_help()
+        for action in parser._actions:
+            shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+            if action.option_strings and shown:
+                entry = re.split(r"\n  (?=-)", text.split("\noptions:\n", 1)[1])  # one item per option
+                entry = next(e for e in entry if e.lstrip().startswith(action.option_strings[0]))
+                assert "default" in entry, f"{parser.prog} {action.option_strings[0]}: no default in --help"
+        if "examples:" in text:
+            lines = text.split("examples:\n", 1)[1].strip("\n").splitlines()
+            assert lines and all(line.startswith("  attnkit ") and " | " not in line for line in lines), (parser.prog, lines)

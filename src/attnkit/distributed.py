@@ -1,11 +1,11 @@
 """Attention over a sequence sharded across processes: the public home of ring attention.
 
-Beside :func:`attnkit.attention` for one process, this module is what a ``torchrun`` script
+Beside [`attnkit.attention`][attnkit.functional.attention] for one process, this module is what a ``torchrun`` script
 imports: shard the sequence, run ring attention on every rank, gather the result. The
-algorithm lives in :mod:`attnkit.engines.ring` (an engine that computes key shards held by
-other ranks and merges the partials with :func:`attnkit.merge_partials`); these names are
-re-exported here, and :func:`ring_attention`, :func:`shard_sequence` and
-:func:`gather_sequence` also as ``attnkit.ring_attention`` etc.
+algorithm lives in [`attnkit.engines.ring`][attnkit.engines.ring] (an engine that computes key shards held by
+other ranks and merges the partials with [`attnkit.merge_partials`][attnkit.softmax.merge_partials]); these names are
+re-exported here, and [`ring_attention`][attnkit.engines.ring.ring_attention], [`shard_sequence`][attnkit.engines.ring.shard_sequence] and
+[`gather_sequence`][attnkit.engines.ring.gather_sequence] also as ``attnkit.ring_attention`` etc.
 
 Example (run under ``torchrun --nproc-per-node 2``)::
 

@@ -58,8 +58,10 @@ def attention(
 
         window: ``(left, right)``: key ``j`` visible from aligned position ``p`` iff
             ``p - left <= j <= p + right`` (``None`` = unbounded side).
-        kv_lengths, q_lengths: ``(B,)`` ints; positions at or past the length are padding.
-            With lengths, bottom-right alignment is per sequence (``kv_len - q_len``).
+        kv_lengths: ``(B,)`` ints; key positions at or past the length are padding. With
+            lengths, bottom-right alignment is per sequence (``kv_len - q_len``).
+        q_lengths: ``(B,)`` ints; query positions at or past the length are padding (their
+            output rows are 0).
         scale: defaults to ``1/√D``.
         score_mod: ``score_mod(score, b, h, i, j) -> score``, elementwise on the scaled score
             with broadcast int64 index tensors (FlexAttention's convention).
@@ -70,8 +72,11 @@ def attention(
             functions), or any callable ``f(scores, dim=-1, mask=bool_mask)`` (reference engine).
         dropout_p: dropout on the attention probabilities (applied whenever > 0, like SDPA).
         seed: seed of the counter-based dropout; ``None`` draws one from torch's RNG.
-        return_lse, return_weights: return an :class:`AttentionOutput` ``(out, lse, weights)``.
-        engine: ``"auto"`` (fastest exact engine; see :func:`explain`) or an engine name.
+        return_lse: return an [`AttentionOutput`][attnkit.spec.AttentionOutput] ``(out, lse, weights)``
+            with the log-sum-exp ``lse`` ``(B, H, L)``.
+        return_weights: return an [`AttentionOutput`][attnkit.spec.AttentionOutput] with the
+            weights ``(B, H, L, S)`` (exact; materializes the ``L×S`` matrix).
+        engine: ``"auto"`` (fastest exact engine; see [`explain`][attnkit.functional.explain]) or an engine name.
 
     Returns:
         ``out`` ``(B, H, L, E)`` in the input dtype, or ``AttentionOutput`` if asked for lse or
@@ -115,12 +120,12 @@ def attention(
 
 
 def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", **kwargs) -> Dispatch:
-    """Which engine :func:`attention` would run for these arguments, and why the others would not.
+    """Which engine [`attention`][attnkit.functional.attention] would run for these arguments, and why the others would not.
 
-    Takes the same arguments as :func:`attention`; computes nothing. The common call runs on the
-    hot path (one compiled op, see ``attnkit.engines.hot``): then ``engine`` is ``"flash"``,
-    ``hot`` is True and ``detail`` says so; otherwise ``not_hot`` says why the call takes the
-    general path and ``reasons`` why each other engine was not chosen.
+    Takes the same arguments as [`attention`][attnkit.functional.attention]; computes nothing. The
+    common call runs on the hot path (one compiled op, see `attnkit.engines.hot`): then `engine` is
+    `"flash"`, `hot` is True and `detail` says so; otherwise `not_hot` says why the call takes the
+    general path and `reasons` why each other engine was not chosen.
 
     Example:
         >>> import torch, attnkit

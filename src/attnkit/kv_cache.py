@@ -1,4 +1,4 @@
-"""Deprecated import path: the KV cache lives in :mod:`attnkit.nn.kv_cache`.
+"""Deprecated import path: the KV cache lives in `attnkit.nn.kv_cache`.
 
 ``attnkit.KVCache`` (unchanged) and ``attnkit.nn.kv_cache.KVCache`` are the same class;
 this module only keeps ``from attnkit.kv_cache import KVCache`` working, with a warning.

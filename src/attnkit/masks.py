@@ -1,6 +1,6 @@
 """Mask specifications: structured masks as arguments, dense masks as tensors, and adapters.
 
-Conventions (DESIGN.md): boolean masks mean True = may attend; float masks are added to the
+Conventions (the same everywhere in attnkit): boolean masks mean True = may attend; float masks are added to the
 scores. Structured masks (``causal``, ``window``, ``kv_lengths``, ``q_lengths``) stay
 arguments so an engine can classify whole blocks as hidden / fully visible / partial.
 
@@ -111,7 +111,7 @@ def block_class(spec: AttentionSpec, i0: int, i1: int, j0: int, j1: int) -> Bloc
     """Classify queries ``[i0, i1)`` × keys ``[j0, j1)`` by the structured masks alone.
 
     ``"empty"``: hidden for every batch and head — skip it. ``"full"``: visible everywhere
-    and no dense boolean mask — skip the mask work. ``"partial"``: apply :func:`visible`.
+    and no dense boolean mask — skip the mask work. ``"partial"``: apply [`visible`][attnkit.masks.visible].
     Uses only Python ints from the spec (no device sync).
     """
     if i1 <= i0 or j1 <= j0:

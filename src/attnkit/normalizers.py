@@ -5,7 +5,7 @@ scores to a probability vector with exact zeros; both are computed exactly by so
 Tiers: ``_*_threshold`` helpers → ``SparsemaxFunction`` / ``Entmax15Function`` (closed-form
 backward from the saved output alone) → the documented functions.
 
-Conventions shared by every function here (as in :mod:`attnkit.softmax`):
+Conventions shared by every function here (as in `attnkit.softmax`):
 
 - ``mask`` is boolean and broadcastable to ``x``; True = keep. Masked entries get weight
   exactly 0 and gradient exactly 0. A ``-inf`` score counts as masked.
@@ -70,7 +70,7 @@ def _entmax15_threshold(z: Tensor) -> Tensor:
 
 
 class SparsemaxFunction(torch.autograd.Function):
-    """sparsemax along ``dim`` with a closed-form backward; use :func:`sparsemax` instead."""
+    """sparsemax along ``dim`` with a closed-form backward; use [`sparsemax`][attnkit.normalizers.sparsemax] instead."""
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, dim: int) -> Tensor:
@@ -93,7 +93,7 @@ class SparsemaxFunction(torch.autograd.Function):
 
 
 class Entmax15Function(torch.autograd.Function):
-    """1.5-entmax along ``dim`` with a closed-form backward; use :func:`entmax15` instead."""
+    """1.5-entmax along ``dim`` with a closed-form backward; use [`entmax15`][attnkit.normalizers.entmax15] instead."""
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, dim: int) -> Tensor:

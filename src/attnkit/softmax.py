@@ -77,7 +77,7 @@ def _prepare(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> Te
     The temperature divides ``x - max`` rather than ``x``: the softmax is unchanged (shift
     invariance), but ``x / T`` overflows for tiny T or huge x (``[1, 2] / 1e-40`` is ``inf``,
     and ``inf - inf`` is NaN) while ``(x - max) / T`` is ``<= 0`` and tends to the exact
-    limit: one-hot on the maximum (uniform over ties). :func:`logsumexp` adds ``max / T`` back.
+    limit: one-hot on the maximum (uniform over ties). [`logsumexp`][attnkit.softmax.logsumexp] adds ``max / T`` back.
     """
     _check_floating(x)
     dim = _check_dim(x, dim)
@@ -99,7 +99,7 @@ def _prepare(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> Te
 
 
 def _temper(z: Tensor, dim: int, temperature: float) -> tuple[Tensor, Tensor]:
-    """``((z - m) / T, m)`` with ``m`` the safe row max (see :func:`_safe_max`)."""
+    """``((z - m) / T, m)`` with ``m`` the safe row max (see `_safe_max`)."""
     m = _safe_max(z, dim)
     return (z - m) / temperature, m
 
@@ -120,7 +120,7 @@ def _shifted_lse(y: Tensor, dim: int) -> Tensor:
     """``log Σ exp(y)`` (keepdim) of rows already shifted so their max is 0 (or empty / -inf).
 
     Kept separate from the shift so callers can form ``(x - m) - log Σ`` without ever
-    holding ``m + log Σ``: at ``|m| = 1e4`` that sum's float32 spacing is 1e-3 (DESIGN.md).
+    holding ``m + log Σ``: at ``|m| = 1e4`` that sum's float32 spacing is 1e-3.
     Empty rows give ``-inf``; their backward stays finite (log of a masked 1, not of 0).
     """
     total = torch.exp(y).sum(dim=dim, keepdim=True)
@@ -140,7 +140,7 @@ def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature
     Returns:
         Probabilities with the shape and dtype of ``x``. Fully masked or all ``-inf`` rows
         are all zeros (with zero gradients). A ``+inf`` or NaN logit makes its row NaN,
-        as in :func:`torch.softmax`; other rows are unaffected.
+        as in `torch.softmax`; other rows are unaffected.
 
     Example:
         >>> import torch, attnkit
@@ -300,9 +300,9 @@ class SoftmaxState:
 def online_softmax(x: Tensor, dim: int = -1, block: int = 128) -> Tensor:
     """Softmax computed by walking ``dim`` in blocks of ``block`` elements.
 
-    One pass accumulates the normalizer with :class:`SoftmaxState` (never holding the
+    One pass accumulates the normalizer with [`SoftmaxState`][attnkit.softmax.SoftmaxState] (never holding the
     whole row's exponentials), a second pass writes ``exp(x - lse)``. Equals
-    :func:`softmax` within rounding; a teaching and testing tool for the flash engine.
+    [`softmax`][attnkit.softmax.softmax] within rounding; a teaching and testing tool for the flash engine.
 
     Example:
         >>> import torch, attnkit
@@ -444,7 +444,7 @@ def softmax_cross_entropy(
 ) -> Tensor:
     """Cross-entropy ``-Σ_c y_c log softmax(z)_c`` whose gradient is the closed form ``softmax(z) - y``.
 
-    Same contract as :func:`torch.nn.functional.cross_entropy` (without class weights):
+    Same contract as `torch.nn.functional.cross_entropy` (without class weights):
 
     Args:
         logits: ``(N, C)`` or ``(N, C, d1, ...)`` unnormalized scores (class dim 1), or ``(C,)``.

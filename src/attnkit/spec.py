@@ -1,7 +1,7 @@
 """The checked, normalized description of one attention call that every engine receives.
 
-:meth:`AttentionSpec.build` is the one place that checks the arguments of an attention call
-and builds its spec (:func:`attnkit.attention`, :func:`attnkit.explain` and ring attention
+[`AttentionSpec.build`][attnkit.spec.AttentionSpec.build] is the one place that checks the arguments of an attention call
+and builds its spec ([`attnkit.attention`][attnkit.functional.attention], [`attnkit.explain`][attnkit.functional.explain] and ring attention
 call it); engines read the spec and never re-validate. Index tensors follow the FlexAttention convention:
 ``b``, ``h``, ``i``, ``j`` broadcast against a ``(B, H, L, S)`` block of scores.
 """
@@ -31,7 +31,7 @@ Normalizer = Union[str, Callable[..., Tensor]]
 
 
 class AttentionOutput(NamedTuple):
-    """What :func:`attnkit.attention` returns when ``return_lse`` or ``return_weights`` is set.
+    """What [`attnkit.attention`][attnkit.functional.attention] returns when ``return_lse`` or ``return_weights`` is set.
 
     ``out`` is ``(B, H, L, E)`` in the input dtype; ``lse`` is ``(B, H, L)`` float32 (float64
     for float64 input), ``-inf`` for rows with no visible key; ``weights`` is ``(B, H, L, S)``,
@@ -78,30 +78,41 @@ class BlockIndex(NamedTuple):
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """One attention call, validated. Shapes use the legend of DESIGN.md.
+    """One attention call, validated. Shapes use the legend ``B, H, G, L, S, D, E`` below.
 
     Attributes:
-        B, H, G, L, S, D, E: batch, query heads, key/value heads, query length, key length,
-            query/key head dim, value head dim.
+        B: batch size.
+        H: query heads.
+        G: key/value heads (``H % G == 0``).
+        L: query length.
+        S: key length.
+        D: query/key head dim.
+        E: value head dim.
         scale: multiplier of ``q·k`` (default ``1/√D``).
         causal: ``None``, ``"bottom_right"`` or ``"top_left"``.
         window: ``(left, right)`` with ``None`` for an unbounded side, or ``None``.
-        kv_lengths, q_lengths: ``(B,)`` int64 tensors or ``None``.
+        kv_lengths: ``(B,)`` int64 key lengths or ``None``.
+        q_lengths: ``(B,)`` int64 query lengths or ``None``.
         mask: boolean ``(B|1, H|1, L, S)`` tensor (True = may attend) or ``None``.
-        float_mask, bias: float ``(B|1, H|1, L|1, S|1)`` tensors added to the scores, or ``None``.
+        float_mask: float ``(B|1, H|1, L|1, S|1)`` mask added to the scores, or ``None``.
+        bias: float ``(B|1, H|1, L|1, S|1)`` bias added to the scores, or ``None``.
         score_mod: ``score_mod(score, b, h, i, j)`` or ``None``.
         alibi_slopes: float ``(B, H)`` tensor or ``None``.
         softcap: ``c`` in ``c·tanh(s/c)`` or ``None``.
         normalizer: ``"softmax"``, ``"sparsemax"``, ``"entmax15"``, ``"sigmoid"`` or a callable
             ``f(scores, dim=-1, mask=...)``.
-        dropout_p, seed: dropout probability and the counter-based generator's seed.
-        return_lse, return_weights: what the caller asked for.
-        offset_bounds, kv_bounds, q_bounds: Python-int (min, max) over the batch of the
-            query alignment offset and of the lengths, for block skipping without syncs.
-        q_nonfinite, kv_nonfinite: whether the query / key-value tensors may hold NaN or ±inf
-            (``True`` when unknown: the check is skipped where it would cost as much as the
-            attention itself, e.g. for decoding shapes). Engines use it to keep hidden keys
-            from influencing anything (DESIGN.md) and to decline specs they would get wrong.
+        dropout_p: dropout probability.
+        seed: the counter-based dropout generator's seed.
+        return_lse: the caller asked for the log-sum-exp.
+        return_weights: the caller asked for the weights.
+        offset_bounds: Python-int ``(min, max)`` over the batch of the query alignment offset,
+            for block skipping without syncs.
+        kv_bounds: Python-int ``(min, max)`` over the batch of the key lengths.
+        q_bounds: Python-int ``(min, max)`` over the batch of the query lengths.
+        q_nonfinite: whether the query may hold NaN or ±inf (``True`` when unknown: the check is
+            skipped where it would cost as much as the attention itself, e.g. for decoding shapes).
+        kv_nonfinite: the same for the keys and values. Engines use it to keep hidden keys from
+            influencing anything and to decline specs they would get wrong.
         needs_grad: autograd will differentiate the result (some engines then decline).
     """
 
@@ -173,10 +184,10 @@ class AttentionSpec:
               q_lengths=None, scale=None, score_mod=None, bias=None, alibi_slopes=None, softcap=None,
               normalizer="softmax", dropout_p=0.0, seed=None, return_lse=False, return_weights=False,
               shards: int = 1) -> "AttentionSpec":
-        """Check the arguments of :func:`attnkit.attention` and build their spec (the one builder).
+        """Check the arguments of [`attnkit.attention`][attnkit.functional.attention] and build their spec (the one builder).
 
         Takes ``query (B, H, L, D)``, ``key (B, G, S, D)``, ``value (B, G, S, E)`` and the options
-        of :func:`attnkit.attention` (same names, types and defaults; documented there).
+        of [`attnkit.attention`][attnkit.functional.attention] (same names, types and defaults; documented there).
         ``shards=P`` says that query and key are one of ``P`` equal shards of their sequences
         (ring attention): the spec's ``L`` and ``S`` are then the full lengths ``P·L`` and
         ``P·S``, and masks and lengths are checked against those.

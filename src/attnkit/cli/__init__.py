@@ -1,9 +1,9 @@
 """The ``attnkit`` command (also ``python -m attnkit``): one parser, one module per command.
 
-- :mod:`.main` — the parser, ``--version``, and the one place where an :class:`AttnkitError`
+- `.main` — the parser, ``--version``, and the one place where an [`AttnkitError`][attnkit.errors.AttnkitError]
   becomes the one-line ``attnkit CMD: error: ...`` on stderr with exit status 2;
-- :mod:`.softmax` (with :mod:`.walkthrough`), :mod:`.explain`, :mod:`.bench` (with
-  :mod:`.benchmark`), :mod:`.seq2seq` — each subcommand, thin over the library.
+- `.softmax` (with `.walkthrough`), `.explain`, `.bench` (with
+  `.benchmark`), `.seq2seq` — each subcommand, thin over the library.
 """
 
 from .main import build_parser, main

@@ -2,11 +2,11 @@
 
 A bad output path found after an hour of training loses the hour; a NaN learning rate found by
 Adam's constructor prints a traceback. Each command therefore validates its whole command line
-first, with these functions, and only then does the work. Each raises :class:`AttnkitError` naming
-the option (``--lr``), what it got and the fix, which :func:`attnkit.cli.main` prints as one line.
+first, with these functions, and only then does the work. Each raises [`AttnkitError`][attnkit.errors.AttnkitError] naming
+the option (``--lr``), what it got and the fix, which `attnkit.cli.main` prints as one line.
 
 Only structure and permissions are checked here (no files are created): the library loaders
-still check contents (:func:`attnkit.seq2seq.train.load_checkpoint`, :meth:`AttentionMaps.load`).
+still check contents ([`attnkit.seq2seq.train.load_checkpoint`][attnkit.seq2seq.train.load_checkpoint], `AttentionMaps.load`).
 
 Example:
     >>> positive("--beam", 4), finite("--lr", 3e-3, low=0.0)
@@ -77,7 +77,7 @@ def _example(low: float | None, high: float | None) -> float:
 
 
 def input_file(option: str, path: str | Path) -> Path:
-    """An existing, readable regular file; returns it as a :class:`Path`."""
+    """An existing, readable regular file; returns it as a `Path`."""
     p = Path(path).expanduser()
     if not p.exists():
         raise AttnkitError.build(f"{option} an existing file", f"no such file: {p}", "check the path (relative paths start "
@@ -107,7 +107,7 @@ def _writable_dir_for(option: str, target: Path) -> None:
 
 def output_file(option: str, path: str | Path, suffixes: Sequence[str] | None = None) -> Path:
     """A file the command can (over)write: not a directory, the right suffix, its folder present
-    and writable. Nothing is created. Returns the :class:`Path`."""
+    and writable. Nothing is created. Returns the `Path`."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise AttnkitError.build(f"{option} a file path", f"a directory: {p}", f"name a file inside it, e.g. {p / ('out' + (suffixes or ['.txt'])[0])}")

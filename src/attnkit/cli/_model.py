@@ -1,11 +1,11 @@
 """Load a local Hugging Face model folder for ``attnkit explain``, checking it first.
 
 ``transformers`` reports a broken folder with its own exceptions, at the moment it reaches the
-broken part (a truncated weights file only once the weights load). :func:`check_folder` looks at
+broken part (a truncated weights file only once the weights load). `check_folder` looks at
 the files first — ``config.json`` a JSON object, a weights file whose safetensors header covers
 the file exactly, tokenizer files present — so a broken folder costs milliseconds and one line
-naming the file and the fix. :func:`load` then wraps what only loading can find (a configuration
-the model class rejects). :func:`tokens_within_limits` checks the text against the model's
+naming the file and the fix. `load` then wraps what only loading can find (a configuration
+the model class rejects). `tokens_within_limits` checks the text against the model's
 position limit and ``--max-length`` with the tokenizer alone, before the model loads.
 """
 

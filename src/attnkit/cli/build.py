@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import AttnkitError
+from ._help import examples
 
 __all__ = ["register"]
 
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Compile attnkit's fused C++ attention kernel ahead of time. It is cached under "
             "$ATTNKIT_CACHE (default ~/.cache/attnkit), so this runs once per machine."
         ),
-        epilog="example: attnkit build   |   attnkit build --force",
+        epilog=examples("attnkit build", "attnkit build --force"),
     )
     p.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     p.set_defaults(run=_cmd_build)

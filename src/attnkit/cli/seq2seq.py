@@ -1,4 +1,4 @@
-"""``attnkit seq2seq train | translate | evaluate``: a thin layer over :mod:`attnkit.seq2seq`.
+"""``attnkit seq2seq train | translate | evaluate``: a thin layer over [`attnkit.seq2seq`][attnkit.seq2seq].
 
     attnkit seq2seq train --data dates --out runs/dates           # ~1-2 min on 2 cores
     attnkit seq2seq translate --model runs/dates "Nov 22nd 2026" --plot nov22.png
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AttnkitError
+from ._help import examples
 from . import _checks
 
 __all__ = ["register"]
@@ -171,7 +172,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = cmds.add_parser("train", help="train a model", description="Teacher-forced training with Adam; a checkpoint "
                         "is written atomically after every epoch.",
-                        epilog="example: attnkit seq2seq train --data dates --score general --out runs/dates")
+                        epilog=examples("attnkit seq2seq train --data dates --score general --out runs/dates",
+                                        "attnkit seq2seq train --out runs/dates --resume --epochs 8"))
     t.add_argument("--data", default=None, help='"dates" (the default) or "date-lists" (generated, no download; '
                    'date-lists: 1-8 dates per line, up to ~170 characters) or a source<TAB>target file (copied into '
                    '--out); with --resume: checked against the run\'s data')
@@ -183,12 +185,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--level", default="char", choices=("char", "word"), help="tokens: characters or words")
     t.add_argument("--hidden", type=int, default=128, help="decoder width; each encoder direction gets half")
     t.add_argument("--embed", type=int, default=64, help="embedding size")
-    t.add_argument("--dropout", type=float, default=0.0)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--dropout", type=float, default=0.0, help="dropout on the embeddings and before the output layer")
+    t.add_argument("--batch-size", type=int, default=64, help="examples per step")
     t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     t.add_argument("--train-size", type=int, default=20_000, help="generated training examples (built-in tasks)")
     t.add_argument("--valid-size", type=int, default=2_000, help="generated held-out examples (built-in tasks)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the data, the initial weights and the batches")
     t.add_argument("--max-length", type=int, default=256, metavar="N",
                    help="skip (and list) pairs whose source or target has more than N tokens (default 256)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -196,7 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(run=_cmd_train)
 
     r = cmds.add_parser("translate", help="translate text with a trained model",
-                        epilog='example: attnkit seq2seq translate --model runs/dates "Nov 22nd 2026" --plot nov22.png')
+                        epilog=examples('attnkit seq2seq translate --model runs/dates "Nov 22nd 2026" --plot nov22.png'))
     r.add_argument("text", nargs="+", help="text(s) to translate")
     r.add_argument("--model", required=True, help="training directory")
     r.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
@@ -207,11 +209,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(run=_cmd_translate)
 
     e = cmds.add_parser("evaluate", help="exact-match accuracy by input length, and the alignment score",
-                        epilog="example: attnkit seq2seq evaluate --model runs/dates")
+                        epilog=examples("attnkit seq2seq evaluate --model runs/dates"))
     e.add_argument("--model", required=True, help="training directory")
     e.add_argument("--data", default=None, help="a source<TAB>target file (default: the run's held-out split)")
     e.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy, batched)")
-    e.add_argument("--length-penalty", type=float, default=0.0)
+    e.add_argument("--length-penalty", type=float, default=0.0, help="rank beams by log p / T^a")
     e.add_argument("--bucket-width", type=int, default=5, help="input-length bucket width in tokens")
     e.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
     common(e)

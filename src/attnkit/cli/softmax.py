@@ -1,4 +1,4 @@
-"""``attnkit softmax X [X ...]``: softmax of a few numbers, step by step (thin over :mod:`.walkthrough`)."""
+"""``attnkit softmax X [X ...]``: softmax of a few numbers, step by step (thin over `.walkthrough`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import math
 
 from ..errors import AttnkitError
+from ._help import examples
 
 __all__ = ["register"]
 
@@ -58,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "softmax",
         help="softmax of a few numbers, step by step",
         description="Turn scores into probabilities: e^x / sum(e^x), computed safely (max subtracted).",
-        epilog="example: attnkit softmax 2.0 1.0 0.1 --explain   |   attnkit softmax 1000 1001 1002 --naive   |   "
-               "attnkit softmax 2 1 -3 --compare   |   attnkit softmax 2 1 0.1 --target 0   |   attnkit softmax --dk 1024",
+        epilog=examples("attnkit softmax 2.0 1.0 0.1 --explain", "attnkit softmax 1000 1001 1002 --naive",
+                        "attnkit softmax 2 1 -3 --compare", "attnkit softmax 2 1 0.1 --target 0",
+                        "attnkit softmax --dk 1024"),
     )
     p.add_argument("values", nargs="*", metavar="X", help="the scores (logits)")
     p.add_argument("--explain", action="store_true", help="print each e^x, their sum and each quotient")

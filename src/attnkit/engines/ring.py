@@ -1,6 +1,6 @@
 """Ring attention (Liu et al. 2023): exact attention over a sequence sharded across processes.
 
-Users import it from :mod:`attnkit.distributed` (or as ``attnkit.ring_attention``); this
+Users import it from `attnkit.distributed` (or as ``attnkit.ring_attention``); this
 module holds the algorithm, next to the other engines whose block kernel it shares.
 
 ``P`` ranks of a ``torch.distributed`` process group (gloo on CPU, NCCL on GPU) each hold
@@ -8,7 +8,7 @@ module holds the algorithm, next to the other engines whose block kernel it shar
 ``t`` rank ``r`` holds the shard of rank ``(r - t) mod P``, sends it on to ``r + 1`` and
 receives the next one from ``r - 1`` (non-blocking ``isend``/``irecv``) *while* it
 computes its queries against the shard it holds. Each step yields a partial
-``(out, lse)``; :func:`attnkit.merge_partials` merges them exactly (DESIGN.md).
+``(out, lse)``; [`attnkit.merge_partials`][attnkit.softmax.merge_partials] merges them exactly.
 
 Causal load balance: with contiguous shards, rank ``P-1`` sees every key and rank 0 only
 its own. The zig-zag layout cuts the sequence into ``2P`` chunks and gives rank ``r``
@@ -28,7 +28,7 @@ Memory per rank: its shards of Q, K, V, O, dO, dQ plus, for the overlap, two K|V
 arriving, leaving), all allocated once per call.
 
 Failures: every wait has a timeout (the process group's, or ``timeout=``); a dead, stuck or
-mismatched rank makes the others raise :class:`attnkit.AttnkitError` instead of hanging.
+mismatched rank makes the others raise [`attnkit.AttnkitError`][attnkit.errors.AttnkitError] instead of hanging.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def shard_sequence(x: Tensor, rank: int, world_size: int, *, layout: Layout = "z
 
 
 def unshard_sequence(shards: Sequence[Tensor], *, layout: Layout = "zigzag", dim: int = 2) -> Tensor:
-    """The full sequence from every rank's shard (``shards[r]`` from rank ``r``); inverts :func:`shard_sequence`."""
+    """The full sequence from every rank's shard (``shards[r]`` from rank ``r``); inverts [`shard_sequence`][attnkit.engines.ring.shard_sequence]."""
     P = len(shards)
     per_rank = len(chunk_ids(0, P, layout))
     pieces: dict[int, Tensor] = {}
@@ -342,7 +342,7 @@ def ring_attention(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Exact softmax attention of a sequence sharded across the ranks of ``group``.
 
-    Call it on every rank with that rank's shards (see :func:`shard_sequence`); each rank gets
+    Call it on every rank with that rank's shards (see [`shard_sequence`][attnkit.engines.ring.shard_sequence]); each rank gets
     its own queries' output. Equals ``attnkit.attention`` on the gathered sequence.
 
     Args:
@@ -356,14 +356,15 @@ def ring_attention(
         layout: how the full sequence was sharded: ``"zigzag"`` (``2P`` chunks, rank ``r``
             holds ``r`` and ``2P-1-r``: balanced causal work) or ``"contiguous"``.
         timeout: seconds (or ``timedelta``) each communication may take before every live
-            rank raises :class:`AttnkitError`; default: the process group's timeout.
+            rank raises [`AttnkitError`][attnkit.errors.AttnkitError]; default: the process group's timeout.
         bias: float tensor broadcastable to the *whole* problem's ``(B, H, L, S)`` (absolute
             positions, e.g. ``(1, H, 1, S)``), the same on every rank, added to the scores. If it
             requires grad, backward all-reduces its gradient: every rank's ``bias.grad`` is the
             whole gradient (like a replicated parameter).
-        dropout_p, seed: attention dropout with the counter hash of ``attnkit.attention`` (the
-            same entries as every engine for the same ``seed``); ``seed`` must be the same int on
-            every rank and is required when ``dropout_p > 0``.
+        dropout_p: attention dropout with the counter hash of ``attnkit.attention`` (the
+            same entries as every engine for the same ``seed``).
+        seed: the dropout seed; must be the same int on every rank and is required when
+            ``dropout_p > 0``.
         return_lse: also return ``lse (B, H, L/P)`` (float32; float64 for float64 input).
         check: all-gather the call's shapes first, so a rank with mismatched shards makes
             every rank raise instead of exchanging garbage (one tiny collective per call).

@@ -1,5 +1,5 @@
 """Runnable examples (``python -m attnkit.examples.<name> --help``).
 
-- :mod:`attnkit.examples.ring_attention`: sequence-parallel exact attention across processes,
+- `attnkit.examples.ring_attention`: sequence-parallel exact attention across processes,
   ``torchrun --nproc-per-node 4 -m attnkit.examples.ring_attention --seq-len 65536``.
 """

@@ -7,7 +7,7 @@ Launch with torchrun (one process per rank; gloo on CPU, NCCL when CUDA is avail
 or without torchrun for a one-rank run (``python -m attnkit.examples.ring_attention``).
 
 1. Self-check: every rank builds the same small random sequence, runs
-   :func:`attnkit.distributed.ring_attention` forward and backward on its zig-zag shard, and
+   [`attnkit.distributed.ring_attention`][attnkit.engines.ring.ring_attention] forward and backward on its zig-zag shard, and
    rank 0 compares the gathered output and gradients with ``attnkit.attention`` on the whole
    sequence (fails with exit code 1 beyond ``--tol``).
 2. Long run: each rank creates only its own ``seq_len / P`` shard (nothing of size
@@ -45,7 +45,7 @@ def _rss_now() -> int:
 
 
 def _rss_peak() -> int:
-    """Peak resident set size in bytes since start or the last :func:`_reset_peak` (Linux VmHWM)."""
+    """Peak resident set size in bytes since start or the last `_reset_peak` (Linux VmHWM)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

@@ -1,14 +1,14 @@
 """Capture and analyse attention maps: what a model attends to, head by head.
 
-- :func:`capture` runs a Hugging Face model on attnkit's attention and returns
-  :class:`AttentionMaps` (per layer ``(B, H, L, S)`` weights, tokens, padding masks).
-- :func:`record` hooks attnkit/torch attention modules explicitly for the length of a block.
-- Analyses: :func:`head_mean`, :func:`head_max`, :func:`rollout` (:func:`rollout_sequence` for one unpadded sequence), :func:`entropy`,
-  :func:`top_keys`, :func:`find_heads`, :func:`strongest_heads`; :func:`row_scores` (pre-softmax
-  scores, from ``capture(..., scores=True)``) and :func:`contrast_heads` (heads tested on a pair of texts).
-- :meth:`AttentionMaps.words` joins word pieces (to = sum, from = mean: :data:`AGGREGATION`);
-  :meth:`AttentionMaps.to_bertviz` gives BertViz's inputs; in Jupyter the maps show the viewer.
-- :meth:`AttentionMaps.save` / :meth:`AttentionMaps.load` keep maps in ``.npz`` or
+- [`capture`][attnkit.inspect._capture.capture] runs a Hugging Face model on attnkit's attention and returns
+  [`AttentionMaps`][attnkit.inspect._maps.AttentionMaps] (per layer ``(B, H, L, S)`` weights, tokens, padding masks).
+- [`record`][attnkit.inspect._record.record] hooks attnkit/torch attention modules explicitly for the length of a block.
+- Analyses: [`head_mean`][attnkit.inspect._analysis.head_mean], [`head_max`][attnkit.inspect._analysis.head_max], [`rollout`][attnkit.inspect._analysis.rollout] ([`rollout_sequence`][attnkit.inspect._analysis.rollout_sequence] for one unpadded sequence), [`entropy`][attnkit.inspect._analysis.entropy],
+  [`top_keys`][attnkit.inspect._analysis.top_keys], [`find_heads`][attnkit.inspect._analysis.find_heads], [`strongest_heads`][attnkit.inspect._analysis.strongest_heads]; [`row_scores`][attnkit.inspect._contrast.row_scores] (pre-softmax
+  scores, from ``capture(..., scores=True)``) and [`contrast_heads`][attnkit.inspect._contrast.contrast_heads] (heads tested on a pair of texts).
+- [`AttentionMaps.words`][attnkit.inspect._maps.AttentionMaps.words] joins word pieces (to = sum, from = mean: `AGGREGATION`);
+  [`AttentionMaps.to_bertviz`][attnkit.inspect._maps.AttentionMaps.to_bertviz] gives BertViz's inputs; in Jupyter the maps show the viewer.
+- [`AttentionMaps.save`][attnkit.inspect._maps.AttentionMaps.save] / [`AttentionMaps.load`][attnkit.inspect._maps.AttentionMaps.load] keep maps in ``.npz`` or
   ``.safetensors`` files for later viewing (``attnkit.viz``).
 
 Example:

@@ -106,7 +106,7 @@ def rollout(maps: AttentionMaps, *, residual: bool = True, head_fusion: Literal[
 def rollout_sequence(seq: np.ndarray | Tensor, residual: bool = True, head_fusion: str = "mean", start_layer: int = 0) -> Tensor:
     """Rollout of one unpadded sequence: weights ``(N, H, l, l)`` → ``(l, l)`` float32.
 
-    The per-sequence core of :func:`rollout` (same arguments, no argument checks), for callers
+    The per-sequence core of [`rollout`][attnkit.inspect._analysis.rollout] (same arguments, no argument checks), for callers
     that already hold ``maps.sequence(b)``, such as the HTML viewer.
 
     Example:
@@ -201,7 +201,7 @@ def find_heads(maps: AttentionMaps, query_token: str | int, key_token: str | int
     e.g. ``find_heads(maps, "it", "animal", versus="street")`` for coreference heads.
 
     Returns:
-        All ``N·H`` heads as :class:`HeadScore`, best first (``layer``/``head`` 0-based;
+        All ``N·H`` heads as [`HeadScore`][attnkit.inspect._analysis.HeadScore], best first (``layer``/``head`` 0-based;
         ``weight`` is the key word's weight, ``top`` the query's ``top`` strongest keys).
 
     Raises:
@@ -236,7 +236,7 @@ def strongest_heads(maps: AttentionMaps, query_token: str | int, *, sequence: in
     heads are positional, not about meaning).
 
     Returns:
-        All ``N·H`` heads as :class:`HeadScore`, best first; ``key`` is the winning key token.
+        All ``N·H`` heads as [`HeadScore`][attnkit.inspect._analysis.HeadScore], best first; ``key`` is the winning key token.
 
     Example:
         >>> import torch

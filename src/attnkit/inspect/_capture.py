@@ -1,7 +1,7 @@
 """Capture the attention of a Hugging Face model, computed by attnkit (no eager mode needed).
 
 The model runs with ``attn_implementation="attnkit"`` (registered by
-:func:`attnkit.integrations.hf.register`), which returns exact weights when
+[`attnkit.integrations.hf.register`][attnkit.integrations.hf.register]), which returns exact weights when
 ``output_attentions=True``. The model's previous implementation is restored afterwards.
 """
 
@@ -33,7 +33,7 @@ def logits(query: torch.Tensor, key: torch.Tensor, *, scaling: float | None = No
     """The scores an attention layer feeds its softmax, before the mask: ``(B, H, L, S)`` float32.
 
     ``s = scaling · q·k`` (default ``1/√D``), then ``softcap·tanh(s/softcap)``, then ``+ position_bias``,
-    in the order :func:`attnkit.attention` applies them. ``query`` is ``(B, H, L, D)``, ``key``
+    in the order [`attnkit.attention`][attnkit.functional.attention] applies them. ``query`` is ``(B, H, L, D)``, ``key``
     ``(B, G, S, D)``; each group of ``H/G`` query heads reads the same key head (GQA/MQA).
 
     Example:
@@ -52,7 +52,7 @@ def logits(query: torch.Tensor, key: torch.Tensor, *, scaling: float | None = No
 
 def _scoring_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
                      **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """attnkit's attention, also recording the pre-softmax scores into :data:`_SCORE_SINK`."""
+    """attnkit's attention, also recording the pre-softmax scores into `_SCORE_SINK`."""
     from ..integrations import hf
 
     sink = _SCORE_SINK.get()
@@ -63,7 +63,7 @@ def _scoring_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value:
 
 
 def _register_scoring() -> str:
-    """Register :func:`_scoring_forward` (and attnkit's mask function) with transformers; returns its name."""
+    """Register `_scoring_forward` (and attnkit's mask function) with transformers; returns its name."""
     from ..integrations import hf
 
     hf.register()
@@ -126,7 +126,7 @@ def capture(model: Any, tokenizer: Any, texts: str | Sequence[str], *, max_lengt
             ``(B, H, L, S)`` tensor per layer.
 
     Returns:
-        :class:`AttentionMaps` with one ``(B, H, L, S)`` tensor per layer, ``L = S`` = the
+        [`AttentionMaps`][attnkit.inspect._maps.AttentionMaps] with one ``(B, H, L, S)`` tensor per layer, ``L = S`` = the
         longest sequence, the tokens and special-token flags of each sequence, and padding
         marked in ``query_mask``/``key_mask``.
 

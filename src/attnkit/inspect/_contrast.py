@@ -1,8 +1,8 @@
 """Two steps of the "it" story: a row's raw scores, and heads tested on a contrasting pair of texts.
 
-- :func:`row_scores` — one head's ``q·k/√d`` scores of a query word before softmax, next to its
+- [`row_scores`][attnkit.inspect._contrast.row_scores] — one head's ``q·k/√d`` scores of a query word before softmax, next to its
   weights (needs maps captured with ``scores=True``).
-- :func:`contrast_heads` — the classic claim "head X resolves *it*" made testable: run the model
+- [`contrast_heads`][attnkit.inspect._contrast.contrast_heads] — the classic claim "head X resolves *it*" made testable: run the model
   on two texts that differ in one word ("...too tired." / "...too wide."), and rank heads by how
   far their weight moves from one candidate to the other (animal → street). A head that follows
   the meaning should move; one that stays put, or points at something else, is evidence against.
@@ -116,7 +116,7 @@ def contrast_heads(maps_a: AttentionMaps, maps_b: AttentionMaps, query: str | in
     Weights on a word sum over its tokens; a multi-token query uses the mean of its rows.
 
     Returns:
-        All heads as :class:`HeadContrast`, largest ``change`` first.
+        All heads as [`HeadContrast`][attnkit.inspect._contrast.HeadContrast], largest ``change`` first.
 
     Example:
         >>> import torch

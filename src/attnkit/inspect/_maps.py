@@ -51,10 +51,10 @@ class AttentionMaps:
         meta: free-form strings (model name, texts) kept when saving.
         scores: optional, one ``(B, H, L, S)`` float tensor per layer: the logits *before* the mask
             and softmax (``q·k·scale``, plus bias/softcap if the model has them), as recorded by
-            ``capture(..., scores=True)``. Not written by :meth:`save`.
+            ``capture(..., scores=True)``. Not written by [`save`][attnkit.inspect._maps.AttentionMaps.save].
 
     Edge cases: padded rows and columns hold whatever the model computed (usually 0 for
-    padded keys); every analysis reads only real positions through :meth:`sequence`.
+    padded keys); every analysis reads only real positions through [`sequence`][attnkit.inspect._maps.AttentionMaps.sequence].
 
     Example:
         >>> import torch
@@ -166,7 +166,7 @@ class AttentionMaps:
 
     def words(self) -> "AttentionMaps":
         """Word pieces joined into words: attention *to* a word = sum over its pieces, *from* a
-        word = mean over its pieces (see :func:`attnkit.inspect.merge_word_pieces`)."""
+        word = mean over its pieces (see [`attnkit.inspect.merge_word_pieces`][attnkit.inspect._words.merge_word_pieces])."""
         from ._words import merge_word_pieces
 
         return merge_word_pieces(self)
@@ -210,7 +210,7 @@ class AttentionMaps:
         """Write the maps to ``.npz`` (NumPy, compressed) or ``.safetensors``.
 
         ``dtype="float16"`` halves the file (weights in [0, 1] keep ~3 significant digits);
-        pass ``"float32"`` to keep them exactly. Load with :meth:`load`.
+        pass ``"float32"`` to keep them exactly. Load with [`load`][attnkit.inspect._maps.AttentionMaps.load].
 
         Example:
             >>> import os, tempfile, torch
@@ -243,7 +243,7 @@ class AttentionMaps:
 
     @classmethod
     def load(cls, path: str | Path) -> "AttentionMaps":
-        """Read maps written by :meth:`save` (weights come back as float32).
+        """Read maps written by [`save`][attnkit.inspect._maps.AttentionMaps.save] (weights come back as float32).
 
         Pickles are never executed (``.npz`` is read with ``allow_pickle=False``).
 

@@ -1,6 +1,6 @@
 """Record attention weights of ``nn`` attention modules through explicit forward hooks.
 
-Modules never keep the last map in hidden state (no ``self.attn``). Instead :func:`record`
+Modules never keep the last map in hidden state (no ``self.attn``). Instead [`record`][attnkit.inspect._record.record]
 hooks every attention module inside a model for the duration of a ``with`` block: a
 forward pre-hook asks the module for per-head weights (``need_weights=True``, no head
 averaging) and a forward hook takes them from the output, handing the caller back exactly
@@ -41,7 +41,7 @@ def _caller_wants(module: nn.Module, bound: _inspect.BoundArguments) -> tuple[bo
 
 @dataclass
 class Recorder:
-    """What :func:`record` yields: the weights of every hooked call, in call order.
+    """What [`record`][attnkit.inspect._record.record] yields: the weights of every hooked call, in call order.
 
     Attributes:
         calls: ``(module_name, weights)`` per forward call; weights are ``(B, H, L, S)`` float32 CPU.
@@ -52,13 +52,14 @@ class Recorder:
     def maps(self, tokens: list[list[str]] | list[str], *, select: Callable[[str], bool] | None = None,
              query_mask: Tensor | None = None, key_mask: Tensor | None = None,
              key_tokens: list[list[str]] | list[str] | None = None) -> AttentionMaps:
-        """Build :class:`AttentionMaps` from the recorded calls (one layer per call).
+        """Build [`AttentionMaps`][attnkit.inspect._maps.AttentionMaps] from the recorded calls (one layer per call).
 
         Args:
             tokens: the real query tokens per sequence (a flat list for batch size 1).
             select: keep calls whose module name passes, e.g. ``lambda n: "self_attn" in n``
                 to drop cross-attention from an encoder-decoder.
-            query_mask, key_mask: ``(B, L)`` / ``(B, S)`` True = real token (default: no padding).
+            query_mask: ``(B, L)`` True = real query token (default: no padding).
+            key_mask: ``(B, S)`` True = real key token (default: no padding).
             key_tokens: for cross-attention, the real key tokens per sequence.
         """
         chosen = [w for name, w in self.calls if select is None or select(name)]
@@ -80,8 +81,8 @@ def record(model: nn.Module) -> Iterator[Recorder]:
     are dropped again, or averaged over heads, as the caller asked).
 
     Yields:
-        a :class:`Recorder`; ``recorder.calls`` holds ``(name, (B, H, L, S) weights)`` per
-        call, ``recorder.maps(tokens)`` builds :class:`AttentionMaps`.
+        a [`Recorder`][attnkit.inspect._record.Recorder]; ``recorder.calls`` holds ``(name, (B, H, L, S) weights)`` per
+        call, ``recorder.maps(tokens)`` builds [`AttentionMaps`][attnkit.inspect._maps.AttentionMaps].
 
     Raises:
         AttnkitError: if the model contains no attention module this knows how to hook.

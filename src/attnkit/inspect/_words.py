@@ -15,6 +15,7 @@ import torch
 __all__ = ["AGGREGATION", "word_groups", "merge_word_pieces"]
 
 AGGREGATION = "word pieces joined: attention to a word = sum over its pieces, from a word = mean over its pieces"
+"""How word-level maps are made from word pieces (the note shown beside word-level views)."""
 
 _WORD_STARTS = ("\u2581", "\u0120")  # SentencePiece, byte-level BPE: these mark a word's first piece
 
@@ -52,7 +53,7 @@ def _join(tokens: Sequence[str], group: list[int]) -> str:
 
 
 def merge_word_pieces(maps):  # type: ignore[no-untyped-def]  # AttentionMaps -> AttentionMaps
-    """``maps`` with word pieces joined into words (:data:`AGGREGATION`); rows still sum to 1.
+    """``maps`` with word pieces joined into words (`AGGREGATION`); rows still sum to 1.
 
     Query words take the mean of their pieces' rows, key words the sum of their pieces'
     columns. Tokens become the joined words (``北京``); special flags follow their token. Maps

@@ -1,8 +1,8 @@
-"""The mask half of the Hugging Face integration: :func:`attnkit_mask` and :class:`StructuredMask`.
+"""The mask half of the Hugging Face integration: [`attnkit_mask`][attnkit.integrations._hf_masks.attnkit_mask] and [`StructuredMask`][attnkit.integrations._hf_masks.StructuredMask].
 
 ``transformers`` builds every mask through the function registered in ``AttentionMaskInterface``
 (``create_causal_mask``, ``create_sliding_window_causal_mask``, ``create_bidirectional_mask``,
-...). attnkit's recognizes the standard patterns and returns a :class:`StructuredMask`: a
+...). attnkit's recognizes the standard patterns and returns a [`StructuredMask`][attnkit.integrations._hf_masks.StructuredMask]: a
 ``torch.Tensor`` that stores no ``L × S`` data, only attnkit's arguments (``causal``, ``window``,
 ``kv_lengths``, a ``(B, 1, 1, S)`` key mask). attnkit's attention function reads the structure;
 any other torch operation on it (a model slicing it, adding a position bias to it, filling it)
@@ -42,7 +42,7 @@ def _in_place(func: Callable) -> bool:
 class StructuredMask(Tensor):
     """An HF attention mask kept as attnkit's structured arguments, that still behaves as a tensor.
 
-    What :func:`attnkit_mask` returns and :func:`attnkit.integrations.hf.attnkit_attention_forward`
+    What [`attnkit_mask`][attnkit.integrations._hf_masks.attnkit_mask] returns and [`attnkit.integrations.hf.attnkit_attention_forward`][attnkit.integrations.hf.attnkit_attention_forward]
     consumes: like ``torch``'s ``BlockMask`` for ``flex_attention`` it passes through the model
     untouched and attnkit's attention reads ``causal``/``window``/``kv_lengths``/``key_mask``.
 
@@ -53,14 +53,14 @@ class StructuredMask(Tensor):
     where it is hidden, of shape ``(B, 1, L, S)`` and the model's ``dtype`` — built once, on first
     use, and kept. The result of such an operation is a plain tensor. An in-place operation
     (``masked_fill_``, ``mask[...] = v``, ``+=``) changes that additive mask, and from then on
-    attnkit's attention uses it instead of the structure (:attr:`modified`), as ``eager`` would.
+    attnkit's attention uses it instead of the structure (`modified`), as ``eager`` would.
 
     Attributes:
         causal: ``False``, ``True`` (bottom-right) or ``"top_left"``.
         window: ``(left, right)`` or ``None``.
         kv_lengths: ``(B,)`` int64 or ``None``: keys at or past the length are hidden.
         key_mask: ``(B, 1, 1, S)`` bool (True = may attend) or ``None``.
-        modified: whether the model changed the mask in place (then :meth:`additive` is the mask).
+        modified: whether the model changed the mask in place (then [`additive`][attnkit.integrations._hf_masks.StructuredMask.additive] is the mask).
 
     Example:
         >>> m = attnkit_mask(batch_size=1, q_length=3, kv_length=3)   # doctest: +SKIP
@@ -99,7 +99,7 @@ class StructuredMask(Tensor):
         return copy
 
     def attention_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`attnkit.attention` this mask stands for."""
+        """The keyword arguments of [`attnkit.attention`][attnkit.functional.attention] this mask stands for."""
         return dict(causal=self.causal, window=self.window, kv_lengths=self.kv_lengths, mask=self.key_mask)
 
     def visible(self) -> Tensor:
@@ -228,12 +228,12 @@ def attnkit_mask(
     Query ``i`` sits at absolute position ``q_offset + i`` and key ``j`` at ``kv_offset + j``;
     ``attention_mask`` is the 2-D padding mask ``(B, ≥ kv_offset + S)`` (True = real token);
     ``dtype`` is the model's (``create_*_mask`` pass it): the dtype of the additive mask a model
-    sees if it operates on a :class:`StructuredMask` itself.
+    sees if it operates on a [`StructuredMask`][attnkit.integrations._hf_masks.StructuredMask] itself.
 
     Returns:
         ``None`` when ``allow_is_bidirectional_skip`` is set and the mask is plain bidirectional
         with no padding (no mask at all, as ``sdpa_mask`` returns: models test for it, e.g. BEiT
-        adds its position bias to the mask only when there is one); a :class:`StructuredMask` for
+        adds its position bias to the mask only when there is one); a [`StructuredMask`][attnkit.integrations._hf_masks.StructuredMask] for
         HF's causal, bidirectional and sliding-window patterns; the exact boolean ``(B, 1, L, S)``
         mask of ``sdpa_mask`` for any other pattern.
     """

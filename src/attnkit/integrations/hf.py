@@ -4,28 +4,28 @@
 >>> akhf.register()                                 # doctest: +SKIP
 >>> model = AutoModel.from_pretrained(path, attn_implementation="attnkit")  # doctest: +SKIP
 
-:func:`register` adds two functions to ``transformers``:
+[`register`][attnkit.integrations.hf.register] adds two functions to ``transformers``:
 
-- :func:`attnkit_mask` to ``AttentionMaskInterface``. Models build their masks through it
+- [`attnkit_mask`][attnkit.integrations._hf_masks.attnkit_mask] to ``AttentionMaskInterface``. Models build their masks through it
   (``create_causal_mask``, ``create_sliding_window_causal_mask``, ``create_bidirectional_mask``,
   ...). Without it ``transformers`` hands an unregistered implementation *no mask at all*, so
   padding and causality would be silently lost. It recognizes the standard patterns (causal,
-  bidirectional, sliding window, with their cache offsets) and returns a :class:`StructuredMask`:
+  bidirectional, sliding window, with their cache offsets) and returns a [`StructuredMask`][attnkit.integrations._hf_masks.StructuredMask]:
   ``causal``/``window`` arguments plus key padding as ``kv_lengths`` (right padding, no causal)
   or a ``(B, 1, 1, S)`` key mask — never an ``L × S`` tensor. A model that operates on the mask
   itself (slicing, filling, adding a bias) sees the additive mask ``eager`` would have given it.
   Plain bidirectional masks without padding are ``None`` when the model allows it, as in ``sdpa``.
   Any other pattern (packed sequences, chunked or block-wise attention, custom ``and``/``or``
   mask functions) is materialized exactly as ``sdpa`` would, as a boolean ``(B, 1, L, S)`` mask.
-- :func:`attnkit_attention_forward` to ``AttentionInterface``. Every attention layer calls it
+- [`attnkit_attention_forward`][attnkit.integrations.hf.attnkit_attention_forward] to ``AttentionInterface``. Every attention layer calls it
   with ``query (B, H, L, D)``, ``key (B, G, S, D)``, ``value (B, G, S, E)``; it translates the
   mask and the layer's options (``scaling``, ``dropout``, ``softcap``, attention sinks ``s_aux``,
   ``position_bias``, the top-k key ``indices`` of DeepSeek sparse attention, GQA without
-  repeating keys) to :func:`attnkit.attention`. With ``output_attentions=True`` it returns the
+  repeating keys) to [`attnkit.attention`][attnkit.functional.attention]. With ``output_attentions=True`` it returns the
   exact attention weights from the engine, so attention maps need no switch to ``eager``.
 
 Models whose layers do not call the ``AttentionInterface`` (BLOOM, GPT-Neo, ...: ``transformers``
-itself says which, see :func:`uses_attention_interface`) are refused when they are built with
+itself says which, see [`uses_attention_interface`][attnkit.integrations.hf.uses_attention_interface]) are refused when they are built with
 ``attn_implementation="attnkit"``.
 
 Semantics that differ from ``eager``: a query row with no visible key (only left-padding positions
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 ATTN_IMPLEMENTATION = "attnkit"
-"""The name to pass as ``attn_implementation`` after :func:`register`."""
+"""The name to pass as ``attn_implementation`` after [`register`][attnkit.integrations.hf.register]."""
 
 
 def _transformers() -> Any:
@@ -174,7 +174,7 @@ def attnkit_attention_forward(
         module: the calling attention layer (read for ``is_causal`` when there is no mask).
         query: ``(B, H, L, D)``; key ``(B, G, S, D)``; value ``(B, G, S, E)``; GQA/MQA run
             natively (``H % G == 0``), without repeating keys.
-        attention_mask: a :class:`StructuredMask`, a dense ``(B|1, 1|H, L, ≥S)`` mask (boolean
+        attention_mask: a [`StructuredMask`][attnkit.integrations._hf_masks.StructuredMask], a dense ``(B|1, 1|H, L, ≥S)`` mask (boolean
             True = attend, or float added like eager), or ``None`` (then causal, top-left as in
             ``sdpa``, when the layer is causal and ``L > 1``).
         dropout: dropout probability on the attention probabilities.
@@ -247,7 +247,7 @@ def check_model_class(model_class: type) -> None:
     Older architectures (BLOOM, GPT-Neo, ...) compute attention in their own layers (``eager``/``sdpa``
     classes picked by name): ``attn_implementation="attnkit"`` would fail deep inside them
     (``KeyError``, or a ``TypeError`` on the mask) or never reach attnkit. The criterion is
-    :func:`uses_attention_interface`; :func:`register` runs this check whenever a model is built
+    [`uses_attention_interface`][attnkit.integrations.hf.uses_attention_interface]; [`register`][attnkit.integrations.hf.register] runs this check whenever a model is built
     with attnkit's implementation.
 
     Raises:
@@ -265,14 +265,14 @@ def check_model_class(model_class: type) -> None:
 
 
 def _is_attnkit(implementation: Any) -> bool:
-    """Whether ``implementation`` names an implementation registered by :func:`register`."""
+    """Whether ``implementation`` names an implementation registered by [`register`][attnkit.integrations.hf.register]."""
     mu = importlib.import_module("transformers.masking_utils")
     return isinstance(implementation, str) and mu.AttentionMaskInterface._global_mapping.get(implementation) is attnkit_mask
 
 
 def _install_model_class_check(pretrained_model: type) -> None:
     """Wrap ``PreTrainedModel.get_correct_attn_implementation`` (where ``transformers`` validates the
-    requested implementation, at the start of every model's ``__init__``) with :func:`check_model_class`."""
+    requested implementation, at the start of every model's ``__init__``) with [`check_model_class`][attnkit.integrations.hf.check_model_class]."""
     original = pretrained_model.get_correct_attn_implementation
     if getattr(original, "_attnkit_checked", False):
         return
@@ -290,10 +290,10 @@ def _install_model_class_check(pretrained_model: type) -> None:
 def register(name: str = ATTN_IMPLEMENTATION, *, engine: str = "auto") -> str:
     """Register attnkit with ``transformers`` under ``name`` (idempotent); returns ``name``.
 
-    Registers :func:`attnkit_attention_forward` with ``AttentionInterface`` and
-    :func:`attnkit_mask` with ``AttentionMaskInterface`` — both are needed: without the mask
+    Registers [`attnkit_attention_forward`][attnkit.integrations.hf.attnkit_attention_forward] with ``AttentionInterface`` and
+    [`attnkit_mask`][attnkit.integrations._hf_masks.attnkit_mask] with ``AttentionMaskInterface`` — both are needed: without the mask
     function ``transformers`` passes no mask to an unknown implementation and causal masking and
-    padding are silently lost. It also makes ``transformers`` run :func:`check_model_class` when
+    padding are silently lost. It also makes ``transformers`` run [`check_model_class`][attnkit.integrations.hf.check_model_class] when
     a model is built with ``name``, so models that would bypass attnkit are refused at load.
 
     Args:

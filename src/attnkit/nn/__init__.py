@@ -1,10 +1,10 @@
-"""Attention layers (tier 4 of STYLE.md): thin ``nn.Module``s over :func:`attnkit.attention`.
+"""Attention layers: thin ``nn.Module``s over [`attnkit.attention`][attnkit.functional.attention].
 
-- :class:`MultiHeadAttention` (``attnkit/nn/multihead.py``): self/cross attention, GQA/MQA,
+- [`MultiHeadAttention`][attnkit.nn.multihead.MultiHeadAttention] (``attnkit/nn/multihead.py``): self/cross attention, GQA/MQA,
   KV cache for incremental decoding, ``from_torch``.
-- :class:`KVCache` (``attnkit/nn/kv_cache.py``, also ``attnkit.KVCache``): the growable,
+- [`KVCache`][attnkit.nn.kv_cache.KVCache] (``attnkit/nn/kv_cache.py``, also ``attnkit.KVCache``): the growable,
   optionally ragged key/value cache that ``MultiHeadAttention`` appends to.
-- :class:`DotAttention`, :class:`BilinearAttention`, :class:`AdditiveAttention`
+- [`DotAttention`][attnkit.nn.score_attention.DotAttention], [`BilinearAttention`][attnkit.nn.score_attention.BilinearAttention], [`AdditiveAttention`][attnkit.nn.score_attention.AdditiveAttention]
   (``attnkit/nn/score_attention.py``): the classic encoder-decoder score functions.
 """
 

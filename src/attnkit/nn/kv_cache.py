@@ -1,22 +1,22 @@
 """A growable key/value cache for incremental decoding (the one ``KVCache`` of attnkit).
 
 Keys and values live in preallocated ``(B, G, capacity, D)`` / ``(B, G, capacity, E)`` buffers;
-:meth:`KVCache.append` writes the new positions in place and returns views of everything cached
+[`KVCache.append`][attnkit.nn.kv_cache.KVCache.append] writes the new positions in place and returns views of everything cached
 so far. Only when the spare capacity runs out are the buffers reallocated, to ``growth ×`` the
 current capacity (or to what the append needs, if that is more): ``n`` single-token appends cost
 ``O(log n)`` reallocations and ``O(n)`` copied positions in total (amortized ``O(1)`` per step)
 instead of the ``O(n²)`` copying of ``torch.cat`` at every step.
 
-Batch rows may hold different lengths (a ragged batch of caches): :attr:`KVCache.lengths` is
+Batch rows may hold different lengths (a ragged batch of caches): [`KVCache.lengths`][attnkit.nn.kv_cache.KVCache.lengths] is
 ``(B,)`` and ``append(..., counts=...)`` adds a different number of tokens per row, each row
-writing at its own length. Attention reads :attr:`~KVCache.keys` / :attr:`~KVCache.values`
+writing at its own length. Attention reads [`keys`][attnkit.nn.kv_cache.KVCache.keys] / [`values`][attnkit.nn.kv_cache.KVCache.values]
 (views, no copy) with ``kv_lengths=cache.kv_lengths`` and bottom-right causal alignment, which
 puts each row's new queries at the end of that row's own cache::
 
     k_all, v_all = cache.append(k_new, v_new)          # (B, G, T, D), (B, G, T, E)
     out = attnkit.attention(q_new, k_all, v_all, kv_lengths=cache.kv_lengths, causal=True)
 
-:class:`attnkit.nn.MultiHeadAttention` does exactly this when given ``cache=``. With ``L ≤ 16``
+[`attnkit.nn.MultiHeadAttention`][attnkit.nn.multihead.MultiHeadAttention] does exactly this when given ``cache=``. With ``L ≤ 16``
 new queries and a long cache, ``engine="auto"`` picks the split-KV decode engine. The cache is
 self-contained (no engine, no module): it only stores tensors, so the engines never import it.
 """
@@ -38,12 +38,12 @@ class KVCache:
     """Keys ``(B, G, S, D)`` and values ``(B, G, S, E)`` appended along ``S``, per batch row.
 
     Args:
-        initial_capacity: positions per row allocated by the first :meth:`append` (at least
+        initial_capacity: positions per row allocated by the first [`append`][attnkit.nn.kv_cache.KVCache.append] (at least
             the length of that append).
         growth: factor > 1 by which the capacity grows when an append does not fit.
         capacity: deprecated spelling of ``initial_capacity`` (the old ``attnkit.KVCache``).
 
-    Shapes, dtype and device are fixed by the first :meth:`append`.
+    Shapes, dtype and device are fixed by the first [`append`][attnkit.nn.kv_cache.KVCache.append].
 
     Attributes:
         reallocations: how many times the buffers were replaced by larger ones (the cached
@@ -84,7 +84,7 @@ class KVCache:
     # ------------------------------------------------------------------ state
 
     def __len__(self) -> int:
-        """The longest row's length (the ``S`` of :attr:`keys`)."""
+        """The longest row's length (the ``S`` of [`keys`][attnkit.nn.kv_cache.KVCache.keys])."""
         return self._max
 
     @property
@@ -105,7 +105,7 @@ class KVCache:
 
     @property
     def kv_lengths(self) -> Tensor | None:
-        """:attr:`lengths` if rows differ (pass as ``kv_lengths=``), ``None`` if all rows are full."""
+        """[`lengths`][attnkit.nn.kv_cache.KVCache.lengths] if rows differ (pass as ``kv_lengths=``), ``None`` if all rows are full."""
         return self.lengths if self._ragged else None
 
     @property
@@ -183,13 +183,14 @@ class KVCache:
         """Append ``k (B, G, T, D)`` and ``v (B, G, T, E)``; return all cached keys and values.
 
         Args:
-            k, v: the new positions. ``T = 0`` is allowed.
+            k: the new keys ``(B, G, T, D)``. ``T = 0`` is allowed.
+            v: the new values ``(B, G, T, E)``.
             counts: optional ``(B,)`` ints in ``[0, T]``: row ``b`` takes only its first
                 ``counts[b]`` new positions (the rest of ``k[b]`` is padding), making the
                 batch ragged. Without it every row takes all ``T``, each at its own length.
 
         Returns:
-            ``(keys, values)``, the views :attr:`keys` and :attr:`values` of length
+            ``(keys, values)``, the views [`keys`][attnkit.nn.kv_cache.KVCache.keys] and [`values`][attnkit.nn.kv_cache.KVCache.values] of length
             ``S = len(self)``. They stay valid until the next ``append`` (which may write into
             or reallocate the buffers), so do not keep them across steps. The cache is for
             inference: it stores copies, so no gradient flows into the appended tensors.

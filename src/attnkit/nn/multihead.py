@@ -1,7 +1,7 @@
-"""``MultiHeadAttention``: projections around :func:`attnkit.attention` (tier 4 of STYLE.md).
+"""``MultiHeadAttention``: projections around [`attnkit.attention`][attnkit.functional.attention].
 
 A drop-in for ``torch.nn.MultiheadAttention`` (same projections, same ``key_padding_mask``,
-``attn_mask``, ``need_weights`` and ``average_attn_weights`` meanings, :meth:`from_torch` to copy
+``attn_mask``, ``need_weights`` and ``average_attn_weights`` meanings, [`from_torch`][attnkit.nn.multihead.MultiHeadAttention.from_torch] to copy
 its weights) that adds grouped-query attention, attnkit's structured masks and a KV cache for
 incremental decoding. Attention weights come from the engine (``return_weights=True``): asking for
 them never switches to a separate slow path.
@@ -49,11 +49,13 @@ class MultiHeadAttention(nn.Module):
         num_heads: query heads ``H``.
         num_kv_heads: key/value heads ``G`` (``H % G == 0``): ``None`` or ``H`` for multi-head,
             ``1 < G < H`` for grouped-query, ``1`` for multi-query attention.
-        kdim, vdim: input dims of ``key`` and ``value`` (default ``embed_dim``).
+        kdim: input dim of ``key`` (default ``embed_dim``).
+        vdim: input dim of ``value`` (default ``embed_dim``).
         bias: add biases to the four projections (like torch).
         dropout: dropout on the attention probabilities in training mode.
         batch_first: inputs and outputs are ``(B, L, ·)``; ``False`` means ``(L, B, ·)`` (torch's default).
-        device, dtype: of the parameters.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
 
     Example:
         >>> import torch
@@ -117,7 +119,7 @@ class MultiHeadAttention(nn.Module):
                 f"dropout={self.dropout}, batch_first={self.batch_first}")
 
     def new_cache(self, initial_capacity: int = 16) -> KVCache:
-        """An empty :class:`attnkit.KVCache` for incremental decoding with this module (see :meth:`forward`)."""
+        """An empty [`attnkit.KVCache`][attnkit.nn.kv_cache.KVCache] for incremental decoding with this module (see [`forward`][attnkit.nn.multihead.MultiHeadAttention.forward])."""
         return KVCache(initial_capacity)
 
     @classmethod
@@ -205,13 +207,16 @@ class MultiHeadAttention(nn.Module):
             average_attn_weights: average the weights over heads: ``(B, L, S)``; else ``(B, H, L, S)``.
             mask: attnkit's mask: bool True = *may attend*, or float added; broadcastable to
                 ``(B, H, L, S)``. Combined with ``attn_mask`` and ``key_padding_mask`` (all apply).
-            causal, window, kv_lengths, q_lengths: structured masks of :func:`attnkit.attention`.
-                ``causal=True`` is bottom-right aligned: with a cache, the ``L`` new queries sit
-                at the last ``L`` key positions, so decoding step by step equals full causal attention.
-            cache: an :class:`attnkit.KVCache` (see :meth:`new_cache`); this call's projected
+            causal: as in [`attnkit.attention`][attnkit.functional.attention]. ``causal=True`` is
+                bottom-right aligned: with a cache, the ``L`` new queries sit at the last ``L`` key
+                positions, so decoding step by step equals full causal attention.
+            window: ``(left, right)``, as in [`attnkit.attention`][attnkit.functional.attention].
+            kv_lengths: ``(B,)`` key lengths, as in [`attnkit.attention`][attnkit.functional.attention].
+            q_lengths: ``(B,)`` query lengths, as in [`attnkit.attention`][attnkit.functional.attention].
+            cache: an [`attnkit.KVCache`][attnkit.nn.kv_cache.KVCache] (see [`new_cache`][attnkit.nn.multihead.MultiHeadAttention.new_cache]); this call's projected
                 keys/values are appended (to every row, each at its own length) and every cached
                 position is attended. A ragged cache supplies ``kv_lengths`` unless it is given.
-            engine: forwarded to :func:`attnkit.attention`.
+            engine: forwarded to [`attnkit.attention`][attnkit.functional.attention].
 
         Returns:
             ``(out, weights)``: ``out`` shaped like ``query`` (with ``embed_dim`` features) and the

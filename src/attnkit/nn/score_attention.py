@@ -9,13 +9,13 @@ the keys)::
     concat    score(s, h) = vᵀ tanh(W_q s + W_k h)                Bahdanau et al. 2015
 
 Dot and bilinear are ordinary scaled-dot-product attention with one head (bilinear projects
-the query by ``Wᵀ`` first: ``sᵀWh = (Wᵀs)ᵀh``), so they call :func:`attnkit.attention`.
+the query by ``Wᵀ`` first: ``sᵀWh = (Wᵀs)ᵀh``), so they call [`attnkit.attention`][attnkit.functional.attention].
 The additive score is not a dot product: a naive implementation broadcasts ``W_q s_i + W_k h_j``
 into an ``(B, L, S, A)`` tensor. Here it is computed tile by tile over query and key blocks,
 forward and backward (the backward recomputes each tile's ``tanh`` instead of saving it), so
 memory beyond the ``(B, L, S)`` scores is one tile.
 
-Shapes (legend of DESIGN.md): ``query (B, L, Dq)`` or ``(B, Dq)`` for a single decoder step,
+Shapes: ``query (B, L, Dq)`` or ``(B, Dq)`` for a single decoder step,
 ``keys (B, S, Dk)``, ``values (B, S, Dv)``. Every module returns ``(context, weights)``:
 ``(B, L, Dv)`` and ``(B, L, S)``, or ``(B, Dv)`` and ``(B, S)`` for a 2-D query.
 
@@ -37,8 +37,8 @@ from ..softmax import softmax
 
 __all__ = ["DotAttention", "BilinearAttention", "AdditiveAttention", "additive_scores"]
 
-#: Default cap on the elements of one additive-score tile ``(B, Lb, Sb, A)`` (4 Mi floats = 16 MB fp32).
 TILE_ELEMENTS = 1 << 22
+"""Default cap on the elements of one additive-score tile ``(B, Lb, Sb, A)`` (4 Mi floats = 16 MB fp32)."""
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -95,7 +95,7 @@ def _finish(context: Tensor, weights: Tensor, single: bool) -> tuple[Tensor, Ten
 
 
 def _dot(q: Tensor, keys: Tensor, values: Tensor, vis: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
-    """``softmax(q·kᵀ·scale)·v`` via :func:`attnkit.attention` with one head: ``(B, L, Dv), (B, L, S)``."""
+    """``softmax(q·kᵀ·scale)·v`` via [`attnkit.attention`][attnkit.functional.attention] with one head: ``(B, L, Dv), (B, L, S)``."""
     if q.shape[-1] != keys.shape[-1]:
         raise AttnkitError.build(
             f"query dim Dq equal to key dim Dk={keys.shape[-1]} for a dot score", f"Dq={q.shape[-1]}",
@@ -143,7 +143,7 @@ class BilinearAttention(nn.Module):
     """Luong's "general" score ``score(s, h) = sᵀ W h`` with ``W`` of shape ``(Dq, Dk)``.
 
     Computed as the dot score of the projected query ``Wᵀs`` (one ``(B, L, Dk)`` matmul), then
-    :func:`attnkit.attention`. See the module docstring for shapes and masks.
+    [`attnkit.attention`][attnkit.functional.attention]. See the module docstring for shapes and masks.
 
     Example:
         >>> import torch
@@ -262,12 +262,13 @@ def additive_scores(qp: Tensor, kp: Tensor, v: Tensor, *, tile: tuple[int, int] 
 class AdditiveAttention(nn.Module):
     """Bahdanau's "concat" score ``score(s, h) = vᵀ tanh(W_q s + W_k h + b)``.
 
-    Scores are computed by :func:`additive_scores` (tiled; no ``(B, L, S, A)`` tensor when ``L``
-    and ``S`` are large), normalized with :func:`attnkit.softmax` under the mask; a query with
+    Scores are computed by `additive_scores` (tiled; no ``(B, L, S, A)`` tensor when ``L``
+    and ``S`` are large), normalized with `attnkit.softmax` under the mask; a query with
     no visible key gets weights 0 and context 0. See the module docstring for shapes and masks.
 
     Args:
-        query_dim, key_dim: ``Dq`` and ``Dk``.
+        query_dim: ``Dq``, the width of a query.
+        key_dim: ``Dk``, the width of a key.
         attn_dim: ``A``, the width of the hidden layer inside the score (default ``Dk``).
         tile: fixed ``(Lb, Sb)`` block sizes, or ``None`` to bound a tile by ``tile_elements``.
 

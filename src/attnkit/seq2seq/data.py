@@ -1,7 +1,7 @@
 """Parallel data for the seq2seq translator: a date-normalisation task and a TSV loader.
 
 The built-in task translates dates written the many ways people write them, in English
-and Chinese, into ISO ``YYYY-MM-DD``. Each :class:`Example` records where the year,
+and Chinese, into ISO ``YYYY-MM-DD``. Each [`Example`][attnkit.seq2seq.data.Example] records where the year,
 month and day (and weekday, if any) sit in the source, and which field every target
 character belongs to, so a trained model's attention can be checked for alignment:
 the source position with the largest weight for an output digit of the month should
@@ -16,7 +16,7 @@ lie inside ``spans["month"]``.
 >>> ex.target_field_of(5), ex.source[slice(*ex.aligned_span(5))]
 ('month', 'November')
 
-Every format, shown for 2026-11-22 (the keys of :data:`FORMATS`):
+Every format, shown for 2026-11-22 (the keys of `FORMATS`):
 
 >>> for name in FORMATS:
 ...     print(f"{name:26} {make_example(date(2026, 11, 22), name).source}")
@@ -46,7 +46,7 @@ Ambiguity rules, so that every source string has exactly one correct target:
   ``22/11/26``) or year-first (``2026.11.22``). Month-first numeric dates appear only
   with an explicit ``(US)`` tag: ``11/22/2026 (US)``.
 * Two-digit years pivot at 50: ``50``–``99`` mean 1950–1999, ``00``–``49`` mean
-  2000–2049. Dates are drawn uniformly from :data:`DATE_MIN` to :data:`DATE_MAX`,
+  2000–2049. Dates are drawn uniformly from `DATE_MIN` to `DATE_MAX`,
   the same window, so ``22/11/26`` and ``26年11月22日`` are well defined.
 
 Span conventions: a span covers the characters that write the field's value, including
@@ -87,10 +87,12 @@ __all__ = [
 Span = tuple[int, int]
 
 DATE_MIN = date(1950, 1, 1)
+"""The earliest date the generated tasks draw."""
 DATE_MAX = date(2049, 12, 31)
+"""The latest date the generated tasks draw."""
 
-#: Field of each character of an ISO target ``YYYY-MM-DD``.
 ISO_FIELDS: tuple[str, ...] = ("year",) * 4 + ("sep",) + ("month",) * 2 + ("sep",) + ("day",) * 2
+"""Field of each character of an ISO target ``YYYY-MM-DD``."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,6 @@ def _parse(template: str) -> tuple[tuple[str, str | None], ...]:
     return tuple((literal, name) for literal, name, _, _ in string.Formatter().parse(template))
 
 
-#: Format name -> :class:`DateFormat`. ``en_`` English words, ``num_`` numeric, ``zh_`` Chinese.
 FORMATS: Mapping[str, DateFormat] = {
     "en_weekday_long": DateFormat("{weekday}, {d} {month} {yyyy}"),
     "en_dmy_long": DateFormat("{d} {month} {yyyy}"),
@@ -243,10 +244,11 @@ FORMATS: Mapping[str, DateFormat] = {
     "zh_digits_yy": DateFormat("{yy}年{m}月{d}日"),
     "zh_numerals": DateFormat("{zh_year}年{zh_month}月{zh_day}日"),
 }
+"""Format name -> [`DateFormat`][attnkit.seq2seq.data.DateFormat]. ``en_`` English words, ``num_`` numeric, ``zh_`` Chinese."""
 
 
 def make_example(d: date, fmt: str) -> Example:
-    """Write ``d`` in format ``fmt`` (a key of :data:`FORMATS`) and pair it with its ISO form.
+    """Write ``d`` in format ``fmt`` (a key of `FORMATS`) and pair it with its ISO form.
 
     >>> make_example(date(2010, 10, 31), "zh_numerals").source
     '二〇一〇年十月三十一日'
@@ -326,8 +328,8 @@ def dates_dataset(
 
 # ---- the long task: several dates per line -----------------------------------------
 
-#: What joins the dates of one :func:`generate_date_lists` source.
 LIST_SEPARATOR = "; "
+"""What joins the dates of one [`generate_date_lists`][attnkit.seq2seq.data.generate_date_lists] source."""
 
 
 def generate_date_lists(
@@ -366,7 +368,7 @@ def generate_date_lists(
 def date_lists_dataset(
     n_train: int, n_valid: int, *, seed: int, min_dates: int = 1, max_dates: int = 8,
 ) -> tuple[list[Example], list[Example]]:
-    """Train and held-out splits of :func:`generate_date_lists` (no date rendering is shared between them).
+    """Train and held-out splits of [`generate_date_lists`][attnkit.seq2seq.data.generate_date_lists] (no date rendering is shared between them).
 
     >>> train, valid = date_lists_dataset(50, 10, seed=1)
     >>> len(train), len(valid), {e.source for e in train} & {e.source for e in valid}
@@ -376,12 +378,11 @@ def date_lists_dataset(
     return examples[:n_train], examples[n_train:]
 
 
-#: The generated tasks, by the name ``attnkit seq2seq train --data NAME`` accepts:
-#: ``name -> (n_train, n_valid, seed) -> (train, valid)``.
 BUILTIN_TASKS: Mapping[str, Callable[..., tuple[list[Example], list[Example]]]] = {
     "dates": dates_dataset,
     "date-lists": date_lists_dataset,
 }
+"""The generated tasks, by the name ``attnkit seq2seq train --data NAME`` accepts: ``name -> (n_train, n_valid, seed) -> (train, valid)``."""
 
 
 # ---- the user's own corpus ---------------------------------------------------------
@@ -393,7 +394,7 @@ def load_tsv(path: str | Path) -> list[Example]:
     * Columns after the second are ignored, so the Tatoeba exports from manythings.org
       (``English<TAB>French<TAB>CC-BY 2.0 (France) Attribution: ...``) load as they are.
     * Whitespace around each field is stripped. An empty source or target, a line without
-      a tab, or bytes that are not UTF-8 raise :class:`AttnkitError` naming the file and
+      a tab, or bytes that are not UTF-8 raise [`AttnkitError`][attnkit.errors.AttnkitError] naming the file and
       the 1-based line number (never the line's contents); so do a file without any pair
       and a path that cannot be read.
 

@@ -60,7 +60,7 @@ def _check_source(src: Tensor, lengths: Tensor) -> None:
 def greedy(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) -> list[Hypothesis]:
     """Pick ``argmax_y p(y | y_<t, x)`` at every step, for a whole batch at once.
 
-    ``src (B, S)``, ``lengths (B,)``. Returns one :class:`Hypothesis` per row; ``weights`` is
+    ``src (B, S)``, ``lengths (B,)``. Returns one [`Hypothesis`][attnkit.seq2seq.decode.Hypothesis] per row; ``weights`` is
     ``(T, lengths[b])`` (``None`` for ``score="none"``).
     """
     _check_source(src, lengths)
@@ -103,7 +103,7 @@ def beam_search(model: Seq2Seq, src: Sequence[int] | Tensor, max_len: int, *, be
     """The best hypothesis for one source (a 1-D id sequence) by ``log_prob / T^length_penalty``.
 
     ``beam=1`` is greedy decoding. The greedy hypothesis is always among the candidates, so the
-    result scores at least as well as :func:`greedy` under the same ``length_penalty``.
+    result scores at least as well as [`greedy`][attnkit.seq2seq.decode.greedy] under the same ``length_penalty``.
     """
     if beam < 1 or length_penalty < 0:
         raise AttnkitError.build("beam >= 1 and length_penalty >= 0", f"beam={beam}, length_penalty={length_penalty}",
@@ -172,9 +172,9 @@ class Translation:
 
 
 class Translator:
-    """A trained :class:`Seq2Seq` with its vocabularies: text in, :class:`Translation` out.
+    """A trained [`Seq2Seq`][attnkit.seq2seq.model.Seq2Seq] with its vocabularies: text in, [`Translation`][attnkit.seq2seq.decode.Translation] out.
 
-    Load one from a training directory with :func:`attnkit.seq2seq.train.load_translator`.
+    Load one from a training directory with [`attnkit.seq2seq.train.load_translator`][attnkit.seq2seq.train.load_translator].
     """
 
     def __init__(self, model: Seq2Seq, src_vocab: Vocab, tgt_vocab: Vocab, max_len: int) -> None:

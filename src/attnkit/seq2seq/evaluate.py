@@ -4,7 +4,7 @@
 (source tokens), which is where a fixed-context model's bottleneck shows.
 
 **Alignment score.** Generated date examples record the source span of each field
-(:attr:`Example.spans`) and the field of each target character. For every emitted output token
+(`Example.spans`) and the field of each target character. For every emitted output token
 ``t`` that writes a digit of the year, month or day, take the source position with the largest
 attention weight, ``argmax_i α_ti``; it *hits* if that token lies inside the span of the same
 field (``Example.aligned_span``). The score is hits / digits: near 1 means the weights point at

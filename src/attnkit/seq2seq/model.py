@@ -12,7 +12,7 @@ source token; the **decoder**, a GRU, writes the output one token at a time::
     p(y_t | y_<t, x) = softmax(W_o h̃_t)    next-token distribution
 
 ``score`` is Luong's ``dot`` (``s_tᵀh_i``), ``general`` (``s_tᵀ W h_i``) or Bahdanau's ``additive``
-(``vᵀ tanh(W_q s_t + W_k h_i)``) — the modules of :mod:`attnkit.nn.score_attention`. This is Luong
+(``vᵀ tanh(W_q s_t + W_k h_i)``) — the modules of `attnkit.nn.score_attention`. This is Luong
 et al.'s global attention (2015) without input feeding: ``s_t`` does not depend on ``C_{t-1}``,
 so with teacher forcing the decoder GRU runs over the whole target in one call and all steps
 attend in one batched call.
@@ -49,6 +49,7 @@ __all__ = ["SCORES", "ModelConfig", "Memory", "Seq2Seq", "pad_batch"]
 
 Score = Literal["dot", "general", "additive", "none"]
 SCORES: tuple[str, ...] = ("dot", "general", "additive", "none")
+"""The attention scores a model can use (``"none"``: no attention, a fixed context from the encoder's final states)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Encoder(nn.Module):
         self.rnn = nn.GRU(embed, hidden // 2, batch_first=True, bidirectional=True)
 
     def forward(self, src: Tensor, lengths: Tensor) -> Memory:
-        """``src (B, S)`` ids, ``lengths (B,)`` → :class:`Memory`."""
+        """``src (B, S)`` ids, ``lengths (B,)`` → [`Memory`][attnkit.seq2seq.model.Memory]."""
         x = self.drop(self.embed(src))  # (B, S, embed)
         # Packing makes the backward direction start at each row's last real token, not at padding.
         packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
@@ -161,7 +162,7 @@ class Decoder(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """Encoder + decoder. ``forward`` is teacher-forced training; :meth:`step` is one decoding step."""
+    """Encoder + decoder. ``forward`` is teacher-forced training; [`step`][attnkit.seq2seq.model.Seq2Seq.step] is one decoding step."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -170,7 +171,7 @@ class Seq2Seq(nn.Module):
         self.decoder = Decoder(config)
 
     def encode(self, src: Tensor, lengths: Tensor) -> Memory:
-        """``src (B, S)``, ``lengths (B,)`` → :class:`Memory`."""
+        """``src (B, S)``, ``lengths (B,)`` → [`Memory`][attnkit.seq2seq.model.Memory]."""
         return self.encoder(src, lengths)
 
     def forward(self, src: Tensor, src_lengths: Tensor, prev: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -183,7 +184,7 @@ class Seq2Seq(nn.Module):
         return logits, weights
 
     def start(self, memory: Memory) -> Tensor:
-        """The decoder state ``s_0`` for a fresh :class:`Memory`."""
+        """The decoder state ``s_0`` for a fresh [`Memory`][attnkit.seq2seq.model.Memory]."""
         return self.decoder.init_state(memory)
 
     def step(self, prev: Tensor, state: Tensor, memory: Memory) -> tuple[Tensor, Tensor, Tensor | None]:

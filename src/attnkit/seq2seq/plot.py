@@ -1,7 +1,7 @@
 """The alignment heatmap of one translation: output tokens (rows) × source tokens (columns).
 
 Needs matplotlib (``pip install 'attnkit[viz]'``), imported on first use. The picture is drawn
-by :func:`attnkit.viz.plot_head` (one layer, one head of cross-attention), so fonts (CJK labels
+by [`attnkit.viz.plot_head`][attnkit.viz._heatmap.plot_head] (one layer, one head of cross-attention), so fonts (CJK labels
 and titles) are handled by the one helper every attnkit plot uses.
 """
 

@@ -60,7 +60,9 @@ __all__ = ["CHECKPOINT", "DATA", "Data", "TrainConfig", "TrainResult", "Trainer"
            "load_data", "load_translator", "read_data", "run_data", "save_atomic"]
 
 CHECKPOINT = "checkpoint.pt"
-DATA = "data.tsv"  # the run's copy of a TSV training file
+"""File name of a run's checkpoint inside its run directory."""
+DATA = "data.tsv"
+"""File name of the run's copy of a TSV training file inside its run directory."""
 _FORMAT = "attnkit.seq2seq/2"  # /2: data and vocabulary fingerprints, the data copy, max_length
 _FIX_DAMAGED = "the file is damaged (truncated or not written by attnkit); retrain, or restore it from a copy"
 
@@ -110,7 +112,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """How a :meth:`Trainer.run` ended: ``stopped`` is ``"done"``, ``"time budget"`` or ``"max steps"``."""
+    """How a [`Trainer.run`][attnkit.seq2seq.train.Trainer.run] ended: ``stopped`` is ``"done"``, ``"time budget"`` or ``"max steps"``."""
 
     epoch: int
     step: int
@@ -164,7 +166,7 @@ def read_data(config: TrainConfig, path: str | Path | None = None) -> Data:
 
 
 def load_data(config: TrainConfig, path: str | Path | None = None) -> tuple[list[Example], list[Example]]:
-    """The train and held-out examples of :func:`read_data`."""
+    """The train and held-out examples of [`read_data`][attnkit.seq2seq.train.read_data]."""
     data = read_data(config, path)
     return data.train, data.valid
 
@@ -256,7 +258,7 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
 
 
 def config_of(state: dict[str, Any]) -> TrainConfig:
-    """The :class:`TrainConfig` saved in a checkpoint dict (unknown keys from other versions are ignored)."""
+    """The [`TrainConfig`][attnkit.seq2seq.train.TrainConfig] saved in a checkpoint dict (unknown keys from other versions are ignored)."""
     names = {f.name for f in fields(TrainConfig)}
     try:
         return TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
@@ -282,7 +284,7 @@ def load_translator(directory: str | Path, state: dict[str, Any] | None = None) 
 
 
 def _clean_stale(out_dir: Path) -> None:
-    """Remove temporary files a killed :func:`save_atomic` left behind (``.checkpoint.pt.*.tmp``)."""
+    """Remove temporary files a killed [`save_atomic`][attnkit.seq2seq.train.save_atomic] left behind (``.checkpoint.pt.*.tmp``)."""
     for name in (CHECKPOINT, DATA):
         for tmp in out_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -307,7 +309,7 @@ def _pack(examples: list[Example], src_vocab: Vocab, tgt_vocab: Vocab) -> tuple[
 
 
 class Trainer:
-    """A training run in ``out_dir``: build fresh with ``Trainer(config, out_dir)`` or :meth:`resume`."""
+    """A training run in ``out_dir``: build fresh with ``Trainer(config, out_dir)`` or [`resume`][attnkit.seq2seq.train.Trainer.resume]."""
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, _state: dict[str, Any] | None = None,
                  _data: Data | None = None) -> None:
@@ -366,7 +368,7 @@ class Trainer:
         """Continue the run saved in ``out_dir`` exactly where it stopped.
 
         The data is the run's own (regenerated dates, or its copy ``out_dir/data.tsv``), or
-        ``data`` when given; either must match the checkpoint's fingerprint (see :func:`run_data`).
+        ``data`` when given; either must match the checkpoint's fingerprint (see [`run_data`][attnkit.seq2seq.train.run_data]).
         """
         state = load_checkpoint(out_dir)
         return cls(config_of(state), out_dir, _state=state, _data=run_data(out_dir, state, data))

@@ -41,6 +41,7 @@ __all__ = ["SPECIALS", "Vocab"]
 
 Level = Literal["char", "word"]
 SPECIALS: tuple[str, ...] = ("<pad>", "<sos>", "<eos>", "<unk>")
+"""The special tokens, ids 0-3 of every vocabulary, in this order."""
 
 # Scripts written without spaces: each character is one word-level token.
 _NO_SPACE_RANGES = (
@@ -86,8 +87,8 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
 class Vocab:
     """A bijection between tokens and ids, with fixed special ids.
 
-    Build one with :meth:`build`; save it with :meth:`to_dict` (JSON-ready) and restore
-    it with :meth:`from_dict`.
+    Build one with [`build`][attnkit.seq2seq.vocab.Vocab.build]; save it with [`to_dict`][attnkit.seq2seq.vocab.Vocab.to_dict] (JSON-ready) and restore
+    it with [`from_dict`][attnkit.seq2seq.vocab.Vocab.from_dict].
     """
 
     PAD, SOS, EOS, UNK = 0, 1, 2, 3
@@ -127,7 +128,7 @@ class Vocab:
         return _tokens(text, self.level)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """``(start, end)`` in ``text`` of each token of :meth:`tokens` (and of :meth:`encode`).
+        """``(start, end)`` in ``text`` of each token of [`tokens`][attnkit.seq2seq.vocab.Vocab.tokens] (and of [`encode`][attnkit.seq2seq.vocab.Vocab.encode]).
 
         >>> Vocab([], level="word").token_spans("二〇二六年 11月")
         [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (6, 8), (8, 9)]
@@ -172,7 +173,7 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Vocab:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of [`to_dict`][attnkit.seq2seq.vocab.Vocab.to_dict].
 
         >>> v = Vocab.build(["ab"]); Vocab.from_dict(v.to_dict()) == v
         True

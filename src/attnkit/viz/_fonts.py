@@ -1,7 +1,7 @@
 """Fonts for every attnkit plot (viz heatmaps, seq2seq alignment plots): CJK text that renders.
 
 matplotlib's default font (DejaVu Sans) has no CJK glyphs: ``北京`` comes out as boxes, with one
-"Glyph ... missing" warning per character. :func:`fit_fonts` gives every text of a figure that
+"Glyph ... missing" warning per character. [`fit_fonts`][attnkit.viz._fonts.fit_fonts] gives every text of a figure that
 needs it (tick labels, titles, axis labels) a CJK fallback font, once per figure, just before
 it is drawn or saved. The font is looked up once per process; a matplotlib font cache older
 than a font installed later (e.g. by ``.ci/install_browser.sh``) is refreshed once, on disk, so
@@ -106,7 +106,7 @@ def _columns(text: str) -> int:
 
 @contextlib.contextmanager
 def quiet_missing_glyphs() -> Iterator[None]:
-    """Silence matplotlib's per-glyph "missing from font" warnings once :func:`families` has warned
+    """Silence matplotlib's per-glyph "missing from font" warnings once `families` has warned
     that no CJK font is installed (one warning, not one per character)."""
     with warnings.catch_warnings():
         if _warned:

@@ -1,7 +1,7 @@
 """Attention heatmaps with matplotlib: one head, one layer's heads, every layer × head, rollout.
 
 Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state, no GUI
-backend), so they work in scripts, servers and tests alike. Save with :func:`save`.
+backend), so they work in scripts, servers and tests alike. Save with [`save`][attnkit.viz._heatmap.save].
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def plot_model(maps: AttentionMaps, *, sequence: int = 0, cmap: str = "Blues", v
 
 
 def plot_rollout(maps: AttentionMaps, *, sequence: int = 0, cmap: str = "Purples", size: float = 7.0, **kwargs: Any) -> Any:
-    """Heatmap of attention rollout (:func:`attnkit.inspect.rollout`; ``kwargs`` go to it)."""
+    """Heatmap of attention rollout ([`attnkit.inspect.rollout`][attnkit.inspect._analysis.rollout]; ``kwargs`` go to it)."""
     queries, keys = _tokens(maps, sequence)
     r = rollout(maps.select(sequence), **kwargs)[0].numpy()
     fig = _figure(size + 1.2, size)

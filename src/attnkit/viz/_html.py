@@ -13,7 +13,7 @@ inlined from ``viewer.js`` / ``viewer.css``. The attention data are embedded com
 all packed into one binary blob per sequence, deflate-compressed and base64-encoded; the page
 inflates it with the browser's built-in ``DecompressionStream`` and draws to ``<canvas>``. The
 JSON header is strict JSON: non-finite numbers travel as the strings ``"NaN"``/``"Infinity"``.
-For notebooks, :mod:`attnkit.viz._notebook` wraps the page in an ``<iframe srcdoc>`` so that
+For notebooks, `attnkit.viz._notebook` wraps the page in an ``<iframe srcdoc>`` so that
 several viewers in one notebook never share element ids, styles or scripts.
 """
 
@@ -147,7 +147,7 @@ _VIEWS = ("head", "model", "rollout")
 def viewer_data(maps: AttentionMaps, *, sequence: int = 0, sequences: Sequence[int] | None = None, top_k: int | None = 8,
                 keep_mass: float | None = None, thumb: int = 48, title: str | None = None, view: str = "head",
                 layer: int | None = None, focus: int | None = None, heads: Sequence[int] | None = None) -> dict[str, Any]:
-    """Everything the page embeds: one :func:`payload` per sequence shown, plus the opening state."""
+    """Everything the page embeds: one `payload` per sequence shown, plus the opening state."""
     N, H = maps.num_layers, maps.num_heads
     sequences = list(range(maps.batch_size)) if sequences is None else [int(b) for b in sequences]
     for b in sequences + [sequence]:
@@ -217,7 +217,7 @@ def to_html(maps: AttentionMaps, *, sequence: int = 0, sequences: Sequence[int] 
 
 
 def save_html(maps: AttentionMaps, path: str | Path, **kwargs: Any) -> Path:
-    """Write :func:`to_html` to ``path`` (UTF-8); returns the path. ``kwargs`` go to :func:`to_html`."""
+    """Write [`to_html`][attnkit.viz._html.to_html] to ``path`` (UTF-8); returns the path. ``kwargs`` go to [`to_html`][attnkit.viz._html.to_html]."""
     path = Path(path)
     path.write_text(to_html(maps, **kwargs), encoding="utf-8")
     return path

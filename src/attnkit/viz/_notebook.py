@@ -1,4 +1,4 @@
-"""The viewer in Jupyter: ``AttentionMaps._repr_html_`` and :func:`show`.
+"""The viewer in Jupyter: ``AttentionMaps._repr_html_`` and [`show`][attnkit.viz._notebook.show].
 
 A notebook page holds many outputs side by side. The viewer page uses fixed element ids and a
 page-wide script, so each viewer goes into its own ``<iframe srcdoc=...>``: its own document,
@@ -24,7 +24,7 @@ class Viewer:
     """One viewer, ready to display: ``_repr_html_`` gives the isolated ``<iframe>``.
 
     Attributes:
-        page: the standalone HTML page (what :func:`attnkit.viz.to_html` returns).
+        page: the standalone HTML page (what [`attnkit.viz.to_html`][attnkit.viz._html.to_html] returns).
         height: the iframe height in CSS pixels.
     """
 
@@ -47,7 +47,7 @@ class Viewer:
 
 
 def viewer(maps: AttentionMaps, *, height: int = 640, **options: Any) -> Viewer:
-    """A :class:`Viewer` of ``maps``; ``options`` are :func:`attnkit.viz.to_html`'s."""
+    """A [`Viewer`][attnkit.viz._notebook.Viewer] of ``maps``; ``options`` are [`attnkit.viz.to_html`][attnkit.viz._html.to_html]'s."""
     return Viewer(to_html(maps, **options), height=height)
 
 
@@ -68,12 +68,12 @@ def show(maps: AttentionMaps, *, height: int = 640, **options: Any) -> None:
     Args:
         maps: captured attention (every sequence of the batch can be switched in the page).
         height: the iframe height in pixels (notebooks).
-        options: :func:`attnkit.viz.to_html`'s: ``view`` (``"head"``, ``"model"``,
+        options: [`attnkit.viz.to_html`][attnkit.viz._html.to_html]'s: ``view`` (``"head"``, ``"model"``,
             ``"rollout"``), ``layer``, ``heads``, ``focus`` (a query position), ``sequence``,
             ``top_k``, ``keep_mass``, ``title``, ...
 
     Outside a notebook the page is written to a temporary file and opened in the browser. To
-    keep the object (to save it, or to display it later), use :func:`viewer`.
+    keep the object (to save it, or to display it later), use [`viewer`][attnkit.viz._notebook.viewer].
 
     Example:
         >>> import torch
