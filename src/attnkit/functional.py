@@ -147,7 +147,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", 
 
 def prepare() -> str | None:
     """Build (once per machine, cached) and load the fused kernel now, so that the first call of
-    :func:`attention` does not compile it — e.g. before ``torch.compile`` traces a model.
+    [`attention`][attnkit.functional.attention] does not compile it — e.g. before ``torch.compile`` traces a model.
 
     Returns:
         ``None`` when the hot path is ready, else the reason it is not (then every call takes the

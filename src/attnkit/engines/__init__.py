@@ -1,10 +1,10 @@
 """Engines: each computes the same exact attention a different way.
 
-- :mod:`~attnkit.engines.dispatch`: the registry, the ``engine="auto"`` order and the choice
-  with its reasons (what :func:`attnkit.explain` shows).
+- `dispatch`: the registry, the ``engine="auto"`` order and the choice
+  with its reasons (what [`attnkit.explain`][attnkit.functional.explain] shows).
 - ``reference`` (materialized scores, the oracle), ``sdpa`` (torch's fused kernel),
   ``flash`` (tiled FlashAttention-2), ``decode`` (split-KV for few queries): the dispatched engines.
-- ``ring``: ring attention across processes (public in :mod:`attnkit.distributed`).
+- ``ring``: ring attention across processes (public in `attnkit.distributed`).
 - ``_kernel``: the one tiled online-softmax kernel (forward and backward over a query range ×
   key range, its tile geometry, and the choice between the fused C++ path ``_fused`` and the
   PyTorch tile path), shared by flash, decode and ring.

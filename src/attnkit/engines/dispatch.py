@@ -1,8 +1,8 @@
 """Dispatch: which engine computes a spec, and why the others do not.
 
-The one place that knows the engines as a set: the registry (:data:`ENGINE_ORDER`, fastest
-first, and :func:`load`), the ``engine="auto"`` order (:func:`auto_order`) and the choice with
-its reasons (:func:`choose`, returning a :class:`Dispatch`, which :func:`attnkit.explain`
+The one place that knows the engines as a set: the registry (`ENGINE_ORDER`, fastest
+first, and `load`), the ``engine="auto"`` order (`auto_order`) and the choice with
+its reasons (`choose`, returning a [`Dispatch`][attnkit.engines.dispatch.Dispatch], which [`attnkit.explain`][attnkit.functional.explain]
 shows). Every engine module has ``NAME``, ``unsupported(spec) -> str | None`` (why it cannot
 compute a spec exactly, or ``None``) and ``run(q, k, v, spec) -> AttentionOutput``; a forced
 engine that cannot compute the spec raises, it never silently computes something else.
@@ -78,7 +78,7 @@ def auto_order(spec: AttentionSpec) -> tuple[tuple[str, ...], dict[str, str]]:
 
 def choose(spec: AttentionSpec, engine: str = "auto") -> Dispatch:
     """The engine that computes ``spec``: ``engine`` if forced (raises if it cannot), else the
-    first of :func:`auto_order` that can, with every other engine's reason."""
+    first of `auto_order` that can, with every other engine's reason."""
     if engine != "auto":
         if engine not in ENGINE_ORDER:
             raise AttnkitError.build(f"engine in {('auto',) + ENGINE_ORDER}", repr(engine), "check the spelling")

@@ -1,15 +1,15 @@
 """The flash engine: exact tiled attention with the online softmax (FlashAttention-2 on CPU).
 
-One call of the tiled kernel (:mod:`attnkit.engines._kernel`) over all queries and keys: it
+One call of the tiled kernel (`attnkit.engines._kernel`) over all queries and keys: it
 walks query tiles × key tiles with the running ``(m, l)`` state and never holds more than one
 tile of scores, so memory is O(L + S), not O(L·S). The autograd function saves only ``q, k, v,
 out, lse`` (and the float mask / bias when they need a gradient); backward recomputes each tile
 from ``lse`` with ``Δ = rowsum(dO ∘ O)`` (Dao, 2023, Algorithm 2).
 
-Block skipping: :func:`attnkit.masks.block_class` classifies each tile from the structured
+Block skipping: [`attnkit.masks.block_class`][attnkit.masks.block_class] classifies each tile from the structured
 masks; hidden tiles are never computed and fully visible ones skip the mask work, so causal
 costs about half and a window of ``w`` costs O(L·w). Which tile path runs (fused C++ or
-PyTorch) and why: :func:`describe`.
+PyTorch) and why: `describe`.
 """
 
 from __future__ import annotations

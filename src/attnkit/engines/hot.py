@@ -1,4 +1,4 @@
-"""The hot path: :func:`attnkit.attention`'s common call as one compiled op.
+"""The hot path: [`attnkit.attention`][attnkit.functional.attention]'s common call as one compiled op.
 
 A model calls attention thousands of times with small shapes, where the time between the call
 and the kernel (argument checks, the spec, dispatch, scans of K/V) costs more than the kernel.
@@ -10,9 +10,9 @@ forward kernel over the whole problem (the flash engine's kernel: small problems
 work items over (batch, kv head, query block), and a key a row cannot see is never read into that
 row's sum, so no pass over K/V looks for NaN first).
 
-:func:`plan` is the one decision: the op's arguments, or the reason the call takes the general
+`plan` is the one decision: the op's arguments, or the reason the call takes the general
 path (``attnkit.explain`` prints it). A check the op fails in C++ also sends the call to the
-general path, which computes it or raises the :class:`~attnkit.AttnkitError` with expected/got/fix:
+general path, which computes it or raises the [`AttnkitError`][attnkit.errors.AttnkitError] with expected/got/fix:
 both paths raise the same errors for the same bad inputs.
 
 Example:
@@ -67,7 +67,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
          kv_lengths: Any = None, q_lengths: Any = None, scale: Any = None, score_mod: Any = None, bias: Any = None,
          alibi_slopes: Any = None, softcap: Any = None, normalizer: Any = "softmax", dropout_p: Any = 0.0,
          seed: Any = None, return_lse: Any = False, return_weights: Any = False, engine: Any = "auto") -> tuple | str:
-    """The op's argument tuple for this call of :func:`attnkit.attention`, or why it takes the general path.
+    """The op's argument tuple for this call of [`attnkit.attention`][attnkit.functional.attention], or why it takes the general path.
 
     Only cheap Python checks run here (types and flags); shapes, devices of the masks, length ranges
     and the finiteness of ``scale``/``softcap`` are checked by the op itself.
@@ -135,7 +135,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
 
 
 def run(args: tuple) -> tuple[Tensor, Tensor] | None:
-    """Run the op on :func:`plan`'s arguments: ``(out in q's dtype, lse float32)``, or ``None`` when
+    """Run the op on `plan`'s arguments: ``(out in q's dtype, lse float32)``, or ``None`` when
     its own checks decline the call (the caller then takes the general path)."""
     try:
         return _op(*args)

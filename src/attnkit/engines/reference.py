@@ -26,7 +26,7 @@ def unsupported(spec: AttentionSpec) -> str | None:
 
 
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
-    """Attention for ``q (B, H, L, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see :func:`attnkit.attention`."""
+    """Attention for ``q (B, H, L, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see [`attnkit.attention`][attnkit.functional.attention]."""
     B, H, G, L, S, ct = spec.B, spec.H, spec.G, spec.L, spec.S, spec.compute_dtype
     R = H // G  # query heads per key/value head; query head h reads kv head h // R
     q5 = q.to(ct).reshape(B, G, R, L, spec.D)
