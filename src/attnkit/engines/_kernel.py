@@ -244,6 +244,49 @@ def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor
     return d
 
 
+# The backward recomputes P = exp(s - lse) from a float lse = m + log l, rounded by up to |lse|·2⁻²⁴:
+# at a huge offset (a float mask of -1e30 on a whole row) log l ≤ log S is lost entirely and P sums to S,
+# not 1. Rows whose |lse| reaches this get P renormalized by its recomputed row sum (see renormalize);
+# below it the rounding (≤ 4e-6 relative) is under the scores' own.
+_RENORM_LSE = 128.0
+
+
+def needs_renorm(lse: Tensor) -> bool:
+    """Whether some row's ``|lse|`` is large enough for its rounding to skew the recomputed ``P``."""
+    if lse.numel() == 0:
+        return False
+    return bool((lse.abs().masked_fill(~torch.isfinite(lse), 0.0) >= _RENORM_LSE).any())
+
+
+def row_sums(q: Tensor, k: Tensor, v: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
+    """``Σ_j exp(s_ij - lse_i)`` over this range's visible keys: ``(B, H, Lb)`` in the compute dtype.
+
+    The sum of the probabilities :func:`backward` will recompute, by the same tile path and the same
+    arithmetic (1 up to rounding; ``S`` for a row whose ``lse`` lost its ``log l``). Rows with
+    ``lse = -inf`` give 0. On the fused path it is the kernel's own backward run with ``dO = 0`` and
+    ``Δ = -1`` (so ``dS = P``) summing ``dS`` into a ``(B, H, Lb, 1)`` float-mask gradient.
+    """
+    B, H, Lb = q.shape[0], q.shape[1], q.shape[2]
+    if path(spec)[0] == "fused":
+        sums = torch.zeros(B, H, i0 + Lb, 1, dtype=torch.float32, device=q.device)  # the kernel indexes rows absolutely
+        scratch = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v)]
+        _fused()[0].backward(q, k, v, torch.zeros_like(q[..., :1].expand(*q.shape[:3], v.shape[-1])),  # type: ignore[union-attr]
+                             lse, torch.full_like(lse, -1.0), spec, i0, j0, dq=scratch[0], dk=scratch[1],
+                             dv=scratch[2], d_float_mask=sums)
+        if not _may_hold_garbage(spec) or _finite(sums):  # else 0·NaN of a hidden V: the torch path below
+            return sums[:, :, i0:, 0].to(spec.compute_dtype)
+    with torch.no_grad():
+        return _Tiles(q, k, v, spec, i0, j0).row_sums(lse)
+
+
+def renormalize(dout: Tensor, delta: Tensor, sums: Tensor, ct: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(dO/n, Δ/n)`` for the row sums ``n`` of the recomputed ``P'``: the backward then computes
+    ``dV = P'ᵀ·dO/n`` and ``dS = P'∘(dP - Δ)/n``, i.e. with ``P = P'/n``, which sums to 1 as the
+    forward's ``exp(s - m)/l`` does. Empty rows (``n = 0``) stay 0, NaN rows NaN."""
+    inv = sums.reciprocal().masked_fill(sums == 0, 0.0)
+    return dout.to(ct) * inv.unsqueeze(-1), delta * inv
+
+
 def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
     """Exact normalized weights ``(B, H, Lb, Sb)`` (compute dtype), rebuilt tile by tile.
 
@@ -302,7 +345,10 @@ class _Attend(torch.autograd.Function):
         names = _grad_extras(spec)[0]
         need = ctx.needs_input_grad[5:]
         d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-        backward(q, k, v, dout, lse, delta(dout, out, lse, dlse), spec, dq=dq, dk=dk, dv=dv,
+        d = delta(dout, out, lse, dlse)
+        if needs_renorm(lse):  # P from a rounded lse may not sum to 1: renormalize by its row sums
+            dout, d = renormalize(dout, d, row_sums(q, k, v, lse, spec), ct)
+        backward(q, k, v, dout, lse, d, spec, dq=dq, dk=dk, dv=dv,
                  d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
         d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, *d_extras
@@ -579,6 +625,24 @@ class _Tiles:
             dk += dk3.view(B, G, Sb, D)
         if not dv.is_contiguous():
             dv += dv3.view(B, G, Sb, E)
+
+    def row_sums(self, lse: Tensor) -> Tensor:
+        """``Σ_j exp(s - lse)`` per row, ``(B, H, Lb)``: the scores exactly as :meth:`backward` makes them."""
+        spec = self.spec
+        nonlinear = spec.softcap is not None or spec.score_mod is not None
+        lse5 = lse.detach().to(self.ct)
+        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(self.BG, self.R, self.Lb)
+        sums = torch.zeros(self.BG, self.R, self.Lb, dtype=self.ct, device=self.q5.device)
+        for a, b in self.tiles(self.Lb, self.tq):
+            qb = self.q_tile(a, b)
+            lse_b = lse5[:, :, a:b].reshape(self.BG, qb.shape[1], 1)
+            total = sums[:, :, a:b]
+            for c, d in self.tiles(self.Sb, self.tk):
+                cls = self.cls(a, b, c, d)
+                if cls != "empty":
+                    s = self.scores(qb, a, b, c, d, cls, grad=nonlinear)[0]
+                    total += s.sub_(lse_b).exp_().sum(-1).view(total.shape)
+        return sums.view(spec.B, spec.H, self.Lb)
 
     # ---- weights
 

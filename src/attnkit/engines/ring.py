@@ -255,6 +255,18 @@ def _ring_backward(
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
     delta = _kernel.delta(dout, out, lse, dlse)  # rowsum(dO ∘ O) - dlse
+    flag = torch.tensor([float(_kernel.needs_renorm(lse))])
+    if ring.size > 1:
+        ring.all_reduce(flag, "agree on renormalizing the backward")  # every rank takes the same path
+    if flag.item() > 0:
+        # A row's lse so large that its rounding skews P = exp(s - lse) (a huge bias on a whole row):
+        # one more K/V rotation sums each row's recomputed P over every shard, and the backward
+        # then uses P / sum, as the forward's exp(s - m) / l (see _kernel.renormalize).
+        sums = torch.zeros(lse.shape, dtype=ct, device=q.device)
+        for _t, src, k_t, v_t in _rotate(k, v, ring, "backward renormalization"):
+            for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
+                sums[:, :, qs] += _kernel.row_sums(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], lse[:, :, qs], spec, i0, j0)
+        dout, delta = _kernel.renormalize(dout, delta, sums, ct)
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
