@@ -7,6 +7,7 @@ import logging
 
 from torch import Tensor
 
+from ._layout import from_bhld, to_bhld
 from .engines import dispatch
 from .engines.dispatch import Dispatch
 from .errors import AttnkitError
@@ -38,6 +39,7 @@ def attention(
     return_lse: bool = False,
     return_weights: bool = False,
     engine: str = "auto",
+    layout: str = "bhld",
 ) -> Tensor | AttentionOutput:
     """Exact attention ``normalizer(score_mods(Q·Kᵀ·scale) + masks) · V``.
 
@@ -72,6 +74,12 @@ def attention(
         seed: seed of the counter-based dropout; ``None`` draws one from torch's RNG.
         return_lse, return_weights: return an :class:`AttentionOutput` ``(out, lse, weights)``.
         engine: ``"auto"`` (fastest exact engine; see :func:`explain`) or an engine name.
+        layout: the axis order of ``query``, ``key``, ``value`` and ``out``: ``"bhld"``
+            ``(B, H, L, D)`` (the default, torch SDPA's) or ``"blhd"`` ``(B, L, H, D)``
+            (FlashAttention's ``flash_attn_func``, model code before ``.transpose(1, 2)``). Both are
+            valid 4-D shapes, so a wrong layout silently attends over the wrong axes: say which.
+            ``"blhd"`` converts by transpose views (no copy); masks, bias, lse and weights keep
+            their ``(B, H, L, S)`` / ``(B, H, L)`` shapes, and ``out`` is a ``(B, L, H, E)`` view.
 
     Returns:
         ``out`` ``(B, H, L, E)`` in the input dtype, or ``AttentionOutput`` if asked for lse or
@@ -95,6 +103,7 @@ def attention(
         >>> attnkit.attention(q, k, v, causal=True).shape  # GQA: 8 query heads share 2 kv heads
         torch.Size([2, 8, 5, 16])
     """
+    query, key, value = to_bhld(layout, query, key, value)  # views: (B, L, H, D) -> (B, H, L, D)
     spec = AttentionSpec.build(
         query, key, value, mask=mask, causal=causal, window=window, kv_lengths=kv_lengths, q_lengths=q_lengths,
         scale=scale, score_mod=score_mod, bias=bias, alibi_slopes=alibi_slopes, softcap=softcap,
@@ -104,7 +113,7 @@ def attention(
     if log.isEnabledFor(logging.DEBUG):
         log.debug("attnkit.attention dispatch\n%s", choice)
     result = dispatch.load(choice.engine).run(query, key, value, spec)
-    return result if (return_lse or return_weights) else result.out
+    return from_bhld(layout, result if (return_lse or return_weights) else result.out)
 
 
 def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", **kwargs) -> Dispatch:
@@ -121,6 +130,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", 
     unknown = set(kwargs) - _OPTIONS
     if unknown:
         raise AttnkitError.build("arguments of attnkit.attention", str(sorted(unknown)), "check the spelling")
+    query, key, value = to_bhld(kwargs.pop("layout", "bhld"), query, key, value)
     spec = AttentionSpec.build(query, key, value, **kwargs)
     return dispatch.choose(spec, engine)
 
