@@ -244,47 +244,53 @@ def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor
     return d
 
 
-# The backward recomputes P = exp(s - lse) from a float lse = m + log l, rounded by up to |lse|·2⁻²⁴:
-# at a huge offset (a float mask of -1e30 on a whole row) log l ≤ log S is lost entirely and P sums to S,
-# not 1. Rows whose |lse| reaches this get P renormalized by its recomputed row sum (see renormalize);
-# below it the rounding (≤ 4e-6 relative) is under the scores' own.
+# The backward recomputes P' = exp(s - lse) from a float lse = m + log l: its rounding (|lse|·2⁻²⁴) and
+# the forward's exp make the rows of P' sum to 1 ± 1e-6, and Δ = rowsum(dO ∘ O) differs from
+# Σ_j P'·dP by as much; both showed in dV and dK against FlashAttention's rule (issue 21). At a huge
+# offset (a float mask of -1e30 on a whole row) log l is lost entirely and P' sums to S. So the
+# backward first takes each row's n = Σ_j P' and c = Σ_j P'·dP (row_stats, the same arithmetic as the
+# backward) and uses P = P'/n, Δ = c/n - dlse (exact_rows): two more tile GEMMs, no L×S memory.
+
+
+# Ring attention takes the stats only for rows whose |lse| reaches this (a huge offset: log l lost),
+# as they cost it one more rotation of K/V; below, the rounding stays under 4e-6 relative.
 _RENORM_LSE = 128.0
 
 
 def needs_renorm(lse: Tensor) -> bool:
-    """Whether some row's ``|lse|`` is large enough for its rounding to skew the recomputed ``P``."""
+    """Whether some row's ``|lse|`` is large enough for its rounding to skew ``P'`` grossly."""
     if lse.numel() == 0:
         return False
     return bool((lse.abs().masked_fill(~torch.isfinite(lse), 0.0) >= _RENORM_LSE).any())
 
 
-def row_sums(q: Tensor, k: Tensor, v: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
-    """``Σ_j exp(s_ij - lse_i)`` over this range's visible keys: ``(B, H, Lb)`` in the compute dtype.
-
-    The sum of the probabilities :func:`backward` will recompute, by the same tile path and the same
-    arithmetic (1 up to rounding; ``S`` for a row whose ``lse`` lost its ``log l``). Rows with
-    ``lse = -inf`` give 0. On the fused path it is the kernel's own backward run with ``dO = 0`` and
-    ``Δ = -1`` (so ``dS = P``) summing ``dS`` into a ``(B, H, Lb, 1)`` float-mask gradient.
+def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
+              j0: int = 0) -> tuple[Tensor, Tensor]:
+    """``(n, c)`` ``(B, H, Lb)`` in the compute dtype: ``n = Σ_j P'``, ``c = Σ_j P'·dP`` over this range's
+    visible keys, with ``P' = exp(s - lse)`` and ``dP = dO·Vᵀ`` (dropout's ``keep/(1-p)`` applied)
+    recomputed by the tile path and arithmetic :func:`backward` will use. Rows with ``lse = -inf``: 0.
     """
-    B, H, Lb = q.shape[0], q.shape[1], q.shape[2]
     if path(spec)[0] == "fused":
-        sums = torch.zeros(B, H, i0 + Lb, 1, dtype=torch.float32, device=q.device)  # the kernel indexes rows absolutely
-        scratch = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v)]
-        _fused()[0].backward(q, k, v, torch.zeros_like(q[..., :1].expand(*q.shape[:3], v.shape[-1])),  # type: ignore[union-attr]
-                             lse, torch.full_like(lse, -1.0), spec, i0, j0, dq=scratch[0], dk=scratch[1],
-                             dv=scratch[2], d_float_mask=sums)
-        if not _may_hold_garbage(spec) or _finite(sums):  # else 0·NaN of a hidden V: the torch path below
-            return sums[:, :, i0:, 0].to(spec.compute_dtype)
+        n, c = _fused()[0].row_stats(q, k, v, dout, lse, spec, i0, j0)  # type: ignore[union-attr]
+        if not _may_hold_garbage(spec) or _all_finite(n, c):  # else maybe 0·NaN of a hidden V: the torch path
+            return n.to(spec.compute_dtype), c.to(spec.compute_dtype)
     with torch.no_grad():
-        return _Tiles(q, k, v, spec, i0, j0).row_sums(lse)
+        return _Tiles(q, k, v, spec, i0, j0).row_stats(dout, lse)
 
 
-def renormalize(dout: Tensor, delta: Tensor, sums: Tensor, ct: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(dO/n, Δ/n)`` for the row sums ``n`` of the recomputed ``P'``: the backward then computes
-    ``dV = P'ᵀ·dO/n`` and ``dS = P'∘(dP - Δ)/n``, i.e. with ``P = P'/n``, which sums to 1 as the
-    forward's ``exp(s - m)/l`` does. Empty rows (``n = 0``) stay 0, NaN rows NaN."""
-    inv = sums.reciprocal().masked_fill(sums == 0, 0.0)
-    return dout.to(ct) * inv.unsqueeze(-1), delta * inv
+def exact_rows(dout: Tensor, lse: Tensor, dlse: Tensor | None, n: Tensor, c: Tensor,
+               ct: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(dO/n, Δ/n)`` with ``Δ = c/n - dlse``, to pass to :func:`backward` as ``dout`` and ``delta``.
+
+    The backward then computes ``dV = P'ᵀ·dO/n`` and ``dS = P'∘(dP/n - Δ/n)``: exactly the gradient
+    of ``P = P'/n`` (rows summing to 1, as the forward's ``exp(s - m)/l``) with ``Δ = Σ_j P·dP``
+    consistent with that ``P``. Empty rows (``n = 0``) stay 0, NaN rows NaN.
+    """
+    inv = n.reciprocal().masked_fill(n == 0, 0.0)
+    d = c * inv
+    if dlse is not None:
+        d = d - dlse.to(d.dtype).masked_fill(lse == _NEG_INF, 0.0)
+    return dout.to(ct) * inv.unsqueeze(-1), d * inv
 
 
 def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
@@ -345,9 +351,8 @@ class _Attend(torch.autograd.Function):
         names = _grad_extras(spec)[0]
         need = ctx.needs_input_grad[5:]
         d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-        d = delta(dout, out, lse, dlse)
-        if needs_renorm(lse):  # P from a rounded lse may not sum to 1: renormalize by its row sums
-            dout, d = renormalize(dout, d, row_sums(q, k, v, lse, spec), ct)
+        # P' = exp(s - lse) rows may not sum to 1 and rowsum(dO∘O) may not match them: see row_stats.
+        dout, d = exact_rows(dout, lse, dlse, *row_stats(q, k, v, dout, lse, spec), ct)
         backward(q, k, v, dout, lse, d, spec, dq=dq, dk=dk, dv=dv,
                  d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
         d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
@@ -626,23 +631,37 @@ class _Tiles:
         if not dv.is_contiguous():
             dv += dv3.view(B, G, Sb, E)
 
-    def row_sums(self, lse: Tensor) -> Tensor:
-        """``Σ_j exp(s - lse)`` per row, ``(B, H, Lb)``: the scores exactly as :meth:`backward` makes them."""
-        spec = self.spec
+    def row_stats(self, dout: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
+        """``(n, c)`` per row, ``(B, H, Lb)``: ``Σ_j P'`` and ``Σ_j P'·dP`` with the scores, ``P'`` and
+        dropout exactly as :meth:`backward` makes them."""
+        spec, ct, BG, R, pd = self.spec, self.ct, self.BG, self.R, self.spec.dropout_p
+        E = self.v3.shape[-1]
         nonlinear = spec.softcap is not None or spec.score_mod is not None
-        lse5 = lse.detach().to(self.ct)
-        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(self.BG, self.R, self.Lb)
-        sums = torch.zeros(self.BG, self.R, self.Lb, dtype=self.ct, device=self.q5.device)
+        do5 = dout.detach().to(ct).reshape(BG, R, self.Lb, E)
+        lse5 = lse.detach().to(ct)
+        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(BG, R, self.Lb)
+        n = torch.zeros(BG, R, self.Lb, dtype=ct, device=self.q5.device)
+        c = torch.zeros_like(n)
         for a, b in self.tiles(self.Lb, self.tq):
             qb = self.q_tile(a, b)
-            lse_b = lse5[:, :, a:b].reshape(self.BG, qb.shape[1], 1)
-            total = sums[:, :, a:b]
-            for c, d in self.tiles(self.Sb, self.tk):
-                cls = self.cls(a, b, c, d)
-                if cls != "empty":
-                    s = self.scores(qb, a, b, c, d, cls, grad=nonlinear)[0]
-                    total += s.sub_(lse_b).exp_().sum(-1).view(total.shape)
-        return sums.view(spec.B, spec.H, self.Lb)
+            rl = qb.shape[1]
+            dob = do5[:, :, a:b].reshape(BG, rl, E)
+            lse_b = lse5[:, :, a:b].reshape(BG, rl, 1)
+            n_b, c_b = n[:, :, a:b], c[:, :, a:b]
+            for cc, d in self.tiles(self.Sb, self.tk):
+                cls = self.cls(a, b, cc, d)
+                if cls == "empty":
+                    continue
+                s, hid, idx, _ = self.scores(qb, a, b, cc, d, cls, grad=nonlinear)
+                p = s.sub_(lse_b).exp_()
+                dp = torch.bmm(dob, self.v3[:, cc:d].transpose(1, 2))
+                if self.check and hid is not None:  # a hidden V row may hold NaN: never 0·NaN
+                    dp.masked_fill_(self.pack(hid, rl), 0.0)
+                if pd > 0:
+                    dp.mul_(self.keep(idx, rl, d - cc)).div_(1.0 - pd)
+                n_b += p.sum(-1).view(n_b.shape)
+                c_b += (p * dp).sum(-1).view(c_b.shape)
+        return n.view(spec.B, spec.H, self.Lb), c.view(spec.B, spec.H, self.Lb)
 
     # ---- weights
 

@@ -259,14 +259,17 @@ def _ring_backward(
     if ring.size > 1:
         ring.all_reduce(flag, "agree on renormalizing the backward")  # every rank takes the same path
     if flag.item() > 0:
-        # A row's lse so large that its rounding skews P = exp(s - lse) (a huge bias on a whole row):
-        # one more K/V rotation sums each row's recomputed P over every shard, and the backward
-        # then uses P / sum, as the forward's exp(s - m) / l (see _kernel.renormalize).
-        sums = torch.zeros(lse.shape, dtype=ct, device=q.device)
-        for _t, src, k_t, v_t in _rotate(k, v, ring, "backward renormalization"):
+        # A row's lse so large that its rounding skews P' = exp(s - lse) (a huge bias on a whole row):
+        # one more K/V rotation sums each row's n = Σ P' and c = Σ P'·dP over every shard, and the
+        # backward then uses P = P'/n and Δ = c/n, as flash's does (see _kernel.row_stats).
+        n, c = (torch.zeros(lse.shape, dtype=ct, device=q.device) for _ in range(2))
+        for _t, src, k_t, v_t in _rotate(k, v, ring, "backward row statistics"):
             for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-                sums[:, :, qs] += _kernel.row_sums(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], lse[:, :, qs], spec, i0, j0)
-        dout, delta = _kernel.renormalize(dout, delta, sums, ct)
+                n_s, c_s = _kernel.row_stats(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs],
+                                             spec, i0, j0)
+                n[:, :, qs] += n_s
+                c[:, :, qs] += c_s
+        dout, delta = _kernel.exact_rows(dout, lse, dlse, n, c, ct)
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
