@@ -375,9 +375,23 @@ def test_resume_with_same_data_continues_and_cleans_stale_tmp(run, tmp_path, cap
     assert not stale.exists() and "resuming" in capsys.readouterr().out
 
 
-def test_resume_without_more_epochs_is_refused(run, tmp_path, capsys):
+def test_resume_of_a_finished_run_is_complete_and_idempotent(run, tmp_path, capsys):
+    """The same --resume command twice (a scheduler re-running a finished job) exits 0 and trains nothing."""
     out = _copy_run(run, tmp_path)
-    assert "--epochs 2 or more" in _main_error(capsys, "seq2seq", "train", "--resume", "--out", str(out))
+    before = (out / "checkpoint.pt").read_bytes()
+    for extra in ([], ["--epochs", "1"]):  # the config's epochs, then the same number given explicitly
+        assert main(["seq2seq", "train", "--resume", "--out", str(out), "--no-progress", *extra]) == 0
+        said = capsys.readouterr().out
+        assert "has completed its 1 epochs" in said and "--epochs 2 or more" in said and "resuming" not in said
+    assert (out / "checkpoint.pt").read_bytes() == before  # untouched: nothing trained, nothing saved
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(run, tmp_path, capsys):
+    out = _copy_run(run, tmp_path)
+    assert main(["seq2seq", "train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    err = _main_error(capsys, "seq2seq", "train", "--resume", "--out", str(out), "--epochs", "1")
+    assert "at least the 2 epochs" in err and "--epochs 2 (complete)" in err
 
 
 def test_stored_data_path_is_never_opened_or_echoed(run, tmp_path, monkeypatch, capsys):

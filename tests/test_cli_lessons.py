@@ -51,13 +51,53 @@ def test_smooth_claim_corrected_with_true_numbers(capsys, args):
     assert float(bumped[1]) == 0.502 and float(bumped[2]) == 0.498
 
 
-def test_careless_rounding_corrected(capsys):
-    lines = _run(capsys, "2", "1", "0.1")
+def test_careless_rounding_corrected_only_when_the_claim_is_wrong(capsys):
+    assert _run(capsys, "2", "1", "0.1") == ["softmax = [0.659, 0.242, 0.099]"]  # nothing wrong was said: no correction
+    lines = _run(capsys, "2", "1", "0.1", "--claim", "0.65", "0.24", "0.11")
     assert lines[0] == "softmax = [0.659, 0.242, 0.099]"
     text = "\n".join(lines[1:])
-    assert "[0.65, 0.24, 0.11]" in text and "[0.659, 0.242, 0.099]" in text and "[0.66, 0.24, 0.10]" in text
+    assert "correction" in text and "[0.65, 0.24, 0.11]" in text and "[0.659, 0.242, 0.099]" in text
+    assert "[0.66, 0.24, 0.10]" in text and "p_0 = 0.659 is not 0.65" in text and "p_2 = 0.099 is not 0.11" in text
+    assert "p_1" not in text  # 0.24 is right
     assert np.allclose(_sm([2, 1, 0.1]).round(2), [0.66, 0.24, 0.10])
-    assert _run(capsys, "2", "1", "0.1", "-t", "2")[1:] == []  # another input: no correction
+    for right in (["0.66", "0.24", "0.10"], ["0.659", "0.242", "0.099"], ["0.7", "0.2", "0.1"]):
+        said = "\n".join(_run(capsys, "2", "1", "0.1", "--claim", *right)[1:])
+        assert "correction" not in said and said.startswith("check: ") and "correctly rounded" in said, right
+    # The same claim is right for other scores: [0.65, 0.24, 0.11] is softmax([2, 1, 0.2]) rounded.
+    assert np.allclose(_sm([2, 1, 0.2]).round(2), [0.65, 0.24, 0.11])
+    assert "correctly rounded to 2" in "\n".join(_run(capsys, "2", "1", "0.2", "--claim", "0.65", "0.24", "0.11"))
+
+
+@pytest.mark.parametrize("values,target,loss", [(["1000", "0", "-1000"], 2, 2000.0), (["750", "0"], 1, 750.0),
+                                                (["744", "0"], 1, 744.0), (["-3", "40", "0.5"], 0, 43.0)])
+def test_cross_entropy_lesson_is_stable_at_large_logits(capsys, values, target, loss):
+    """-ln(p) of a rounded p fails (ln 0) or is wrong (743.747 at 744); lse - z_y is exact."""
+    lines = _run(capsys, *values, "--target", str(target), "--digits", "3")
+    x = torch.tensor([[float(v) for v in values]], dtype=torch.float64)
+    ref = float(torch.nn.functional.cross_entropy(x, torch.tensor([target])))
+    got = float(re.search(rf"-ln p_{target} = -ln {NUM} = ({NUM})", "\n".join(lines))[1])
+    assert got == pytest.approx(ref, abs=5e-4) and ref == pytest.approx(loss, abs=5e-3)
+    assert cross_entropy_steps([float(v) for v in values], target).loss == pytest.approx(ref, rel=1e-15)
+    assert any("logsumexp(z) - z_" in line for line in lines) and any("743.747" in line for line in lines)
+
+
+def test_infinities_agree_with_the_api(capsys):
+    """-inf is a masked entry (weight 0, as attnkit.softmax); +inf is shown as its limit and explained."""
+    import attnkit
+
+    for args in (["1", "-inf"], ["-inf", "2", "0"], ["-inf", "-inf"]):
+        lines = _run(capsys, "--", *args)
+        api = attnkit.softmax(torch.tensor([float(a) for a in args], dtype=torch.float64))
+        assert np.allclose(_vec(lines[-1]), api.numpy(), atol=5e-4), args
+        assert any("-inf is a masked entry" in line for line in lines)
+    assert _run(capsys, "--", "1", "-inf")[-1] == "softmax = [1.000, 0.000]"
+    lines = _run(capsys, "--", "1", "inf", "inf")
+    assert lines[-1] == "softmax = [0.000, 0.500, 0.500]" and any("limit" in line and "NaN" in line for line in lines)
+    assert torch.isnan(attnkit.softmax(torch.tensor([1.0, float("inf")]))).all()  # what the note says the API does
+    text = "\n".join(_run(capsys, "--explain", "--naive", "--", "1", "-inf", "0"))
+    assert "e^-inf = 0.0000" in text and not re.search(r"\bnan\b", text) and "\nsoftmax = [0.731, 0.000, 0.269]\n" in text
+    assert "need finite scores" in text  # the --explain lessons say why they are left out
+    assert "finite scores for --target" in _lesson_error(["--target", "0", "--", "1", "-inf"])
 
 
 @pytest.mark.parametrize("values,temperature", [([3.0, 1.0, 0.2], 1.0), ([0.5, -1.0, 2.0, 0.0], 0.5)])
@@ -125,6 +165,32 @@ def test_compare_weights_and_properties(capsys):
     assert flags == ["yes", "NO", "yes", "yes", "yes"] and sum(ent) == pytest.approx(1, abs=2e-3)
     entmax = pytest.importorskip("entmax")
     assert np.allclose(ent, entmax.entmax15(torch.tensor(x), dim=-1).numpy(), atol=5e-4)
+
+
+def test_compare_says_the_claims_out_loud(capsys):
+    lines = _run(capsys, "2", "1", "-3", "--compare")
+    text = "\n".join(lines)
+    assert "Only e^x passes every test" not in text
+    at = next(i for i, line in enumerate(lines) if line.startswith('claim "only softmax can produce a probability distribution"'))
+    claim = lines[at] + lines[at + 1]
+    # The table's own sum1 column: the others that sum to 1 are named and counted.
+    sum1 = [name for name in ("|x|", "x^2", "ReLU", "sigmoid", "sparsemax", "entmax-1.5") if _row(lines, name)[1][0] == "yes"]
+    assert f"{len(sum1)} of the 6 others" in claim and all(name in claim for name in sum1) and "sigmoid" not in claim
+    assert "What only e^x has on these numbers is every property at once" in text
+    assert 'claim "softmax improves efficiency": it costs' in text and "What it buys is a distribution" in text
+    assert 'claim "softmax is used almost exclusively for classification"' in text and "attention layer" in text
+    at = next(i for i, line in enumerate(lines) if line.startswith("ReLU on the Q and K projections"))
+    relu = lines[at] + lines[at + 1]
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(16, generator=gen, dtype=torch.float64), torch.randn(8, 16, generator=gen, dtype=torch.float64)
+    assert f"{int(((k @ q) < 0).sum())} of 8 scores negative without ReLU, 0 with it" in relu
+    assert int(((k @ q) < 0).sum()) > 0
+
+
+def _lesson_error(args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, "-m", "attnkit", "softmax", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr
 
 
 def test_compare_zero_gradients_are_measured():

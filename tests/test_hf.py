@@ -720,3 +720,98 @@ def test_falcon_float64_and_gradients_match_sdpa(variant):
     (o_s, g_s), (o_a, g_a) = runs["sdpa"], runs[FLASH]
     assert err(o_a, o_s) < 1e-10 and g_a.keys() == g_s.keys() and g_s
     assert max(err(g_a[n], g_s[n]) / (1 + g_s[n].abs().max().item()) for n in g_s) < 1e-10
+
+
+# --------------------------------------------------------------------------- output_attentions on every architecture
+# Some models drop output_attentions before their attention call (Falcon's attention module; GPT-2
+# collects through output capturing). The model call's request must still reach attnkit: every
+# architecture of this file that returns weights under eager returns the same weights under attnkit.
+
+
+def _gpt2(impl):
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=97, n_positions=64, bos_token_id=0, eos_token_id=0,
+        attn_implementation=impl))
+
+
+def _candidate(arch, impl):
+    torch.manual_seed(0)
+    return CANDIDATES[arch](impl)
+
+
+_TEXT = dict(kind="text")
+WEIGHT_ARCHS = {
+    **{kind: (lambda impl, kind=kind: _decoder(impl, kind)) for kind in ("mistral", "qwen2", "llama")},
+    "gpt2": _gpt2,
+    "beit": lambda impl: _tiny("beit", impl),
+    **{arch: (lambda impl, arch=arch: _tiny(arch, impl)) for arch in ("deepseek_v32", "glm_moe_dsa", "mistral_large4")},
+    **{f"falcon_{v}": (lambda impl, v=v: _falcon(impl, v)) for v in FALCON_VARIANTS},
+    **{f"candidate_{a}": (lambda impl, a=a: _candidate(a, impl)) for a in CANDIDATES
+       if hf.uses_attention_interface(_candidate_class(a))},
+}
+
+
+def _weights(model, arch, **kw):
+    if arch == "beit":
+        inputs = dict(pixel_values=_pixels())
+    else:
+        ids, am = _prompts("right")
+        inputs = dict(input_ids=ids[:, :10] % 97, attention_mask=am[:, :10])
+    with torch.no_grad():
+        return model.eval()(**inputs, **kw).attentions
+
+
+@pytest.mark.parametrize("arch", WEIGHT_ARCHS)
+def test_every_architecture_returns_eager_weights(arch):
+    build = WEIGHT_ARCHS[arch]
+    eager = _weights(build("eager"), arch, output_attentions=True)
+    assert eager and all(w is not None for w in eager), f"{arch} returns no weights under eager"
+    ours = _weights(build(IMPL), arch, output_attentions=True)
+    assert len(ours) == len(eager) and all(w is not None for w in ours), f"{arch}: {[type(w) for w in ours]}"
+    real = torch.ones(2, 1, 17, 1, dtype=torch.bool) if arch == "beit" else _prompts("right")[1][:, None, :10, None].bool()
+    for w, w_e in zip(ours, eager):
+        assert w.shape == w_e.shape
+        # Rows of padding queries see no key: attnkit gives 0 there, eager an average over masked keys.
+        assert err(w * real, w_e * real) < 1e-6 and ((w.sum(-1) - 1).abs() < 1e-5)[real.expand(w.shape[:3] + (1,))[..., 0]].all()
+    assert _weights(build(IMPL), arch) in (None, ())  # not asked: not built
+    assert _weights(build(IMPL), arch, output_attentions=False) in (None, ())
+
+
+def test_falcon_weights_after_set_attn_implementation_and_in_generate():
+    """The request is recorded on models switched to attnkit after init, and through generate."""
+    ids, am = _prompts("left")
+    eager = _weights(_falcon("eager", "gqa_rotary"), "falcon")
+    model = _falcon("eager", "gqa_rotary")
+    model.set_attn_implementation(IMPL)
+    switched = _weights(model, "falcon", output_attentions=True)
+    expected = _weights(_falcon("eager", "gqa_rotary"), "falcon", output_attentions=True)
+    assert eager is None and all(err(a, e) < 1e-6 for a, e in zip(switched, expected))
+    kw = dict(attention_mask=am, max_new_tokens=3, do_sample=False, pad_token_id=0, output_attentions=True,
+              return_dict_in_generate=True)
+    with torch.no_grad():
+        got = _falcon(IMPL, "gqa_rotary").generate(ids, **kw)
+        want = _falcon("eager", "gqa_rotary").generate(ids, **kw)
+    assert torch.equal(got.sequences, want.sequences) and len(got.attentions) == 3
+    real = am[:, None, :, None].bool()  # the prompt's padding queries: 0 here, an average in eager
+    for n, (step, step_e) in enumerate(zip(got.attentions, want.attentions)):
+        for w, w_e in zip(step, step_e):
+            rows = real if n == 0 else torch.ones(1, dtype=torch.bool)  # later steps: one real query each
+            assert w is not None and w.shape == w_e.shape and err(w * rows, w_e * rows) < 1e-6
+
+
+def test_the_request_is_per_call_and_nests():
+    from attnkit.integrations import _hf_outputs
+
+    model = _falcon(IMPL, "gqa_rotary")
+    seen = []
+    real = hf._collector_wants_attentions
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hf, "_collector_wants_attentions", lambda: seen.append(real()) or seen[-1])
+        _weights(model, "falcon", output_attentions=True)
+        _weights(model, "falcon")
+    assert seen == [True, True, False, False]  # two layers per call; the inner FalconModel inherits the request
+    assert _hf_outputs.wanted() is False  # popped after the calls
+    with pytest.raises(IndexError):  # the stack is popped even when the forward raises
+        model(input_ids=torch.tensor([[1, 500]]), output_attentions=True)  # token id past the vocabulary
+    assert _hf_outputs.wanted() is False

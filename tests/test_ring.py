@@ -299,3 +299,37 @@ def test_example_runs_under_torchrun(tmp_path):
     assert "self-check (seq 128, 2 ranks" in proc.stdout
     ranks = json.loads(out.read_text())["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["shard"] == 256 and r["rss_peak_MiB"] > 0 for r in ranks)
+
+
+def _huge_bias_rows(rank: int, world: int) -> list[tuple[float, float, float]]:
+    """float32, a bias of -1e10 / finfo.min on whole rows, one rank per group, contiguous layout (one
+    chunk: the forward merges nothing, so it is exact): (ours, same-dtype reference, scale) per gradient.
+
+    (With several chunks the forward merges partials by their lse, which past |lse| ~ 2^24 have lost
+    their log l: the forward's weights are off there before any backward runs.)"""
+    groups = [dist.new_group([r]) for r in range(world)]
+    B, H, G, D, N = 1, 2, 1, 8, 12
+    rows = []
+    for offset in (-1e10, torch.finfo(torch.float32).min):
+        q, k, v = qkv(B, H, G, N, N, D, dtype=torch.float64, seed=11 + rank)
+        bias = torch.randn(1, H, N, N, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+        bias[:, :, ::3] = offset  # every key of rows 0, 3, ...: uniform weights, lse = offset
+        dout = torch.randn(B, H, N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+        refs = {}
+        for dt in (torch.float64, torch.float32):
+            leaves = [t.to(dt).clone().requires_grad_() for t in (q, k, v, bias)]
+            ref = attnkit.attention(*leaves[:3], bias=leaves[3], engine="reference")
+            refs[dt] = torch.autograd.grad(ref, leaves, dout.to(dt))
+        leaves = [t.float().clone().requires_grad_() for t in (q, k, v, bias)]
+        out = ring_attention(*leaves[:3], bias=leaves[3], group=groups[rank], layout="contiguous")
+        ours = torch.autograd.grad(out, leaves, dout.float())
+        rows += [(err(a, r64), err(r32, r64), float(r64.abs().max()))
+                 for a, r64, r32 in zip(ours, refs[torch.float64], refs[torch.float32])]
+    return rows
+
+
+def test_ring_backward_at_huge_bias_offsets():
+    """The ring's backward renormalizes P as flash's does (dq, dk, dv, d(bias) were S× too large)."""
+    for rank, rows in enumerate(values(run_ranks(_huge_bias_rows, 2))):
+        for ours, base, scale in rows:
+            assert ours <= 2 * base + 2e-5 * max(1.0, scale), (rank, rows)

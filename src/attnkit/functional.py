@@ -7,6 +7,7 @@ import logging
 
 from torch import Tensor
 
+from ._layout import from_bhld, to_bhld
 from .engines import dispatch, hot
 from .engines.dispatch import Dispatch
 from .errors import AttnkitError
@@ -38,6 +39,7 @@ def attention(
     return_lse: bool = False,
     return_weights: bool = False,
     engine: str = "auto",
+    layout: str = "bhld",
 ) -> Tensor | AttentionOutput:
     """Exact attention ``normalizer(score_mods(Q·Kᵀ·scale) + masks) · V``.
 
@@ -77,6 +79,12 @@ def attention(
         return_weights: return an [`AttentionOutput`][attnkit.spec.AttentionOutput] with the
             weights ``(B, H, L, S)`` (exact; materializes the ``L×S`` matrix).
         engine: ``"auto"`` (fastest exact engine; see [`explain`][attnkit.functional.explain]) or an engine name.
+        layout: the axis order of ``query``, ``key``, ``value`` and ``out``: ``"bhld"``
+            ``(B, H, L, D)`` (the default, torch SDPA's) or ``"blhd"`` ``(B, L, H, D)``
+            (FlashAttention's ``flash_attn_func``, model code before ``.transpose(1, 2)``). Both are
+            valid 4-D shapes, so a wrong layout silently attends over the wrong axes: say which.
+            ``"blhd"`` converts by transpose views (no copy); masks, bias, lse and weights keep
+            their ``(B, H, L, S)`` / ``(B, H, L)`` shapes, and ``out`` is a ``(B, L, H, E)`` view.
 
     Returns:
         ``out`` ``(B, H, L, E)`` in the input dtype, or ``AttentionOutput`` if asked for lse or
@@ -100,12 +108,14 @@ def attention(
         >>> attnkit.attention(q, k, v, causal=True).shape  # GQA: 8 query heads share 2 kv heads
         torch.Size([2, 8, 5, 16])
     """
+    if layout != "bhld":
+        query, key, value = to_bhld(layout, query, key, value)  # views: (B, L, H, D) -> (B, H, L, D)
     args = hot.plan(query, key, value, mask, causal, window, kv_lengths, q_lengths, scale, score_mod, bias,
                     alibi_slopes, softcap, normalizer, dropout_p, seed, return_lse, return_weights, engine)
     if type(args) is tuple:
         res = hot.run(args)
         if res is not None:
-            return AttentionOutput(res[0], res[1]) if return_lse else res[0]
+            return from_bhld(layout, AttentionOutput(res[0], res[1]) if return_lse else res[0])
         # The op's own checks declined the call: the general path computes it or raises the AttnkitError.
     spec = AttentionSpec.build(
         query, key, value, mask=mask, causal=causal, window=window, kv_lengths=kv_lengths, q_lengths=q_lengths,
@@ -116,7 +126,7 @@ def attention(
     if log.isEnabledFor(logging.DEBUG):
         log.debug("attnkit.attention dispatch\n%s", choice)
     result = dispatch.load(choice.engine).run(query, key, value, spec)
-    return result if (return_lse or return_weights) else result.out
+    return from_bhld(layout, result if (return_lse or return_weights) else result.out)
 
 
 def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", **kwargs) -> Dispatch:
@@ -136,6 +146,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, *, engine: str = "auto", 
     unknown = set(kwargs) - _OPTIONS
     if unknown:
         raise AttnkitError.build("arguments of attnkit.attention", str(sorted(unknown)), "check the spelling")
+    query, key, value = to_bhld(kwargs.pop("layout", "bhld"), query, key, value)
     spec = AttentionSpec.build(query, key, value, **kwargs)  # raises what attention() would raise
     plan = hot.plan(query, key, value, engine=engine, **kwargs)
     if type(plan) is tuple:

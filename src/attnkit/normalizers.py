@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ._devices import check_on
 from .errors import AttnkitError
 from .softmax import compute_dtype
 
@@ -129,6 +130,7 @@ def _check(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise AttnkitError.build("a boolean mask (True = keep)", f"{getattr(mask, 'dtype', type(mask).__name__)}",
                                  "pass mask.bool()")
+    check_on(x.device, "x", mask=mask)
     ms, xs = tuple(mask.shape), tuple(x.shape)
     if len(ms) > len(xs) or any(m not in (1, n) for m, n in zip(ms[::-1], xs[::-1])):
         raise AttnkitError.build(f"mask broadcastable to x of shape {xs}", f"mask of shape {ms}",

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._devices import check_data, check_device, check_on
 from .errors import AttnkitError
 
 __all__ = [
@@ -86,6 +87,7 @@ def _prepare(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> Te
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             raise AttnkitError.build("a boolean mask (True = keep)", f"{getattr(mask, 'dtype', type(mask).__name__)}", "pass mask.bool()")
+        check_on(x.device, "x", mask=mask)
         try:
             ok = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
         except RuntimeError:
@@ -235,6 +237,7 @@ class SoftmaxState:
         cls, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
     ) -> "SoftmaxState":
         """The state of a row with nothing seen yet."""
+        check_device(device)
         return cls(torch.full(shape, _NEG_INF, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     def update(self, chunk: Tensor, dim: int = -1, *, inplace: bool = False) -> tuple[Tensor, Tensor]:
@@ -248,6 +251,7 @@ class SoftmaxState:
         inner loop); the state's own tensors are always updated in place.
         """
         _check_floating(chunk, "chunk")
+        check_on(self.m.device, "the state", chunk=chunk)
         dim = _check_dim(chunk, dim, "chunk")
         row_shape = chunk.shape[:dim] + chunk.shape[dim + 1 :]
         if chunk.dim() != self.m.dim() + 1 or row_shape != self.m.shape:
@@ -356,6 +360,7 @@ def merge_partials(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> Pa
     """
     for name, t in (("o_a", o_a), ("lse_a", lse_a), ("o_b", o_b), ("lse_b", lse_b)):
         _check_floating(t, name)
+    check_on(o_a.device, "o_a", lse_a=lse_a, o_b=o_b, lse_b=lse_b)
     if o_b.shape != o_a.shape or o_a.dim() < 1 or lse_a.shape != o_a.shape[:-1] or lse_b.shape != o_a.shape[:-1]:
         raise AttnkitError.build(
             "o_a and o_b of one shape (..., L, E) and lse_a, lse_b of shape (..., L)",
@@ -469,6 +474,12 @@ def softmax_cross_entropy(
         raise AttnkitError.build('reduction in ("mean", "sum", "none")', repr(reduction), "pick one of those")
     if not 0.0 <= label_smoothing <= 1.0:
         raise AttnkitError.build("label_smoothing in [0, 1]", repr(label_smoothing), "pass e.g. 0.1")
+    _check_floating(logits, "logits")
+    if not isinstance(target, Tensor):
+        raise AttnkitError.build("target as a tensor of class indices or probabilities", type(target).__name__,
+                                 "pass torch.tensor([...])")
+    check_on(logits.device, "logits", target=target)
+    check_data("target", target)
     if logits.dim() == 1:
         logits, target = logits.unsqueeze(0), target.unsqueeze(0)
     soft = target.is_floating_point()

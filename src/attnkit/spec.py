@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple, Union
 import torch
 from torch import Tensor
 
+from ._devices import check_data
 from .dropout import draw_seed
 from .errors import AttnkitError
 from .masks import normalize_causal, normalize_window
@@ -221,6 +222,7 @@ class AttentionSpec:
         ql = _check_lengths("q_lengths", q_lengths, B, L, q.device)
         causal_n = normalize_causal(causal)
         if alibi_slopes is not None:
+            check_data("alibi_slopes", alibi_slopes)
             alibi_slopes = torch.as_tensor(alibi_slopes, device=q.device)
             if alibi_slopes.shape not in ((H,), (B, H)) or not alibi_slopes.is_floating_point():
                 raise AttnkitError.build(f"float alibi_slopes of shape ({H},) or ({B}, {H})", _shape(alibi_slopes), "use attnkit.alibi_slopes(H)")
@@ -322,6 +324,7 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
 def _check_lengths(name: str, lengths: Tensor | None, B: int, n: int, device: torch.device) -> Tensor | None:
     if lengths is None:
         return None
+    check_data(name, lengths)
     lengths = torch.as_tensor(lengths, device=device)
     if lengths.shape != (B,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise AttnkitError.build(f"{name} as an integer tensor of shape ({B},)", f"{lengths.dtype} {_shape(lengths)}", "one length per batch row")

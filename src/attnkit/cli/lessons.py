@@ -51,6 +51,19 @@ def softmax64(values: Sequence[float], temperature: float = 1.0) -> np.ndarray:
     return e / e.sum()
 
 
+def _lse(values: Sequence[float], temperature: float = 1.0) -> float:
+    """``log Σ e^{x/T}`` as ``m + log Σ e^{x/T − m}``: every exponent ≤ 0, and the sum is ≥ 1 (no log 0)."""
+    z = [v / temperature for v in values]
+    m = max(z)
+    return m + math.log(math.fsum(math.exp(v - m) for v in z))
+
+
+def _require_finite(values: Sequence[float], lesson: str) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise AttnkitError.build(f"finite scores for {lesson}", "[" + ", ".join(f"{v:g}" for v in values) + "]",
+                                 "drop the ±inf entries (-inf is a masked entry: it takes no part in the lesson)")
+
+
 def jacobian(probs: Sequence[float]) -> np.ndarray:
     """``∂p_i/∂x_j = p_i(δ_ij − p_j)``, i.e. ``diag(p) − ppᵀ`` (for temperature 1)."""
     p = np.asarray(probs, dtype=np.float64)
@@ -82,11 +95,29 @@ def _smooth(values: Sequence[float], temperature: float, classic: bool) -> list[
             "(a small change of score, a small change of weight)."]
 
 
-def _rounding(values: Sequence[float]) -> list[str]:
-    p = softmax64(values)
+def _decimals(x: float) -> int:
+    """Decimals of ``x`` as written (``0.65`` → 2, ``0.1`` → 1, ``1`` → 0)."""
+    text = repr(float(x))
+    return 0 if "e" in text else len(text.split(".")[1].rstrip("0"))
+
+
+def _rounding(values: Sequence[float], temperature: float, claim: Sequence[float]) -> list[str]:
+    """Check claimed weights (e.g. a text's ``[0.65, 0.24, 0.11]`` for ``[2, 1, 0.1]``) at their own decimals."""
+    p = softmax64(values, temperature)
+    if len(claim) != len(p):
+        raise AttnkitError.build(f"--claim with {len(p)} weights (one per score)", f"{len(claim)}",
+                                 "e.g. attnkit softmax 2 1 0.1 --claim 0.65 0.24 0.11")
+    places = max(_decimals(c) for c in claim)
+    # Compare at the claim's decimals, with a margin for the binary representation of the claim itself.
+    wrong = [i for i, (c, t) in enumerate(zip(claim, p)) if abs(c - t) > 0.5 * 10.0**-places + 1e-12]
+    shown = "[" + ", ".join(f"{c:.{places}f}" for c in claim) + "]"
+    if not wrong:
+        return [f"check: the claimed {shown} is softmax of these scores correctly rounded to {places} decimals "
+                f"(true values {_seq(p)})."]
+    which = ", ".join(f"p_{i} = {p[i]:.{places + 1}f} is not {claim[i]:.{places}f}" for i in wrong)
     return [
-        f"correction: often printed as [0.65, 0.24, 0.11] -- rounded carelessly; the true values are {_seq(p)},",
-        f"  to two decimals {_seq(p, 2)}: the last weight is below 0.1, not 0.11.",
+        f"correction: the claimed {shown} is not softmax of these scores rounded: the true values are {_seq(p)},",
+        f"  to {places} decimals {_seq(p, places)}: {which}.",
     ]
 
 
@@ -106,8 +137,9 @@ def _jacobian_lines(values: Sequence[float], temperature: float) -> list[str]:
 def _labels(values: Sequence[float], temperature: float) -> list[str]:
     p = softmax64(values, temperature)
     y = int(np.argmax(p))
+    log_p = [v / temperature - _lse(values, temperature) for v in values]  # log-softmax: no ln of a rounded 0
     return [
-        f"correction: a cross-entropy needs the labels. -sum_k ln p_k = {-np.log(p).sum():.3f} punishes every class;"
+        f"correction: a cross-entropy needs the labels. -sum_k ln p_k = {-math.fsum(log_p):.3f} punishes every class;"
         f" the loss is L = -sum_k y_k ln p_k = -ln p_y,",
         f"  e.g. for label y = {y}: -ln {p[y]:.3f} = {-math.log(p[y]):.3f}. --target {y} shows dL/dz = p - y step by step.",
     ]
@@ -130,20 +162,28 @@ def _gradient_bound(values: Sequence[float], temperature: float) -> list[str]:
     ]
 
 
-def corrections(values: Sequence[float], *, temperature: float = 1.0, explain: bool = False) -> list[str]:
+def corrections(values: Sequence[float], *, temperature: float = 1.0, explain: bool = False,
+                claim: Sequence[float] | None = None) -> list[str]:
     """The classic-mistake lessons that apply: each when ``values`` is its classic example, all with ``explain``.
 
+    ``claim``: weights a text gives for these scores; checked at their own decimals, corrected only
+    when wrong (the classic ``[0.65, 0.24, 0.11]`` for ``[2, 1, 0.1]``).
+
     Example:
-        >>> print(corrections([2.0, 1.0, 0.1])[0])
-        correction: often printed as [0.65, 0.24, 0.11] -- rounded carelessly; the true values are [0.659, 0.242, 0.099],
+        >>> print(corrections([2.0, 1.0, 0.1], claim=[0.65, 0.24, 0.11])[0])
+        correction: the claimed [0.65, 0.24, 0.11] is not softmax of these scores rounded: the true values are [0.659, 0.242, 0.099],
     """
+    out: list[str] = []
+    if not all(math.isfinite(v) for v in values):  # the walkthrough explains ±inf; these lessons need numbers
+        if explain or claim is not None:
+            out.append("(the lessons of --explain and --claim need finite scores: leave out the ±inf entries to see them)")
+        return out
     plain = temperature == 1.0
     smooth_classic = plain and (_is(values, (0.2, 2.1)) or _is(values, (2.0, 2.1)))
-    out: list[str] = []
     if smooth_classic or explain:
         out += _smooth(values, temperature, smooth_classic)
-    if plain and _is(values, (2.0, 1.0, 0.1)):
-        out += _rounding(values)
+    if claim is not None:
+        out += _rounding(values, temperature, claim)
     if explain:
         out += _jacobian_lines(values, temperature) + _labels(values, temperature) + _shapes(values)
         out += _gradient_bound(values, temperature)
@@ -188,6 +228,7 @@ def compare(values: Sequence[float]) -> list[str]:
         raise AttnkitError.build("at least two numbers for --compare", f"{len(x)}", "e.g. attnkit softmax 2 1 -3 --compare")
     g = torch.linspace(-1.0, 1.0, len(x), dtype=torch.float64) + 0.3  # a fixed, generic upstream gradient
     rows, width = [], max(len(_seq(values)) + 8, 22)
+    passed: dict[str, list[bool]] = {}
     for name, (f, why) in _candidates().items():
         with torch.no_grad(), np.errstate(all="ignore"):
             p = f(x)
@@ -201,6 +242,7 @@ def compare(values: Sequence[float]) -> list[str]:
         xg = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad((f(xg) * g).sum(), xg)
         dead = int((grad == 0).sum()) if bool(torch.isfinite(grad).all()) else len(x)
+        passed[name] = [ok_sum, positive, keeps, shift, neg, dead == 0]
         weights = "[" + ", ".join("nan" if math.isnan(v) else f"{v:.3f}" for v in p.tolist()) + "]"
         rows.append(f"{name:<14}{weights:<{width}}{_yes(ok_sum):>5}{_yes(positive):>9}{_yes(keeps):>7}{_yes(shift):>7}"
                     f"{_yes(neg):>6}   {dead}/{len(x)} ({why})")
@@ -210,8 +252,43 @@ def compare(values: Sequence[float]) -> list[str]:
         head, *rows,
         "sum1: adds to 1; order: a larger score never gets a smaller weight; x+c: unchanged when a constant is added;",
         "x<0: defined and summing to 1 for an all-negative row; zero gradient: scores that get no learning signal.",
-        "Only e^x passes every test; sparsemax and entmax-1.5 give up 'positive' on purpose (exact zeros, sparse weights).",
+        *_claims(x, passed),
     ]
+
+
+def _claims(x: torch.Tensor, passed: dict[str, list[bool]]) -> list[str]:
+    """The common claims about softmax, each answered from the table above or a small seeded computation."""
+    soft = "e^x (softmax)"
+    others = [n for n, ok in passed.items() if n != soft]
+    sum1 = [n for n in others if passed[n][0]]
+    every = [n for n in others if all(passed[n])]
+    alone = "only e^x" if not every else "e^x and " + ", ".join(every)
+    out = [
+        f'claim "only softmax can produce a probability distribution": false -- {len(sum1)} of the {len(others)} others',
+        f"  sum to 1 here too ({', '.join(sum1) or 'none'}): any non-negative map divided by its sum is a distribution.",
+        f"  What {alone} has on these numbers is every property at once: positive weights, order kept, unchanged",
+        "  by x+c, defined for negative rows, and a gradient for every score (sparsemax and entmax-1.5 give up",
+        "  'positive' on purpose: exact zeros, sparse weights).",
+        'claim "softmax improves efficiency": it costs -- a pass over each row for the max, an exp per score, a sum',
+        "  and a division (attnkit bench times it). What it buys is a distribution: weights >= 0 that add to 1, so",
+        "  the output is a weighted average of the values.",
+        'claim "softmax is used almost exclusively for classification": classification heads use it, and so does',
+        "  every attention layer (one softmax per query row of QK^T/sqrt(d)), a language model's next-token",
+        "  distribution (and its sampling temperature), mixture-of-experts routing and contrastive losses.",
+    ]
+    # ReLU on the Q/K projections: a seeded example of what it does to the scores.
+    gen = torch.Generator().manual_seed(0)
+    d, n = 16, 8
+    q, k = torch.randn(d, generator=gen, dtype=torch.float64), torch.randn(n, d, generator=gen, dtype=torch.float64)
+    plain, relu = k @ q / math.sqrt(d), torch.relu(k) @ torch.relu(q) / math.sqrt(d)
+    out += [
+        "ReLU on the Q and K projections: q_i, k_i >= 0 make every q.k >= 0, so no score can be negative",
+        f"  (seeded q, k with d = {d}: {int((plain < 0).sum())} of {n} scores negative without ReLU, {int((relu < 0).sum())} "
+        "with it): a key can no longer",
+        "  be pushed below an unrelated one, and the zeroed coordinates get no gradient. ReLU on V changes the values",
+        "  mixed, not the weights.",
+    ]
+    return out
 
 
 # ---- cross-entropy, step by step ---------------------------------------------------------
@@ -243,6 +320,7 @@ def cross_entropy_steps(values: Sequence[float], target: int, *, temperature: fl
     if not 0 <= target < n:
         raise AttnkitError.build(f"--target between 0 and {n - 1} (a class index, counting from 0)", str(target),
                                  f"pick one of the {n} scores, e.g. --target 0")
+    _require_finite(values, "--target")
     p = softmax64(values, temperature)
     y = np.zeros(n)
     y[target] = 1.0
@@ -250,8 +328,8 @@ def cross_entropy_steps(values: Sequence[float], target: int, *, temperature: fl
     x = torch.tensor(list(values), dtype=torch.float64, requires_grad=True)
     loss = torch.nn.functional.cross_entropy((x / temperature)[None], torch.tensor([target]))
     loss.backward()
-    return CrossEntropySteps(tuple(values), target, temperature, tuple(p.tolist()), float(-math.log(p[target])),
-                             tuple(grad.tolist()), tuple(x.grad.tolist()))
+    return CrossEntropySteps(tuple(values), target, temperature, tuple(p.tolist()), _lse(values, temperature)
+                             - values[target] / temperature, tuple(grad.tolist()), tuple(x.grad.tolist()))
 
 
 def format_cross_entropy(ce: CrossEntropySteps, digits: int = 3) -> list[str]:
@@ -263,6 +341,10 @@ def format_cross_entropy(ce: CrossEntropySteps, digits: int = 3) -> list[str]:
         f"cross-entropy against class {k} (counting from 0), one-hot y = {_seq(y, 0)}, {z}:",
         f"  p = softmax(z) = {_seq(ce.probs, digits)}",
         f"  L = -sum_k y_k ln p_k = -ln p_{k} = -ln {ce.probs[k]:.{digits}f} = {ce.loss:.{digits}f}",
+        f"    computed as logsumexp(z) - z_{k} = {ce.loss + ce.values[k] / ce.temperature:.{digits}f} - "
+        f"({ce.values[k] / ce.temperature:.{digits}f}), the stable form of attnkit.softmax_cross_entropy and",
+        "    F.cross_entropy, never as -ln of the rounded p: e^-745 is 0 in float64 (-ln 0 = inf) and e^-744 keeps",
+        "    one bit (-ln of it gives 743.747, not 744).",
         "  chain rule: dL/dz_j = sum_i dL/dp_i * dp_i/dz_j, with dL/dp_i = -y_i / p_i and dp_i/dz_j = p_i(delta_ij - p_j)",
         "            = -sum_i y_i (delta_ij - p_j) = p_j - y_j   (because sum_i y_i = 1)",
         "  dL/dz = p - y = [" + ", ".join(f"{p:.{digits}f}-{t:.0f}" for p, t in zip(ce.probs, y)) + "] = "

@@ -67,9 +67,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         trainer = Trainer.resume(out, data=None if _builtin(args.data) else args.data)
         target = args.epochs or trainer.config.epochs
-        if trainer.epoch >= target:
-            raise AttnkitError.build(f"--epochs above the {trainer.epoch} epochs {out} has trained", str(target),
-                                     f"pass --epochs {trainer.epoch + 1} or more to train further")
+        if trainer.epoch == target and trainer.batch == 0:
+            # The same command again (a scheduler re-running a job that had finished): nothing to do.
+            print(f"{out} has completed its {target} epochs; nothing to train (pass --epochs {target + 1} or more "
+                  f"to continue it)")
+            return 0
+        if trainer.epoch > target:
+            raise AttnkitError.build(f"--epochs of at least the {trainer.epoch} epochs {out} has trained", str(target),
+                                     f"pass --epochs {trainer.epoch} (complete) or more to train further")
         print(f"resuming {out} at epoch {trainer.epoch + 1}, batch {trainer.batch}/{trainer.batches_per_epoch} "
               f"(options other than --epochs/--max-minutes come from the checkpoint)")
     else:

@@ -37,7 +37,8 @@ def _cmd_softmax_lessons(args: argparse.Namespace) -> int:
     values = [_parse_number(t) for t in args.values]
     extra: list[str] = []
     if values:  # no numbers: the walkthrough's own error says what to pass
-        extra += lessons.corrections(values, temperature=args.temperature, explain=args.explain)
+        claim = None if args.claim is None else [_parse_number(t) for t in args.claim]
+        extra += lessons.corrections(values, temperature=args.temperature, explain=args.explain, claim=claim)
         if args.compare:
             extra += lessons.compare([v / args.temperature for v in values])
         if args.target is not None:
@@ -70,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--digits", type=int, default=3, choices=range(1, 13), metavar="N", help="decimals shown (default 3)")
     p.add_argument("--compare", action="store_true",
                    help="why e^x: the same numbers through |x|, x^2, ReLU, sigmoid, sparsemax, entmax-1.5, with the deciding properties")
+    p.add_argument("--claim", nargs="+", default=None, metavar="P",
+                   help="weights a text gives for these scores (e.g. --claim 0.65 0.24 0.11): checked at their own decimals")
     p.add_argument("--target", type=int, default=None, metavar="K",
                    help="cross-entropy against class K (from 0): p, the loss, dL/dz = p - y step by step, checked by autograd")
     p.add_argument("--dk", type=int, default=None, metavar="D",

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import AttnkitError
 
-__all__ = ["SoftmaxSteps", "softmax_steps", "format_steps"]
+__all__ = ["SoftmaxSteps", "softmax_steps", "format_steps", "infinity_notes"]
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,24 @@ def softmax_steps(values: list[float], temperature: float = 1.0) -> SoftmaxSteps
         raise AttnkitError.build("numbers, not NaN", str(values), "remove the NaN")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise AttnkitError.build("a finite temperature > 0", repr(temperature), "e.g. --temperature 0.5")
-    if any(math.isinf(v) for v in values):
-        raise AttnkitError.build("finite numbers", str(values), "softmax of ±inf is a limit, not a number")
     scaled = [v / temperature for v in values]
-    if any(math.isinf(s) for s in scaled):  # a tiny temperature overflows finite scores
+    if any(math.isinf(s) and math.isfinite(v) for s, v in zip(scaled, values)):  # a tiny temperature overflows
         raise AttnkitError.build(f"scores x/T that stay finite with T={temperature:g}",
                                  "x/T = [" + ", ".join(f"{s:g}" for s in scaled) + "]", "use a larger temperature")
     with np.errstate(over="ignore", invalid="ignore"):
         naive = np.exp(np.array(scaled, dtype=np.float32))
         naive_total = naive.sum(dtype=np.float32)
         naive_probs = naive / naive_total
-    shift = max(scaled)
-    exps = [math.exp(s - shift) for s in scaled]  # every exponent ≤ 0: no overflow
+    # -inf is a masked entry (e^-inf = 0, as attnkit.softmax treats it); +inf has no e^x/sum
+    # (inf/inf), only the limit x -> +inf: all the weight on the +inf entries, shared equally.
+    top = sum(1 for s in scaled if s == math.inf)
+    if top:
+        shift, exps = math.inf, [1.0 if s == math.inf else 0.0 for s in scaled]
+    elif all(s == -math.inf for s in scaled):  # every entry masked: no distribution, weights 0
+        shift, exps = -math.inf, [0.0] * len(scaled)
+    else:
+        shift = max(scaled)
+        exps = [math.exp(s - shift) for s in scaled]  # every exponent ≤ 0: no overflow
     total = math.fsum(exps)
     return SoftmaxSteps(
         values=tuple(values),
@@ -80,8 +86,21 @@ def softmax_steps(values: list[float], temperature: float = 1.0) -> SoftmaxSteps
         shift=shift,
         exps=tuple(exps),
         total=total,
-        probs=tuple(e / total for e in exps),
+        probs=tuple(e / total if total else 0.0 for e in exps),
     )
+
+
+def infinity_notes(steps: SoftmaxSteps) -> list[str]:
+    """What ±inf scores mean here (and in :func:`attnkit.softmax`); empty for finite scores."""
+    out = []
+    if any(s == -math.inf for s in steps.scaled):
+        out.append("-inf is a masked entry: e^-inf = 0, so it gets weight 0 and the others share the whole 1 "
+                   "(attnkit.softmax treats -inf the same way; a row masked everywhere gets weights 0).")
+    if steps.shift == math.inf:
+        out.append("+inf has no e^x / sum (inf / inf is undefined): shown is the limit as x -> +inf, all the weight "
+                   "on the +inf entries (shared equally), 0 elsewhere. attnkit.softmax and torch.softmax return NaN "
+                   "there: in a network a +inf logit is an overflow upstream, not a score.")
+    return out
 
 
 def _num(x: float, digits: int) -> str:
@@ -98,7 +117,10 @@ def format_steps(steps: SoftmaxSteps, *, digits: int = 3, explain: bool = False,
 
     out: list[str] = []
     xs = steps.scaled
-    if explain:
+    finite = math.isfinite(steps.shift)  # else the limit (+inf) or a fully masked row: no exponentials to show
+    if explain and not finite:
+        out.append(f"input x = {seq(steps.values)}")
+    if explain and finite:
         out.append(f"input x = {seq(steps.values)}")
         if steps.temperature != 1.0:
             out.append(f"divide by the temperature T = {steps.temperature:g}: x/T = {seq(xs)}")
@@ -117,7 +139,7 @@ def format_steps(steps: SoftmaxSteps, *, digits: int = 3, explain: bool = False,
         out.append(f"2. add them up: {' + '.join(_num(e, digits + 1) for e in exps)} = {_num(total, digits + 1)}")
         out.append("3. divide each by the sum, so the results are positive and add up to 1:")
         out += [f"   {_num(e, digits + 1)} / {_num(total, digits + 1)} = {_num(e / total, digits)}" for e in exps]
-    if naive:
+    if naive and finite:
         out.append("naive formula in float32 (e^x as written, as a network would compute it):")
         out.append(f"   e^x     = {seq(steps.naive_exps)}")
         out.append(f"   sum     = {_num(steps.naive_total, digits)}")
@@ -130,5 +152,6 @@ def format_steps(steps: SoftmaxSteps, *, digits: int = 3, explain: bool = False,
         out.append("and e^-m cancels between numerator and sum, so the answer is unchanged:")
         out.append(f"   e^(x-m) = {seq(steps.exps, digits + 1)}")
         out.append(f"   sum     = {_num(steps.total, digits + 1)}")
+    out += infinity_notes(steps)
     out.append("softmax = [" + ", ".join(f"{p:.{digits}f}" for p in steps.probs) + "]")
     return "\n".join(out)

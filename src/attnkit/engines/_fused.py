@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..spec import AttentionSpec
 
-__all__ = ["unsupported", "forward", "backward", "build", "build_status", "cache_root", "half_gemm"]
+__all__ = ["unsupported", "forward", "backward", "row_stats", "build", "build_status", "cache_root", "half_gemm"]
 
 SOURCE = Path(__file__).parent / "csrc" / "flash_attention.cpp"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -216,6 +216,11 @@ def _register_fakes() -> None:
     def _(q, k, v, dout, lse, delta, dq, dk, dv, d_float_mask, d_bias, *rest):
         return None
 
+    @torch.library.register_fake("attnkit_fused::row_stats")
+    def _(q, k, v, dout, lse, *rest):
+        B, H, Lb, _ = q.shape
+        return q.new_empty(B, H, Lb, dtype=torch.float32), q.new_empty(B, H, Lb, dtype=torch.float32)
+
 
 # --------------------------------------------------------------------------- the two functions
 
@@ -362,6 +367,17 @@ def backward(
     for given, used in zip(grads, outs):
         if given is not None and used is not given:
             given += used.view(given.shape).to(given.dtype)
+
+
+def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
+              j0: int = 0) -> tuple[Tensor, Tensor]:
+    """``(n, c)`` ``(B, H, Lb)`` float32: ``Σ_j P'`` and ``Σ_j P'·dP`` over this range's keys, with
+    ``P' = exp(s - lse)`` recomputed exactly as :func:`backward` recomputes it (see ``_kernel.row_stats``)."""
+    tensors, ints, floats = _args(spec, i0, j0)
+    dt = _gemm_dtype(q.dtype)
+    return torch.ops.attnkit_fused.row_stats(q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(),
+                                             dout.to(dt).contiguous(), lse.to(torch.float32).contiguous(), *tensors,
+                                             ints, floats)
 
 
 def timed_build(force: bool = False) -> tuple[Path, float, bool]:

@@ -244,6 +244,55 @@ def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor
     return d
 
 
+# The backward recomputes P' = exp(s - lse) from a float lse = m + log l: its rounding (|lse|·2⁻²⁴) and
+# the forward's exp make the rows of P' sum to 1 ± 1e-6, and Δ = rowsum(dO ∘ O) differs from
+# Σ_j P'·dP by as much; both showed in dV and dK against FlashAttention's rule (issue 21). At a huge
+# offset (a float mask of -1e30 on a whole row) log l is lost entirely and P' sums to S. So the
+# backward first takes each row's n = Σ_j P' and c = Σ_j P'·dP (row_stats, the same arithmetic as the
+# backward) and uses P = P'/n, Δ = c/n - dlse (exact_rows): two more tile GEMMs, no L×S memory.
+
+
+# Ring attention takes the stats only for rows whose |lse| reaches this (a huge offset: log l lost),
+# as they cost it one more rotation of K/V; below, the rounding stays under 4e-6 relative.
+_RENORM_LSE = 128.0
+
+
+def needs_renorm(lse: Tensor) -> bool:
+    """Whether some row's ``|lse|`` is large enough for its rounding to skew ``P'`` grossly."""
+    if lse.numel() == 0:
+        return False
+    return bool((lse.abs().masked_fill(~torch.isfinite(lse), 0.0) >= _RENORM_LSE).any())
+
+
+def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
+              j0: int = 0) -> tuple[Tensor, Tensor]:
+    """``(n, c)`` ``(B, H, Lb)`` in the compute dtype: ``n = Σ_j P'``, ``c = Σ_j P'·dP`` over this range's
+    visible keys, with ``P' = exp(s - lse)`` and ``dP = dO·Vᵀ`` (dropout's ``keep/(1-p)`` applied)
+    recomputed by the tile path and arithmetic :func:`backward` will use. Rows with ``lse = -inf``: 0.
+    """
+    if path(spec)[0] == "fused":
+        n, c = _fused()[0].row_stats(q, k, v, dout, lse, spec, i0, j0)  # type: ignore[union-attr]
+        if not _may_hold_garbage(spec) or _all_finite(n, c):  # else maybe 0·NaN of a hidden V: the torch path
+            return n.to(spec.compute_dtype), c.to(spec.compute_dtype)
+    with torch.no_grad():
+        return _Tiles(q, k, v, spec, i0, j0).row_stats(dout, lse)
+
+
+def exact_rows(dout: Tensor, lse: Tensor, dlse: Tensor | None, n: Tensor, c: Tensor,
+               ct: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(dO/n, Δ/n)`` with ``Δ = c/n - dlse``, to pass to :func:`backward` as ``dout`` and ``delta``.
+
+    The backward then computes ``dV = P'ᵀ·dO/n`` and ``dS = P'∘(dP/n - Δ/n)``: exactly the gradient
+    of ``P = P'/n`` (rows summing to 1, as the forward's ``exp(s - m)/l``) with ``Δ = Σ_j P·dP``
+    consistent with that ``P``. Empty rows (``n = 0``) stay 0, NaN rows NaN.
+    """
+    inv = n.reciprocal().masked_fill(n == 0, 0.0)
+    d = c * inv
+    if dlse is not None:
+        d = d - dlse.to(d.dtype).masked_fill(lse == _NEG_INF, 0.0)
+    return dout.to(ct) * inv.unsqueeze(-1), d * inv
+
+
 def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
     """Exact normalized weights ``(B, H, Lb, Sb)`` (compute dtype), rebuilt tile by tile.
 
@@ -302,7 +351,9 @@ class _Attend(torch.autograd.Function):
         names = _grad_extras(spec)[0]
         need = ctx.needs_input_grad[5:]
         d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-        backward(q, k, v, dout, lse, delta(dout, out, lse, dlse), spec, dq=dq, dk=dk, dv=dv,
+        # P' = exp(s - lse) rows may not sum to 1 and rowsum(dO∘O) may not match them: see row_stats.
+        dout, d = exact_rows(dout, lse, dlse, *row_stats(q, k, v, dout, lse, spec), ct)
+        backward(q, k, v, dout, lse, d, spec, dq=dq, dk=dk, dv=dv,
                  d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
         d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, *d_extras
@@ -579,6 +630,38 @@ class _Tiles:
             dk += dk3.view(B, G, Sb, D)
         if not dv.is_contiguous():
             dv += dv3.view(B, G, Sb, E)
+
+    def row_stats(self, dout: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
+        """``(n, c)`` per row, ``(B, H, Lb)``: ``Σ_j P'`` and ``Σ_j P'·dP`` with the scores, ``P'`` and
+        dropout exactly as :meth:`backward` makes them."""
+        spec, ct, BG, R, pd = self.spec, self.ct, self.BG, self.R, self.spec.dropout_p
+        E = self.v3.shape[-1]
+        nonlinear = spec.softcap is not None or spec.score_mod is not None
+        do5 = dout.detach().to(ct).reshape(BG, R, self.Lb, E)
+        lse5 = lse.detach().to(ct)
+        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(BG, R, self.Lb)
+        n = torch.zeros(BG, R, self.Lb, dtype=ct, device=self.q5.device)
+        c = torch.zeros_like(n)
+        for a, b in self.tiles(self.Lb, self.tq):
+            qb = self.q_tile(a, b)
+            rl = qb.shape[1]
+            dob = do5[:, :, a:b].reshape(BG, rl, E)
+            lse_b = lse5[:, :, a:b].reshape(BG, rl, 1)
+            n_b, c_b = n[:, :, a:b], c[:, :, a:b]
+            for cc, d in self.tiles(self.Sb, self.tk):
+                cls = self.cls(a, b, cc, d)
+                if cls == "empty":
+                    continue
+                s, hid, idx, _ = self.scores(qb, a, b, cc, d, cls, grad=nonlinear)
+                p = s.sub_(lse_b).exp_()
+                dp = torch.bmm(dob, self.v3[:, cc:d].transpose(1, 2))
+                if self.check and hid is not None:  # a hidden V row may hold NaN: never 0·NaN
+                    dp.masked_fill_(self.pack(hid, rl), 0.0)
+                if pd > 0:
+                    dp.mul_(self.keep(idx, rl, d - cc)).div_(1.0 - pd)
+                n_b += p.sum(-1).view(n_b.shape)
+                c_b += (p * dp).sum(-1).view(c_b.shape)
+        return n.view(spec.B, spec.H, self.Lb), c.view(spec.B, spec.H, self.Lb)
 
     # ---- weights
 

@@ -255,6 +255,21 @@ def _ring_backward(
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
     delta = _kernel.delta(dout, out, lse, dlse)  # rowsum(dO ∘ O) - dlse
+    flag = torch.tensor([float(_kernel.needs_renorm(lse))])
+    if ring.size > 1:
+        ring.all_reduce(flag, "agree on renormalizing the backward")  # every rank takes the same path
+    if flag.item() > 0:
+        # A row's lse so large that its rounding skews P' = exp(s - lse) (a huge bias on a whole row):
+        # one more K/V rotation sums each row's n = Σ P' and c = Σ P'·dP over every shard, and the
+        # backward then uses P = P'/n and Δ = c/n, as flash's does (see _kernel.row_stats).
+        n, c = (torch.zeros(lse.shape, dtype=ct, device=q.device) for _ in range(2))
+        for _t, src, k_t, v_t in _rotate(k, v, ring, "backward row statistics"):
+            for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
+                n_s, c_s = _kernel.row_stats(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs],
+                                             spec, i0, j0)
+                n[:, :, qs] += n_s
+                c[:, :, qs] += c_s
+        dout, delta = _kernel.exact_rows(dout, lse, dlse, n, c, ct)
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous

@@ -48,6 +48,7 @@ from torch import Tensor
 from ..engines import ENGINE_ORDER
 from ..errors import AttnkitError
 from ..functional import attention, prepare
+from . import _hf_outputs
 from ._hf_masks import StructuredMask, attnkit_mask
 
 __all__ = [
@@ -137,11 +138,14 @@ def _only_selected_keys(mask: Tensor | None, indices: Tensor, S: int) -> Tensor:
 
 
 def _collector_wants_attentions() -> bool:
-    """Whether transformers' output collector expects weights from this call.
+    """Whether the model call expects weights from this attention call, even without ``output_attentions``.
 
-    Some models (GPT-2) drop ``output_attentions`` before calling the attention function and
-    collect the weights through ``transformers.utils.output_capturing`` instead.
+    Some models drop ``output_attentions`` before calling the attention function: GPT-2 collects
+    the weights through ``transformers.utils.output_capturing``; Falcon's model collects what its
+    layers return. The model call's own request is recorded by :mod:`._hf_outputs`.
     """
+    if _hf_outputs.wanted():
+        return True
     try:
         from transformers.utils import output_capturing
     except ImportError:
@@ -281,6 +285,7 @@ def _install_model_class_check(pretrained_model: type) -> None:
     def checked(self: Any, requested_attention: str | None, *args: Any, **kwargs: Any) -> str:
         if _is_attnkit(requested_attention):
             check_model_class(type(self))
+            _hf_outputs.install(self)  # at __init__ and at set_attn_implementation
         return original(self, requested_attention, *args, **kwargs)
 
     checked._attnkit_checked = True  # type: ignore[attr-defined]

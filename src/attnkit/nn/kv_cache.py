@@ -29,6 +29,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from .._devices import check_data
 from ..errors import AttnkitError
 
 __all__ = ["KVCache"]
@@ -170,6 +171,7 @@ class KVCache:
         """``counts`` checked as ``(B,)`` ints in ``[0, T]``; ``None`` when every row takes all ``T``."""
         if counts is None:
             return None
+        check_data("counts", counts)
         counts = torch.as_tensor(counts, device=device)
         bad_range = B and not counts.is_floating_point() and (int(counts.min()) < 0 or int(counts.max()) > T)
         if counts.shape != (B,) or counts.is_floating_point() or bad_range:
@@ -232,6 +234,7 @@ class KVCache:
         """Select batch rows (e.g. beams): ``index`` ``(B',)`` into the current batch."""
         if self._k is None or self._v is None or self._lengths is None:
             return
+        check_data("index", index)
         index = torch.as_tensor(index, device=self._k.device)
         B = self._k.shape[0]
         if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:

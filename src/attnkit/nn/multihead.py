@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import masks as _masks
+from .._devices import check_device, check_on
 from ..errors import AttnkitError
 from ..functional import attention
 from .kv_cache import KVCache
@@ -96,7 +97,7 @@ class MultiHeadAttention(nn.Module):
         self.vdim = embed_dim if vdim is None else vdim
         self.head_dim = embed_dim // num_heads
         self.dropout, self.batch_first = float(dropout), batch_first
-        _check_device(device)
+        check_device(device)
         kw = dict(bias=bias, device=device, dtype=dtype)
         kv_out = num_kv_heads * self.head_dim
         self.q_proj = nn.Linear(embed_dim, embed_dim, **kw)
@@ -242,6 +243,9 @@ class MultiHeadAttention(nn.Module):
             if t.dim() != 3 or t.shape[-1] != dim:
                 raise AttnkitError.build(f"{name} of shape (B, ·, {dim})" + ("" if self.batch_first else " after (L, B) → (B, L)"),
                                          str(tuple(t.shape)), "check batch_first and the module's kdim/vdim")
+        weight = self.q_proj.weight
+        check_on(weight.device, "the module's parameters", query=query, key=key, value=value,
+                 key_padding_mask=key_padding_mask, attn_mask=attn_mask, mask=mask)
         B, L = query.shape[:2]
         H, G, D = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(query).reshape(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
@@ -277,15 +281,3 @@ class MultiHeadAttention(nn.Module):
             out = out.transpose(0, 1)
         return out, weights
 
-
-def _check_device(device: torch.device | str | None) -> None:
-    """A device torch can allocate on here, or an AttnkitError (torch raises deep inside nn.Linear)."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise AttnkitError.build("a torch device such as 'cpu' or 'cuda:0'", repr(device), "check the spelling") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AttnkitError.build("a device this machine has", f"{device!r} (torch sees no CUDA device here)",
-                                 "use device='cpu', or install a CUDA build of torch on a machine with a GPU")

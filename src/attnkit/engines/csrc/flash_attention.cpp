@@ -691,6 +691,67 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   });
 }
 
+// ============================================================================= backward row statistics
+// n_i = sum_j P'_ij and c_i = sum_j P'_ij dP_ij (dP with dropout's keep/(1-p)), P' = exp(s - lse)
+// recomputed exactly as backward_kernel recomputes it (same 64 x 128 blocks, same GEMMs, same exp).
+// A float lse carries its rounding and the forward's exp error, so P' rows sum to 1 +- 1e-6, and
+// D = rowsum(dO o O) differs from sum_j P'_ij dP_ij by as much: both showed in dV and dK (the
+// FlashAttention accuracy rule). With these the backward uses P = P'/n and D = c/n, consistent with
+// the P it computes (engines/_kernel.py, exact_rows); at a huge float-mask offset n is S, not 1.
+template <typename T>
+void row_stats_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                      float* n_out, float* c_out) {
+  const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
+  const int64_t q_blocks = (p.Lb + bq - 1) / bq;
+  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+  WorkQueue work(p.B * p.H * q_blocks);
+  at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
+    SequentialBlas sequential_blas;
+    at::Tensor scratch = scratch_of<float>(2 * bq * bk + bk);
+    float* pbuf = scratch.data_ptr<float>();
+    float* dpbuf = pbuf + bq * bk;
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(dpbuf + bq * bk);
+    for (int64_t item; work.next(item);) {
+      const int64_t bh = item / q_blocks, m0 = (item % q_blocks) * bq;
+      const int64_t b = bh / p.H, h = bh % p.H, bg = b * p.G + h / p.R;
+      const int64_t rows = std::min(bq, p.Lb - m0);
+      float* nrow = n_out + bh * p.Lb + m0;
+      float* crow = c_out + bh * p.Lb + m0;
+      std::fill(nrow, nrow + rows, 0.f);
+      std::fill(crow, crow + rows, 0.f);
+      for (int64_t n0 = 0; n0 < p.Sb; n0 += bk) {  // the backward's key blocks, skipped the same way
+        const int64_t cols = std::min(bk, p.Sb - n0), ja = p.j0 + n0;
+        bool any = false;
+        for (int64_t r = 0; r < rows && !any; ++r) {
+          int64_t lo, hi;
+          row_range(p, b, p.i0 + m0 + r, lo, hi);
+          any = lo < ja + cols && hi > ja && lo < hi && lse[bh * p.Lb + m0 + r] != kNegInf;
+        }
+        if (!any) continue;
+        const T* qp = q + (bh * p.Lb + m0) * p.D;
+        const T* dop = dout + (bh * p.Lb + m0) * p.E;
+        gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, k + (bg * p.Sb + n0) * p.D, p.D, 0.f, pbuf, cols);
+        gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, v + (bg * p.Sb + n0) * p.E, p.E, 0.f, dpbuf, cols);
+        if (p.dropout_p > 0.f)
+          for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float l = lse[bh * p.Lb + m0 + r];
+          if (l == kNegInf) continue;
+          const int64_t ia = p.i0 + m0 + r;
+          float* s = pbuf + r * cols;
+          float* dpr = dpbuf + r * cols;
+          score_row(p, b, h, ia, ja, cols, s, nullptr);
+          nrow[r] += exp_sum_row(s, cols, l);
+          if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, dpr, cols, keep_scale);
+          float dot = 0.f;
+          for (int64_t c = 0; c < cols; ++c) dot += s[c] * dpr[c];
+          crow[r] += dot;
+        }
+      }
+    }
+  });
+}
+
 // ============================================================================= op entry points
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const std::optional<at::Tensor>& kv_lengths,
@@ -830,6 +891,33 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   return {dt == at::kFloat ? out : out.to(dt), lse};
 }
 
+std::tuple<at::Tensor, at::Tensor> row_stats(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                             const at::Tensor& dout, const at::Tensor& lse,
+                                             const std::optional<at::Tensor>& kv_lengths,
+                                             const std::optional<at::Tensor>& q_lengths,
+                                             const std::optional<at::Tensor>& mask,
+                                             const std::optional<at::Tensor>& float_mask,
+                                             const std::optional<at::Tensor>& bias,
+                                             const std::optional<at::Tensor>& alibi_slopes, at::IntArrayRef ints,
+                                             at::ArrayRef<double> floats) {
+  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.is_contiguous(), "dout: contiguous, q's dtype");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "lse: contiguous float32");
+  auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor n = at::zeros({p.B, p.H, p.Lb}, f32), c = at::zeros({p.B, p.H, p.Lb}, f32);
+  if (p.Lb == 0 || p.Sb == 0) return {n, c};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_row_stats", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
+    } else {
+      row_stats_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                 dout.data_ptr<scalar_t>(), lse.data_ptr<float>(), n.data_ptr<float>(),
+                                 c.data_ptr<float>());
+    }
+  });
+  return {n, c};
+}
+
 }  // namespace
 }  // namespace attnkit_fused
 
@@ -850,10 +938,15 @@ TORCH_LIBRARY(attnkit_fused, m) {
       "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? kv_lengths, Tensor? q_lengths, "
       "Tensor? alibi_slopes, int causal, int window_left, int window_right, float? scale, float softcap, "
       "bool half_gemm) -> (Tensor, Tensor)");
+  m.def(
+      "row_stats(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor lse, Tensor? kv_lengths, Tensor? q_lengths, "
+      "Tensor? mask, Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, float[] floats) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attnkit_fused, CPU, m) {
   m.impl("attention", &attnkit_fused::attention);
   m.impl("forward", &attnkit_fused::forward);
   m.impl("backward", &attnkit_fused::backward);
+  m.impl("row_stats", &attnkit_fused::row_stats);
 }
