@@ -248,3 +248,14 @@ def test_generate_runs_every_attention_call_on_the_hot_path(cache):
             outs[impl] = model.generate(ids, **kw)
     assert torch.equal(outs["eager"], outs["attnkit_hot_probe"])
     assert len(seen) == 2 * 6 and all(type(p) is tuple for p in seen), [p for p in seen if type(p) is not tuple][:2]
+
+
+def test_tensor_arguments_off_the_cpu_take_the_general_path():
+    # A meta tensor among the arguments would send the op to its shape-only kernel: never computed.
+    q, k, v = qkv(2, 4, 2, 6, 5, 8)
+    for kw in (dict(kv_lengths=torch.tensor([2, 3], device="meta")), dict(mask=torch.ones(6, 5, dtype=torch.bool, device="meta")),
+               dict(alibi_slopes=torch.ones(4, device="meta"))):
+        plan = hot.plan(q, k, v, **kw)
+        assert isinstance(plan, str) and "meta" in plan
+        with pytest.raises(AttnkitError):
+            attnkit.attention(q, k, v, **kw)

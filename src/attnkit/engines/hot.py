@@ -113,6 +113,11 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
     for name, t in (("kv_lengths", kv_lengths), ("q_lengths", q_lengths), ("alibi_slopes", alibi_slopes)):
         if t is not None and type(t) is not Tensor:
             return f"{name} is not a tensor"
+    # Every tensor argument on the CPU: the dispatcher would send a call holding a meta tensor to
+    # the op's shape-only kernel, which computes nothing.
+    for t in (mask, kv_lengths, q_lengths, alibi_slopes):
+        if t is not None and not t.is_cpu:
+            return f"a {t.device.type} tensor among the masks, lengths or slopes"
     if scale is not None and type(scale) not in (float, int):
         return "scale is not a Python number"
     if softcap is None:
