@@ -91,13 +91,17 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
     left = max(0, math.ceil(zmax + ramp) - 1)  # m(x) > 0  <=>  x < z + R  <=>  x <= ceil(z + R) - 1
     off = S - L  # query i sits at key position i + off
     step = max(256, left) if chunk is None else int(chunk)
-    outs = []
+    outs, biases = [], {}
     for i0 in range(0, L, max(1, step)):
         i1 = min(L, i0 + step)
         j0, j1 = max(0, i0 + off - left), i1 + off  # every key a query of [i0, i1) may see
-        p = torch.arange(i0 + off, i1 + off, device=q.device, dtype=span.dtype)
-        j = torch.arange(j0, j1, device=q.device, dtype=span.dtype)
-        bias = _log_mask(p[:, None] - j[None, :], span, ramp).unsqueeze(0)  # (1, H, Lc, Sc)
+        # The bias depends only on distances, so every full interior chunk shares one (autograd sums its uses).
+        shape = (i1 - i0, j1 - j0, i0 + off - j0)
+        if shape not in biases:
+            p = torch.arange(shape[2], shape[2] + shape[0], device=q.device, dtype=span.dtype)
+            j = torch.arange(shape[1], device=q.device, dtype=span.dtype)
+            biases[shape] = _log_mask(p[:, None] - j[None, :], span, ramp).unsqueeze(0)  # (1, H, Lc, Sc)
+        bias = biases[shape]
         outs.append(attention(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], causal=True, window=(left, 0), bias=bias,
                               scale=scale, alibi_slopes=alibi_slopes, engine=engine))
     return torch.cat(outs, dim=2) if len(outs) != 1 else outs[0]
