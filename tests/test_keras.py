@@ -281,3 +281,11 @@ def test_jax_backend_runs_the_keras_ops_path():
     assert res.returncode == 0, res.stderr[-2000:]
     d_out, d_w = map(float, res.stdout.split())
     assert d_out < 1e-5 and d_w < 1e-6
+
+
+def test_docstring_examples():
+    import doctest
+
+    import attnkit.keras.layers as layers
+
+    assert doctest.testmod(layers, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE).failed == 0
