@@ -289,3 +289,15 @@ def test_docstring_examples():
     import attnkit.keras.layers as layers
 
     assert doctest.testmod(layers, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE).failed == 0
+
+
+def test_keras_masks_from_masked_inputs_are_used():
+    """An Embedding(mask_zero=True) input fills query_mask/value_mask like Keras's layer: padding keys are ignored."""
+    tokens = np.array([[5, 3, 7, 0, 0], [2, 9, 4, 6, 1]])
+    emb = keras.layers.Embedding(10, 8, mask_zero=True)
+    x = emb(tokens)
+    mha = MultiHeadAttention(num_heads=2, key_dim=4)
+    auto = mha(x, x)
+    explicit = mha(x, x, query_mask=tokens != 0, value_mask=tokens != 0)
+    unmasked = mha(x, x, query_mask=np.ones_like(tokens, bool), value_mask=np.ones_like(tokens, bool))
+    assert torch.equal(auto, explicit) and not torch.allclose(auto[0, :3], unmasked[0, :3])
