@@ -31,6 +31,20 @@ def multiply_renormalize(q, k, v, z, ramp, alibi=None):
     return (a / a.sum(-1, keepdim=True)) @ v
 
 
+def dz_floor(q, k, v, z, ramp, up):
+    """Per head, the rounding floor of dz = Σ_{b,i,j} dBias·∂log m/∂z: float32 rounds each of those
+    terms (the kernel's dBias) to ~eps relative, so the sum is off by up to ~eps·Σ|terms| (float64 here)."""
+    H, L, S, D = q.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    x = (torch.arange(L)[:, None] + S - L - torch.arange(S)[None, :]).double()
+    m = span_mask(x, z.detach().double(), ramp)
+    bias = torch.where(m > 0, m.clamp_min(1e-300).log(), torch.full_like(m, float("-inf"))).requires_grad_(True)
+    kk, vv = (t.double().repeat_interleave(H // k.shape[1], 1) for t in (k, v))
+    s = (q.double() @ kk.transpose(-1, -2) / D**0.5 + bias).masked_fill(x < 0, float("-inf"))
+    ((torch.softmax(s, -1) @ vv) * up.double()).sum().backward()
+    dlogm_dz = torch.where((m > 0) & (m < 1), 1 / (ramp * m), torch.zeros_like(m))
+    return 2 * torch.finfo(torch.float32).eps * (bias.grad * dlogm_dz).abs().sum((1, 2))
+
+
 # Spans away from the mask's kinks (z and z + R not integers): the gradient is then unique.
 SPANS = [0.3, 5.6, 9.25, 17.5]  # z + R < S - 8: each head's mask cuts some keys
 
@@ -45,7 +59,7 @@ def test_span_gradient_matches_float64(engine, path, L, S, G, chunk):
     z = torch.tensor(SPANS, dtype=torch.float64)
 
     def run(fn, dtype):
-        ins = [t.to(dtype).requires_grad_(True) for t in (q, k, v, z)]
+        ins = [t.detach().to(dtype).requires_grad_(True) for t in (q, k, v, z)]
         out = fn(*ins)
         return [out.detach(), *torch.autograd.grad((out * up.to(dtype)).sum(), ins)]
 
@@ -56,8 +70,11 @@ def test_span_gradient_matches_float64(engine, path, L, S, G, chunk):
         pytest.skip(f"{engine}: {why}")
     ref64 = run(lambda a, b, c, s: multiply_renormalize(a, b, c, s, RAMP), torch.float64)
     base = run(lambda a, b, c, s: multiply_renormalize(a, b, c, s, RAMP), torch.float32)
-    for name, a, b, c in zip(("out", "dq", "dk", "dv", "dz"), ours, base, ref64):
-        assert_flash_rule(a, b, c), name
+    for a, b, c in zip(ours[:4], base[:4], ref64[:4]):  # out, dq, dk, dv
+        assert_flash_rule(a, b, c)
+    floor = dz_floor(q, k, v, z, RAMP, up)
+    for h in range(4):  # dz, per head, with its own rounding floor
+        assert_flash_rule(ours[4][h], base[4][h], ref64[4][h], floor=float(floor[h]))
     assert ours[4].abs().min() > 0  # every head's span gets a gradient
 
 
@@ -79,19 +96,36 @@ def test_keys_beyond_the_span_are_never_read():
     # Query i sees keys i-13..i (z + R = 13.5): poison keys 0..15 for queries 32.. and compare those.
     k2[:, :, :16], v2[:, :, :16] = float("nan"), float("nan")
     poisoned = adaptive_span_attention(q, k2, v2, z, RAMP, chunk=16, engine="flash")
-    assert torch.equal(poisoned[:, :, 32:], clean[:, :, 32:])
+    assert torch.isfinite(poisoned[:, :, 32:]).all()
+    # (the call holding NaN keys may take the tile path that guards hidden keys: equal up to rounding)
+    torch.testing.assert_close(poisoned[:, :, 32:], clean[:, :, 32:], rtol=0, atol=1e-6)
 
 
 def test_window_and_chunks_bound_what_each_call_sees(monkeypatch):
-    """One call per query chunk, each with only the keys its queries can reach and window = ceil(max z + R) - 1."""
+    """One call: query chunks as the batch, each with only the keys its rows can reach, one shared
+    O(chunk·w) bias, window = ceil(max z + R) - 1."""
     calls = []
     real = adaptive_span.attention
-    monkeypatch.setattr(adaptive_span, "attention", lambda *a, **kw: calls.append((a[0].shape[2], a[1].shape[2], kw)) or real(*a, **kw))
-    q, k, v = qkv(1, 2, 2, 100, 120, 8, seed=4)
+    monkeypatch.setattr(adaptive_span, "attention", lambda *a, **kw: calls.append((a[0].shape, a[1].shape, kw)) or real(*a, **kw))
+    q, k, v = qkv(2, 2, 1, 100, 120, 8, seed=4)
     adaptive_span_attention(q, k, v, torch.tensor([3.5, 10.2]), RAMP, chunk=32)
-    assert [c[:2] for c in calls] == [(32, 32 + 14), (32, 32 + 14), (32, 32 + 14), (4, 4 + 14)]
-    assert all(c[2]["window"] == (14, 0) and c[2]["causal"] is True for c in calls)
-    assert all(c[2]["bias"].shape == (1, 2, c[0], c[1]) for c in calls)  # O(L·w) bias, never (L, S)
+    ((qs, ks, kw),) = calls
+    assert qs == (2 * 4, 2, 32, 8) and ks == (2 * 4, 1, 32 + 14, 8)  # 100 rows -> 4 chunks of 32; 14 = ceil(14.2) - 1
+    assert kw["window"] == (14, 0) and kw["causal"] is True and kw["mask"] is None  # 20 memory keys cover the front
+    assert kw["bias"].shape == (1, 2, 32, 32 + 14)  # never (L, S)
+    calls.clear()
+    adaptive_span_attention(q, k[:, :, :100], v[:, :, :100], torch.tensor([3.5, 10.2]), RAMP, chunk=32)
+    assert calls[0][2]["mask"].shape == (8, 1, 1, 46)  # no memory: the keys before position 0 are masked
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 32, 64, None])
+@pytest.mark.parametrize("S", [50, 64, 90])
+def test_chunking_does_not_change_the_answer(chunk, S):
+    q, k, v = qkv(2, 4, 2, 50, S, 8, dtype=torch.float64, seed=S)
+    z, slopes = torch.tensor([0.5, 3.5, 9.25, 30.0], dtype=torch.float64), torch.rand(2, 4, dtype=torch.float64)
+    ours = adaptive_span_attention(q, k, v, z, RAMP, alibi_slopes=slopes, chunk=chunk, engine="reference")
+    one = adaptive_span_attention(q, k, v, z, RAMP, alibi_slopes=slopes, chunk=50, engine="reference")
+    torch.testing.assert_close(ours, one, rtol=0, atol=1e-12)
 
 
 def test_mask_values_and_bias():

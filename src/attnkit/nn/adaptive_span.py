@@ -11,8 +11,8 @@ Multiplying by ``m`` and renormalizing is a softmax of ``s + log m(x)``: the mas
 gradient reaches ``z`` through the bias gradient ``dS`` (``∂ log m/∂z = 1/(R·m)`` on the ramp, 0
 elsewhere). Keys at distance ``>= z + R`` get weight exactly 0, so the call also passes
 ``window=(ceil(max z + R) - 1, 0)``: the kernel skips key blocks beyond the longest span, and
-:func:`adaptive_span_attention` cuts queries into chunks that each see only their keys' slice,
-so the bias it builds is ``O(L·w)``, not ``O(L·S)``.
+:func:`adaptive_span_attention` cuts the queries into chunks, batched in one call, that each see
+only the keys they can reach, so the bias it builds is ``O(chunk·w)`` and the work ``O(L·w)``.
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
         span: ``z``, ``(H,)``, in tokens (may require grad).
         ramp: ``R``, the ramp width in tokens.
         scale, alibi_slopes, engine: as in :func:`attnkit.attention`.
-        chunk: queries per :func:`attnkit.attention` call (default: ``max(256, window)``); each
-            call sees only the keys its queries can reach, so memory is ``O(L·(chunk + window))``.
+        chunk: query rows per chunk (default ``max(64, window)``). Chunks become the batch of one
+            :func:`attnkit.attention` call, each with only the ``chunk + window`` keys its rows can
+            reach (a copy of K/V, unfolded) and one shared ``(1, H, chunk, chunk + window)`` bias:
+            memory and work are ``O(L·(chunk + window))``, not ``O(L·S)``.
 
     Returns:
         ``(B, H, L, E)`` in ``q``'s dtype.
@@ -90,21 +92,39 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
     zmax = float(span.detach().clamp_min(0).max()) if H else 0.0
     left = max(0, math.ceil(zmax + ramp) - 1)  # m(x) > 0  <=>  x < z + R  <=>  x <= ceil(z + R) - 1
     off = S - L  # query i sits at key position i + off
-    step = max(256, left) if chunk is None else int(chunk)
-    outs, biases = [], {}
-    for i0 in range(0, L, max(1, step)):
-        i1 = min(L, i0 + step)
-        j0, j1 = max(0, i0 + off - left), i1 + off  # every key a query of [i0, i1) may see
-        # The bias depends only on distances, so every full interior chunk shares one (autograd sums its uses).
-        shape = (i1 - i0, j1 - j0, i0 + off - j0)
-        if shape not in biases:
-            p = torch.arange(shape[2], shape[2] + shape[0], device=q.device, dtype=span.dtype)
-            j = torch.arange(shape[1], device=q.device, dtype=span.dtype)
-            biases[shape] = _log_mask(p[:, None] - j[None, :], span, ramp).unsqueeze(0)  # (1, H, Lc, Sc)
-        bias = biases[shape]
-        outs.append(attention(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], causal=True, window=(left, 0), bias=bias,
-                              scale=scale, alibi_slopes=alibi_slopes, engine=engine))
-    return torch.cat(outs, dim=2) if len(outs) != 1 else outs[0]
+    c = min(L, max(64, left) if chunk is None else max(1, int(chunk)))
+    if L == 0 or left + 1 >= S or c == L:
+        # One call over everything the queries may see (the span covers the keys, or one chunk).
+        j0 = max(0, off - left)
+        p = torch.arange(off, off + L, device=q.device, dtype=span.dtype)
+        j = torch.arange(j0, S, device=q.device, dtype=span.dtype)
+        bias = _log_mask(p[:, None] - j[None, :], span, ramp).unsqueeze(0)  # (1, H, L, S - j0)
+        return attention(q, k[:, :, j0:], v[:, :, j0:], causal=True, window=(left, 0), bias=bias, scale=scale,
+                         alibi_slopes=alibi_slopes, engine=engine)
+    # Query chunks of c rows become the batch: chunk m (rows m·c..m·c+c-1) gets the c + left keys
+    # ending at its last query, cut from K/V with unfold. Every chunk has the same query-key
+    # distances, so one (1, H, c, c + left) bias serves all; one kernel call does the whole problem.
+    B, n, Sc = q.shape[0], -(-L // c), c + left
+    front, back = max(0, left - off), n * c - L  # keys before position 0 (masked), query rows past L (dropped)
+    qc = torch.nn.functional.pad(q, (0, 0, 0, back))  # (B, H, n·c, D)
+    qc = qc.view(B, H, n, c, -1).transpose(1, 2).reshape(B * n, H, c, -1)  # (B·n, H, c, D)
+
+    def windows(t: Tensor) -> Tensor:  # (B, G, S, ·) -> (B·n, G, c + left, ·)
+        t = torch.nn.functional.pad(t, (0, 0, front, back))[:, :, max(0, off - left):]
+        t = t.unfold(2, Sc, c)  # (B, G, n, ·, c + left)
+        return t.permute(0, 2, 1, 4, 3).reshape(B * n, t.shape[1], Sc, t.shape[3])
+
+    p = torch.arange(left, left + c, device=q.device, dtype=span.dtype)
+    j = torch.arange(Sc, device=q.device, dtype=span.dtype)
+    bias = _log_mask(p[:, None] - j[None, :], span, ramp).unsqueeze(0)  # (1, H, c, c + left)
+    mask = None
+    if front:  # the padding keys in front of position 0 are not keys
+        real = torch.arange(n, device=q.device)[:, None] * c + torch.arange(Sc, device=q.device)[None, :] >= front
+        mask = real.repeat(B, 1).view(B * n, 1, 1, Sc)
+    slopes = alibi_slopes.repeat_interleave(n, 0) if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
+    out = attention(qc, windows(k), windows(v), mask=mask, causal=True, window=(left, 0), bias=bias, scale=scale,
+                    alibi_slopes=slopes, engine=engine)  # (B·n, H, c, E)
+    return out.view(B, n, H, c, -1).transpose(1, 2).reshape(B, H, n * c, -1)[:, :, :L]
 
 
 class AdaptiveSpan(nn.Module):
