@@ -301,3 +301,17 @@ def test_keras_masks_from_masked_inputs_are_used():
     explicit = mha(x, x, query_mask=tokens != 0, value_mask=tokens != 0)
     unmasked = mha(x, x, query_mask=np.ones_like(tokens, bool), value_mask=np.ones_like(tokens, bool))
     assert torch.equal(auto, explicit) and not torch.allclose(auto[0, :3], unmasked[0, :3])
+
+
+def test_import_falls_back_to_torch_when_the_configured_backend_is_missing(tmp_path):
+    """Keras writes keras.json with "tensorflow" on first use; without TensorFlow, attnkit.keras picks torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("tensorflow is installed: Keras's default backend imports")
+    (tmp_path / "keras.json").write_text('{"backend": "tensorflow"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path)
+    code = "import attnkit.keras, keras; print(keras.backend.backend())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "torch", res.stderr[-2000:]
