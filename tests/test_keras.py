@@ -315,3 +315,24 @@ def test_import_falls_back_to_torch_when_the_configured_backend_is_missing(tmp_p
     code = "import attnkit.keras, keras; print(keras.backend.backend())"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "torch", res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("G", [4, 2])
+def test_mha_matches_attnkit_nn_on_the_same_weights(G):
+    """The Keras layer and attnkit.nn.MultiHeadAttention (torch) agree when given the same projections."""
+    from attnkit.nn import MultiHeadAttention as TorchMHA
+
+    torch.manual_seed(0)
+    ref = TorchMHA(16, 4, num_kv_heads=G).double()
+    ours = MultiHeadAttention(num_heads=4, key_dim=4, num_key_value_heads=G, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((2, 19, 16))
+    ours(x, x)
+    H, D = 4, 4
+    w = lambda lin, heads: lin.weight.detach().T.reshape(16, heads, D).numpy()  # noqa: E731 — (dim, heads, D)
+    b = lambda lin, heads: lin.bias.detach().reshape(heads, D).numpy()  # noqa: E731
+    ours.set_weights([w(ref.q_proj, H), b(ref.q_proj, H), w(ref.k_proj, G), b(ref.k_proj, G), w(ref.v_proj, G),
+                      b(ref.v_proj, G), ref.out_proj.weight.detach().T.reshape(H, D, 16).numpy(),
+                      ref.out_proj.bias.detach().numpy()])
+    xt = torch.from_numpy(x)
+    expect, _ = ref(xt, xt, xt, causal="top_left")
+    torch.testing.assert_close(ours(x, x, use_causal_mask=True), expect, rtol=0, atol=1e-12)

@@ -13,11 +13,12 @@ from typing import Any
 import keras
 from keras import ops
 
+from ..engines import ENGINE_ORDER
 from ..errors import AttnkitError
 
 __all__ = ["Attention", "MultiHeadAttention", "safe_attention"]
 
-_ENGINES = ("auto", "keras", "decode", "sdpa", "flash", "reference")
+_ENGINES = ("auto", "keras", *ENGINE_ORDER)
 
 
 def _runs_attnkit(engine: str) -> bool:
@@ -105,7 +106,7 @@ def _attnkit(q: Any, k: Any, v: Any, mask: Any, *, causal: bool, scale: float, d
     drop_seed = int(keras.random.randint((), 0, 2**31 - 1, seed=seed)) if p > 0 else None
     res = attention(q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3),  # (B, H|G, L|S, ·)
                     mask=mask, causal="top_left" if causal else False, scale=scale, dropout_p=p, seed=drop_seed,
-                    return_weights=need_weights, engine="auto" if engine == "keras" else engine)
+                    return_weights=need_weights, engine=engine)
     out = res.out if need_weights else res
     return out.permute(0, 2, 1, 3), (res.weights if need_weights else None)  # (B, L, H, E)
 
@@ -263,9 +264,11 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _dense(self, equation: str, shape: tuple, bias_axes: str, name: str) -> keras.layers.EinsumDense:
         init = lambda i: i.__class__.from_config(i.get_config())  # noqa: E731 — a fresh initializer per sublayer
-        return keras.layers.EinsumDense(equation, output_shape=shape, bias_axes=bias_axes if self.use_bias else None,
-                                        kernel_initializer=init(self.kernel_initializer),
-                                        bias_initializer=init(self.bias_initializer), name=name, dtype=self.dtype_policy)
+        dense = keras.layers.EinsumDense(equation, output_shape=shape, bias_axes=bias_axes if self.use_bias else None,
+                                         kernel_initializer=init(self.kernel_initializer),
+                                         bias_initializer=init(self.bias_initializer), name=name, dtype=self.dtype_policy)
+        dense.supports_masking = True  # masked inputs are handled by this layer's call (no "destroys the mask" warning)
+        return dense
 
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
         key_shape = value_shape if key_shape is None else key_shape

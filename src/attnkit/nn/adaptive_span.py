@@ -53,7 +53,8 @@ def _log_mask(distance: Tensor, span: Tensor, ramp: float) -> Tensor:
 
 
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp: float, *, scale: float | None = None,
-                            alibi_slopes: Tensor | None = None, chunk: int | None = None, engine: str = "auto") -> Tensor:
+                            alibi_slopes: Tensor | None = None, chunk: int | None = None, dropout_p: float = 0.0,
+                            engine: str = "auto") -> Tensor:
     """Causal attention (bottom-right) with a soft span mask per head, differentiable in ``span``.
 
     Args:
@@ -62,7 +63,7 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
             comes first, as in Transformer-XL).
         span: ``z``, ``(H,)``, in tokens (may require grad).
         ramp: ``R``, the ramp width in tokens.
-        scale, alibi_slopes, engine: as in :func:`attnkit.attention`.
+        scale, alibi_slopes, dropout_p, engine: as in :func:`attnkit.attention`.
         chunk: query rows per chunk (default ``max(64, window)``). Chunks become the batch of one
             :func:`attnkit.attention` call, each with only the ``chunk + window`` keys its rows can
             reach (a copy of K/V, unfolded) and one shared ``(1, H, chunk, chunk + window)`` bias:
@@ -100,7 +101,7 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
         j = torch.arange(j0, S, device=q.device, dtype=span.dtype)
         bias = _log_mask(p[:, None] - j[None, :], span, ramp).unsqueeze(0)  # (1, H, L, S - j0)
         return attention(q, k[:, :, j0:], v[:, :, j0:], causal=True, window=(left, 0), bias=bias, scale=scale,
-                         alibi_slopes=alibi_slopes, engine=engine)
+                         alibi_slopes=alibi_slopes, dropout_p=dropout_p, engine=engine)
     # Query chunks of c rows become the batch: chunk m (rows m·c..m·c+c-1) gets the c + left keys
     # ending at its last query, cut from K/V with unfold. Every chunk has the same query-key
     # distances, so one (1, H, c, c + left) bias serves all; one kernel call does the whole problem.
@@ -123,7 +124,7 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
         mask = real.repeat(B, 1).view(B * n, 1, 1, Sc)
     slopes = alibi_slopes.repeat_interleave(n, 0) if alibi_slopes is not None and alibi_slopes.dim() == 2 else alibi_slopes
     out = attention(qc, windows(k), windows(v), mask=mask, causal=True, window=(left, 0), bias=bias, scale=scale,
-                    alibi_slopes=slopes, engine=engine)  # (B·n, H, c, E)
+                    alibi_slopes=slopes, dropout_p=dropout_p, engine=engine)  # (B·n, H, c, E)
     return out.view(B, n, H, c, -1).transpose(1, 2).reshape(B, H, n * c, -1)[:, :, :L]
 
 
@@ -172,10 +173,10 @@ class AdaptiveSpan(nn.Module):
         return max(0, math.ceil(z + self.ramp) - 1)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, alibi_slopes: Tensor | None = None,
-                chunk: int | None = None, engine: str = "auto") -> Tensor:
+                chunk: int | None = None, dropout_p: float = 0.0, engine: str = "auto") -> Tensor:
         """:func:`adaptive_span_attention` with this module's spans (clamped to ``[0, max_span]``)."""
         return adaptive_span_attention(q, k, v, self.span.clamp(0.0, float(self.max_span)), self.ramp, scale=scale,
-                                       alibi_slopes=alibi_slopes, chunk=chunk, engine=engine)
+                                       alibi_slopes=alibi_slopes, chunk=chunk, dropout_p=dropout_p, engine=engine)
 
 
 class AdaptiveSpanAttention(nn.Module):

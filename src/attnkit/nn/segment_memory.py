@@ -119,11 +119,11 @@ class SegmentMemoryAttention(nn.Module):
         k = self.k_proj(h).view(B, -1, G, D).transpose(1, 2)  # (B, G, M + L, D)
         v = self.v_proj(h).view(B, -1, G, D).transpose(1, 2)  # (B, G, M + L, D)
         slopes = self.slopes.to(x.dtype) if x.dtype == torch.float64 else self.slopes
+        p = self.dropout if self.training else 0.0
         if self.span is not None:
-            out = self.span(q, k, v, alibi_slopes=slopes, engine=engine)
+            out = self.span(q, k, v, alibi_slopes=slopes, dropout_p=p, engine=engine)
         else:
-            out = attention(q, k, v, causal=True, alibi_slopes=slopes,
-                            dropout_p=self.dropout if self.training else 0.0, engine=engine)
+            out = attention(q, k, v, causal=True, alibi_slopes=slopes, dropout_p=p, engine=engine)
         out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * D))
         new_memory = h[:, max(0, h.shape[1] - self.mem_len):].detach() if self.mem_len else h[:, :0].detach()
         return out, new_memory
