@@ -21,7 +21,7 @@ from _notebooks import NOTEBOOKS, PAGES, ROOT, cells, execute, notebook
 TUTORIALS = sorted(p.stem for p in PAGES.glob("*.md"))
 REFERENCE = {  # API reference page -> the modules whose __all__ it must cover
     "attnkit": ["attnkit"], "spec": [], "inspect": ["attnkit.inspect"], "viz": ["attnkit.viz"], "nn": ["attnkit.nn"],
-    "masks": ["attnkit.masks"], "hf": ["attnkit.integrations.hf"], "ring": ["attnkit.engines.ring"],
+    "masks": ["attnkit.masks"], "hf": ["attnkit.integrations.hf"], "ring": ["attnkit.engines.ring"], "keras": ["attnkit.keras"],
     "seq2seq": [f"attnkit.seq2seq.{m}" for m in ("data", "vocab", "model", "train", "decode", "evaluate", "plot")],
 }
 

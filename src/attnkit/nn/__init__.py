@@ -6,6 +6,10 @@
   optionally ragged key/value cache that ``MultiHeadAttention`` appends to.
 - [`DotAttention`][attnkit.nn.score_attention.DotAttention], [`BilinearAttention`][attnkit.nn.score_attention.BilinearAttention], [`AdditiveAttention`][attnkit.nn.score_attention.AdditiveAttention]
   (``attnkit/nn/score_attention.py``): the classic encoder-decoder score functions.
+- :class:`SegmentMemoryAttention` (``attnkit/nn/segment_memory.py``): Transformer-XL segment
+  recurrence (a gradient-stopped memory of earlier segments) with ALiBi relative positions.
+- :class:`AdaptiveSpan`, :class:`AdaptiveSpanAttention` (``attnkit/nn/adaptive_span.py``):
+  learnable per-head attention spans (Sukhbaatar et al., 2019) as a float bias plus a window.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["MultiHeadAttention", "KVCache", "DotAttention", "BilinearAttention", "AdditiveAttention"]
+__all__ = ["MultiHeadAttention", "KVCache", "DotAttention", "BilinearAttention", "AdditiveAttention",
+           "SegmentMemoryAttention", "AdaptiveSpan", "AdaptiveSpanAttention"]
 
 _WHERE = {
     "MultiHeadAttention": "multihead",
@@ -21,6 +26,9 @@ _WHERE = {
     "DotAttention": "score_attention",
     "BilinearAttention": "score_attention",
     "AdditiveAttention": "score_attention",
+    "SegmentMemoryAttention": "segment_memory",
+    "AdaptiveSpan": "adaptive_span",
+    "AdaptiveSpanAttention": "adaptive_span",
 }
 
 
