@@ -1,4 +1,4 @@
-"""Device checks shared by the public entry points: an :class:`AttnkitError` before any work.
+"""Device checks shared by the public entry points: an [`AttnkitError`][attnkit.errors.AttnkitError] before any work.
 
 Without them a device problem surfaces deep inside torch as its own exception —
 ``AssertionError: Torch not compiled with CUDA enabled``, ``NotImplementedError: Cannot copy out
@@ -24,7 +24,7 @@ __all__ = ["check_device", "check_on", "check_data"]
 
 
 def check_device(device: torch.device | str | int | None, name: str = "device") -> torch.device | None:
-    """``device`` as a :class:`torch.device` this machine can allocate on (``None`` stays ``None``)."""
+    """``device`` as a `torch.device` this machine can allocate on (``None`` stays ``None``)."""
     if device is None:
         return None
     try:

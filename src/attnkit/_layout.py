@@ -1,4 +1,4 @@
-"""The ``layout`` argument of :func:`attnkit.attention`: which axis order ``q, k, v`` and ``out`` use.
+"""The ``layout`` argument of [`attnkit.attention`][attnkit.functional.attention]: which axis order ``q, k, v`` and ``out`` use.
 
 attnkit's own order is ``"bhld"`` — ``(B, H, L, D)``, like torch SDPA. FlashAttention's
 ``flash_attn_func`` and most model code before their ``.transpose(1, 2)`` hold ``"blhd"`` —

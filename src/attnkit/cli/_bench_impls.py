@@ -2,7 +2,7 @@
 
 Each ``make_<impl>(case, q, k, v)`` returns ``(runner, note)``: a zero-argument callable computing
 the case's attention with ``q (B, H, L, D)``, ``k, v (B, G, S, D)``, and a note for the table
-(``""`` if none); or it raises :class:`Unavailable` with a short reason (an ``n/a`` cell, never a
+(``""`` if none); or it raises `Unavailable` with a short reason (an ``n/a`` cell, never a
 crash):
 
 - ``flash``: attnkit with the case's engine (``flash``, or ``decode`` for decoding shapes);

@@ -1,9 +1,9 @@
 """What ``attnkit bench`` records about the machine, and the first-use compile time of the kernel.
 
-- :func:`cpu_info`: the ``lscpu`` model name and the CPU flags that decide the kernels torch and
+- `cpu_info`: the ``lscpu`` model name and the CPU flags that decide the kernels torch and
   attnkit can use (``avx2``, ``avx512*``, ``amx*``); falls back to ``/proc/cpuinfo``.
-- :func:`header`: the markdown header of a benchmark report (date, CPU, threads, load, versions).
-- :func:`compile_time`: build the fused kernel in a fresh cache directory in a subprocess, then
+- `header`: the markdown header of a benchmark report (date, CPU, threads, load, versions).
+- `compile_time`: build the fused kernel in a fresh cache directory in a subprocess, then
   load it again from that cache, timing both (target: first use ≤ 60 s, once per machine).
 """
 

@@ -1,4 +1,4 @@
-"""``attnkit bench``: the attention benchmark (thin wrapper over :mod:`attnkit.cli.benchmark`)."""
+"""``attnkit bench``: the attention benchmark (thin wrapper over `attnkit.cli.benchmark`)."""
 
 from __future__ import annotations
 

@@ -6,11 +6,11 @@ pairs (``4·B·H·D`` per pair forward, 3.5× that for forward+backward) with th
 machine's fp32 matmul peak measured in the same run; peak memory as the RSS (VmHWM) of a fresh
 subprocess per case and implementation.
 
-:data:`CASES` are the rows of issue 12's target table, each with its :class:`Target` s; the
+`CASES` are the rows of issue 12's target table, each with its `Target` s; the
 report has one summary row per case and mode with the ratio columns those targets read
 (``× SDPA`` = SDPA time / attnkit time, > 1 means attnkit is faster; ``flash/plain`` = attnkit
 time / attnkit without ALiBi/softcap), the target and met/MISSED; then a detail row per
-implementation. :data:`QUICK_CASES` are tiny versions (seconds) for smoke tests.
+implementation. `QUICK_CASES` are tiny versions (seconds) for smoke tests.
 
 Example:
     >>> from attnkit.cli import benchmark as bench
@@ -121,7 +121,7 @@ class Case:
 
 
 def case(feature: str, B: int, H: int, L: int, D: int, **kw) -> Case:
-    """A :class:`Case` whose name says what it is, e.g. ``"causal fp32 B=1 H=8 L=4096 D=64"``."""
+    """A `Case` whose name says what it is, e.g. ``"causal fp32 B=1 H=8 L=4096 D=64"``."""
     dtype = kw.get("dtype", "float32")
     G, S = kw.get("G"), kw.get("S")
     shape = f"B={B} H={H}" + (f" G={G}" if G else "") + f" L={L}" + (f" S={S}" if S else "") + f" D={D}"
@@ -161,7 +161,7 @@ QUICK_CASES: list[Case] = [  # the same features at tiny sizes; no targets (they
     case("dropout0.1", 1, 2, 256, 32, dropout=0.1, modes=_BWD),
     case("decode", 1, 4, 1, 32, G=2, S=2048, engine="decode", modes=_FWD),
 ]
-"""Tiny versions of :data:`CASES` (seconds)."""
+"""Tiny versions of `CASES` (seconds)."""
 
 
 def _inputs(c: Case, requires_grad: bool) -> list[torch.Tensor]:
@@ -172,7 +172,7 @@ def _inputs(c: Case, requires_grad: bool) -> list[torch.Tensor]:
 
 
 def _step(c: Case, impl: str, mode: str) -> tuple[Callable[[], None], str]:
-    """``(one timed step, note)`` of ``impl`` on ``c``; raises :class:`Unavailable`."""
+    """``(one timed step, note)`` of ``impl`` on ``c``; raises `Unavailable`."""
     if impl == "naive" and c.B * c.H * c.L * c.S * 4 > NAIVE_LIMIT_BYTES:
         raise Unavailable(f"one fp32 score matrix is {c.B * c.H * c.L * c.S * 4 / 2**30:.0f} GiB")
     q, k, v = _inputs(c, requires_grad=mode != "fwd")
@@ -307,7 +307,7 @@ def run_benchmark(
     """Time every case × mode × implementation and check the targets.
 
     ``skip`` maps implementations not to run to the reason shown (e.g. ``{"flex": "--no-flex"}``).
-    A peer that cannot run a case (:class:`Unavailable`, or a RuntimeError such as out of memory)
+    A peer that cannot run a case (`Unavailable`, or a RuntimeError such as out of memory)
     gets a note instead of a time; attnkit's own errors propagate.
     """
     say = progress or (lambda _msg: None)

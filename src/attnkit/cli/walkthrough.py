@@ -91,7 +91,7 @@ def softmax_steps(values: list[float], temperature: float = 1.0) -> SoftmaxSteps
 
 
 def infinity_notes(steps: SoftmaxSteps) -> list[str]:
-    """What ±inf scores mean here (and in :func:`attnkit.softmax`); empty for finite scores."""
+    """What ±inf scores mean here (and in `attnkit.softmax`); empty for finite scores."""
     out = []
     if any(s == -math.inf for s in steps.scaled):
         out.append("-inf is a masked entry: e^-inf = 0, so it gets weight 0 and the others share the whole 1 "

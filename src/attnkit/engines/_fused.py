@@ -5,14 +5,14 @@ query range × one key range with causal/window/lengths, bool and float masks, b
 softcap and dropout fused in the tile. It registers the torch ops
 ``torch.ops.attnkit_fused.forward`` / ``.backward`` (with fake kernels, so meta tensors and
 ``torch.compile`` see one operator each); autograd stays in the engines, which call
-:func:`forward` and :func:`backward` below (the signatures and contract of
-:func:`attnkit.engines._kernel.forward` / ``backward``, the same as the PyTorch tile path).
+`forward` and `backward` below (the signatures and contract of
+`attnkit.engines._kernel.forward` / ``backward``, the same as the PyTorch tile path).
 
 Build: compiled on first use with ``torch.utils.cpp_extension`` (ninja), ``-O3 -march=native``,
 cached in ``$ATTNKIT_CACHE`` (default ``~/.cache/attnkit``) under a directory keyed by the torch
 version, the source hash and the CPU flags; one line on stderr while it compiles; a file lock
 keeps two processes from building at once. No compiler, no ninja, a failed build, or
-``ATTNKIT_NO_FUSED=1`` → :func:`unsupported` returns the reason and the PyTorch tile path runs.
+``ATTNKIT_NO_FUSED=1`` → `unsupported` returns the reason and the PyTorch tile path runs.
 Nothing here runs at ``import attnkit``.
 
 Example:
@@ -372,7 +372,7 @@ def backward(
 def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
               j0: int = 0) -> tuple[Tensor, Tensor]:
     """``(n, c)`` ``(B, H, Lb)`` float32: ``Σ_j P'`` and ``Σ_j P'·dP`` over this range's keys, with
-    ``P' = exp(s - lse)`` recomputed exactly as :func:`backward` recomputes it (see ``_kernel.row_stats``)."""
+    ``P' = exp(s - lse)`` recomputed exactly as `backward` recomputes it (see ``_kernel.row_stats``)."""
     tensors, ints, floats = _args(spec, i0, j0)
     dt = _gemm_dtype(q.dtype)
     return torch.ops.attnkit_fused.row_stats(q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(),

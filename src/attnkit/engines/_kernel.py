@@ -2,19 +2,19 @@
 
 Two functions over a query range × key range of a larger problem (DESIGN.md, "one tiled kernel"):
 
-- :func:`forward` — the online softmax (FlashAttention-2, Algorithm 1) over queries
+- `forward` — the online softmax (FlashAttention-2, Algorithm 1) over queries
   ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)``: ``(out, lse)`` normalized over the range's visible keys;
-- :func:`backward` — recompute ``P = exp(S - lse)`` from the *final* ``lse`` and accumulate
+- `backward` — recompute ``P = exp(S - lse)`` from the *final* ``lse`` and accumulate
   ``dQ, dK, dV`` (and d(float mask), d(bias)) with ``dS = P ∘ (dP - Δ)`` (Algorithm 2).
 
-The flash engine calls them once over all keys; decode calls :func:`forward` per key segment
-on threads and ring per shard from another rank, both merging with :func:`attnkit.merge_partials`.
+The flash engine calls them once over all keys; decode calls `forward` per key segment
+on threads and ring per shard from another rank, both merging with [`attnkit.merge_partials`][attnkit.softmax.merge_partials].
 Each call runs on one of two tile paths with the same signature: the fused C++ kernel
-(``engines/_fused.py``, compiled on first use) or the PyTorch tile path below. :func:`path` picks
-one and says why, :func:`force_path` overrides it for tests, :func:`describe` is what ``explain``
+(``engines/_fused.py``, compiled on first use) or the PyTorch tile path below. `path` picks
+one and says why, `force_path` overrides it for tests, `describe` is what ``explain``
 prints.
 
-PyTorch tile path, per ``tq × tk`` tile (sizes from :func:`tile_sizes`)::
+PyTorch tile path, per ``tq × tk`` tile (sizes from `tile_sizes`)::
 
     s = scale·q·kᵀ                  one baddbmm into a preallocated buffer (no allocation per tile)
     s = score mods, hidden → -inf   attnkit.scores.apply_score_mods, attnkit.masks.visible
@@ -108,7 +108,7 @@ _fused_state: tuple[object | None, str] | None = None
 def force_path(name: str | None) -> Iterator[None]:
     """Run every kernel call inside the block on ``"fused"``, ``"torch"`` or the automatic choice (``None``).
 
-    Forcing ``"fused"`` on a spec the fused path cannot run raises :class:`AttnkitError` with the reason.
+    Forcing ``"fused"`` on a spec the fused path cannot run raises [`AttnkitError`][attnkit.errors.AttnkitError] with the reason.
 
     Example:
         >>> from attnkit.engines import _kernel
@@ -199,7 +199,7 @@ def backward(
     Args:
         dout: ``(B, H, Lb, E)`` gradient of the *final* (merged) output of these queries.
         lse: ``(B, H, Lb)`` *final* log-normalizer (over all keys); rows with ``-inf`` add nothing.
-        delta: ``(B, H, Lb)`` ``rowsum(dout ∘ out) - dlse`` with the final ``out`` (see :func:`delta`).
+        delta: ``(B, H, Lb)`` ``rowsum(dout ∘ out) - dlse`` with the final ``out`` (see `delta`).
         dq ``(B, H, Lb, D)``, dk ``(B, G, Sb, D)``, dv ``(B, G, Sb, E)``: accumulators in the compute
             dtype (views allowed). d_float_mask / d_bias: accumulators of ``spec.float_mask`` /
             ``spec.bias``'s 4-D shape (gradient = dS summed over broadcast dims), or ``None``.
@@ -269,7 +269,7 @@ def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: 
               j0: int = 0) -> tuple[Tensor, Tensor]:
     """``(n, c)`` ``(B, H, Lb)`` in the compute dtype: ``n = Σ_j P'``, ``c = Σ_j P'·dP`` over this range's
     visible keys, with ``P' = exp(s - lse)`` and ``dP = dO·Vᵀ`` (dropout's ``keep/(1-p)`` applied)
-    recomputed by the tile path and arithmetic :func:`backward` will use. Rows with ``lse = -inf``: 0.
+    recomputed by the tile path and arithmetic `backward` will use. Rows with ``lse = -inf``: 0.
     """
     if path(spec)[0] == "fused":
         n, c = _fused()[0].row_stats(q, k, v, dout, lse, spec, i0, j0)  # type: ignore[union-attr]
@@ -281,7 +281,7 @@ def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: 
 
 def exact_rows(dout: Tensor, lse: Tensor, dlse: Tensor | None, n: Tensor, c: Tensor,
                ct: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(dO/n, Δ/n)`` with ``Δ = c/n - dlse``, to pass to :func:`backward` as ``dout`` and ``delta``.
+    """``(dO/n, Δ/n)`` with ``Δ = c/n - dlse``, to pass to `backward` as ``dout`` and ``delta``.
 
     The backward then computes ``dV = P'ᵀ·dO/n`` and ``dS = P'∘(dP/n - Δ/n)``: exactly the gradient
     of ``P = P'/n`` (rows summing to 1, as the forward's ``exp(s - m)/l``) with ``Δ = Σ_j P·dP``
@@ -318,9 +318,9 @@ Forward = Callable[[Tensor, Tensor, Tensor, AttentionSpec], "tuple[Tensor, Tenso
 def attend(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, fwd: Forward | None = None) -> tuple[Tensor, Tensor]:
     """``(out in q's dtype, lse)`` of the whole problem, differentiable when ``spec.needs_grad``.
 
-    ``fwd(q, k, v, spec) -> (out, lse)`` computes the forward (default: one :func:`forward` over all
+    ``fwd(q, k, v, spec) -> (out, lse)`` computes the forward (default: one `forward` over all
     keys; the decode engine passes its split-KV forward). The backward is always one kernel
-    :func:`backward` over all keys, recomputing P from the saved ``lse``.
+    `backward` over all keys, recomputing P from the saved ``lse``.
     """
     fwd = forward if fwd is None else fwd
     if spec.needs_grad:
@@ -447,7 +447,7 @@ class _Tiles:
 
         Returns ``(s, hid, idx, tape)``: ``hid`` the tile's hidden mask (``(B|1, H|1, Lt, St)``,
         None = all visible), ``idx`` its BlockIndex (None when unneeded). With ``grad`` (backward
-        through nonlinear mods) ``tape`` holds what :meth:`grad_mods` differentiates.
+        through nonlinear mods) ``tape`` holds what `grad_mods` differentiates.
         """
         spec, rl, st = self.spec, qb.shape[1], d - c
         kt = self.k3[:, c:d]
@@ -639,7 +639,7 @@ class _Tiles:
 
     def row_stats(self, dout: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
         """``(n, c)`` per row, ``(B, H, Lb)``: ``Σ_j P'`` and ``Σ_j P'·dP`` with the scores, ``P'`` and
-        dropout exactly as :meth:`backward` makes them."""
+        dropout exactly as `backward` makes them."""
         spec, ct, BG, R, pd = self.spec, self.ct, self.BG, self.R, self.spec.dropout_p
         E = self.v3.shape[-1]
         nonlinear = spec.softcap is not None or spec.score_mod is not None

@@ -9,15 +9,15 @@ idle when ``B·H`` is small. This engine instead
 2. splits the keys into one contiguous segment per intra-op thread; each thread walks its
    segment in cache-sized tiles with the online softmax and returns a partial
    ``(out, lse)``;
-3. merges the partials exactly with :func:`attnkit.merge_partials` (DESIGN.md).
+3. merges the partials exactly with [`attnkit.merge_partials`][attnkit.softmax.merge_partials] (DESIGN.md).
 
-Every segment is one call of the tiled kernel (:mod:`attnkit.engines._kernel`), so masks
+Every segment is one call of the tiled kernel (`attnkit.engines._kernel`), so masks
 (bottom-right causal, windows, ragged ``kv_lengths``, dense boolean masks sliced per tile),
 ALiBi, softcap, float masks/biases, ``score_mod`` and dropout (the counter hash: the same
 entries as every engine) follow the spec exactly. Tiles hidden by the structured masks are
 skipped; keys past the longest ``kv_lengths`` are never read. Gradients for ``q, k, v``, the
 float mask / bias and ``lse`` use the kernel's FlashAttention backward, recomputing from the
-saved ``lse``. Which tile path runs and why: :func:`describe`.
+saved ``lse``. Which tile path runs and why: `describe`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
 
 
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
-    """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see :func:`attnkit.attention`."""
+    """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see [`attnkit.attention`][attnkit.functional.attention]."""
     # Split-KV forward; the backward is one kernel call over all keys, as for the flash engine.
     out, lse = _kernel.attend(q, k, v, spec, split_kv_forward)
     return AttentionOutput(out, lse if spec.return_lse else None, None)

@@ -142,7 +142,7 @@ def _collector_wants_attentions() -> bool:
 
     Some models drop ``output_attentions`` before calling the attention function: GPT-2 collects
     the weights through ``transformers.utils.output_capturing``; Falcon's model collects what its
-    layers return. The model call's own request is recorded by :mod:`._hf_outputs`.
+    layers return. The model call's own request is recorded by `._hf_outputs`.
     """
     if _hf_outputs.wanted():
         return True

@@ -98,7 +98,7 @@ def safe_attention(q: Any, k: Any, v: Any, mask: Any = None, *, causal: bool = F
 
 def _attnkit(q: Any, k: Any, v: Any, mask: Any, *, causal: bool, scale: float, dropout: float, seed: Any,
              training: bool, need_weights: bool, engine: str) -> tuple[Any, Any]:
-    """The same contract as :func:`safe_attention`, on torch tensors through :func:`attnkit.attention`."""
+    """The same contract as [`safe_attention`][attnkit.keras.layers.safe_attention], on torch tensors through [`attnkit.attention`][attnkit.functional.attention]."""
     from ..functional import attention  # the public functional API, never an engine directly
 
     p = dropout if (training and dropout > 0) else 0.0

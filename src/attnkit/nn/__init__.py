@@ -6,9 +6,9 @@
   optionally ragged key/value cache that ``MultiHeadAttention`` appends to.
 - [`DotAttention`][attnkit.nn.score_attention.DotAttention], [`BilinearAttention`][attnkit.nn.score_attention.BilinearAttention], [`AdditiveAttention`][attnkit.nn.score_attention.AdditiveAttention]
   (``attnkit/nn/score_attention.py``): the classic encoder-decoder score functions.
-- :class:`SegmentMemoryAttention` (``attnkit/nn/segment_memory.py``): Transformer-XL segment
+- [`SegmentMemoryAttention`][attnkit.nn.segment_memory.SegmentMemoryAttention] (``attnkit/nn/segment_memory.py``): Transformer-XL segment
   recurrence (a gradient-stopped memory of earlier segments) with ALiBi relative positions.
-- :class:`AdaptiveSpan`, :class:`AdaptiveSpanAttention` (``attnkit/nn/adaptive_span.py``):
+- [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan], [`AdaptiveSpanAttention`][attnkit.nn.adaptive_span.AdaptiveSpanAttention] (``attnkit/nn/adaptive_span.py``):
   learnable per-head attention spans (Sukhbaatar et al., 2019) as a float bias plus a window.
 """
 

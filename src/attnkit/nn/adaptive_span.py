@@ -11,7 +11,7 @@ Multiplying by ``m`` and renormalizing is a softmax of ``s + log m(x)``: the mas
 gradient reaches ``z`` through the bias gradient ``dS`` (``∂ log m/∂z = 1/(R·m)`` on the ramp, 0
 elsewhere). Keys at distance ``>= z + R`` get weight exactly 0, so the call also passes
 ``window=(ceil(max z + R) - 1, 0)``: the kernel skips key blocks beyond the longest span, and
-:func:`adaptive_span_attention` cuts the queries into chunks, batched in one call, that each see
+[`adaptive_span_attention`][attnkit.nn.adaptive_span.adaptive_span_attention] cuts the queries into chunks, batched in one call, that each see
 only the keys they can reach, so the bias it builds is ``O(chunk·w)`` and the work ``O(L·w)``.
 """
 
@@ -63,9 +63,9 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
             comes first, as in Transformer-XL).
         span: ``z``, ``(H,)``, in tokens (may require grad).
         ramp: ``R``, the ramp width in tokens.
-        scale, alibi_slopes, dropout_p, engine: as in :func:`attnkit.attention`.
+        scale, alibi_slopes, dropout_p, engine: as in [`attnkit.attention`][attnkit.functional.attention].
         chunk: query rows per chunk (default ``max(64, window)``). Chunks become the batch of one
-            :func:`attnkit.attention` call, each with only the ``chunk + window`` keys its rows can
+            [`attnkit.attention`][attnkit.functional.attention] call, each with only the ``chunk + window`` keys its rows can
             reach (a copy of K/V, unfolded) and one shared ``(1, H, chunk, chunk + window)`` bias:
             memory and work are ``O(L·(chunk + window))``, not ``O(L·S)``.
 
@@ -133,7 +133,7 @@ class AdaptiveSpan(nn.Module):
 
     Args:
         num_heads: ``H``.
-        max_span: upper bound of ``z`` (tokens); :meth:`clamp_` keeps ``z`` in ``[0, max_span]``.
+        max_span: upper bound of ``z`` (tokens); [`clamp_`][attnkit.nn.adaptive_span.AdaptiveSpan.clamp_] keeps ``z`` in ``[0, max_span]``.
         ramp: ``R`` (tokens).
         init_span: initial ``z`` of every head (default ``max_span``).
 
@@ -174,18 +174,18 @@ class AdaptiveSpan(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, alibi_slopes: Tensor | None = None,
                 chunk: int | None = None, dropout_p: float = 0.0, engine: str = "auto") -> Tensor:
-        """:func:`adaptive_span_attention` with this module's spans (clamped to ``[0, max_span]``)."""
+        """[`adaptive_span_attention`][attnkit.nn.adaptive_span.adaptive_span_attention] with this module's spans (clamped to ``[0, max_span]``)."""
         return adaptive_span_attention(q, k, v, self.span.clamp(0.0, float(self.max_span)), self.ramp, scale=scale,
                                        alibi_slopes=alibi_slopes, chunk=chunk, dropout_p=dropout_p, engine=engine)
 
 
 class AdaptiveSpanAttention(nn.Module):
-    """Causal multi-head self-attention whose heads learn their spans (projections + :class:`AdaptiveSpan`).
+    """Causal multi-head self-attention whose heads learn their spans (projections + [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan]).
 
     Args:
         embed_dim: model dim, split into ``num_heads`` heads.
         num_heads: ``H``.
-        max_span, ramp, init_span: of the :class:`AdaptiveSpan` (``self.span``).
+        max_span, ramp, init_span: of the [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan] (``self.span``).
         num_kv_heads: ``G`` with ``H % G == 0`` (GQA).
         bias: biases in the projections.
 

@@ -19,7 +19,7 @@ relative-shift trick per call. The cost: ALiBi's recency bias is fixed (monotone
 head that must look far back learns a small slope's worth of content scores to overcome it
 (the experiment in ``benchmarks/RESULTS.md`` shows recall two and three segments back).
 
-An :class:`~attnkit.nn.AdaptiveSpan` can be attached (``span=``): the heads then also learn how far
+An [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan] can be attached (``span=``): the heads then also learn how far
 back into the memory they look, and the kernel skips keys beyond the longest span.
 """
 
@@ -46,8 +46,8 @@ class SegmentMemoryAttention(nn.Module):
         num_kv_heads: key/value heads ``G`` (``H % G == 0``).
         bias: biases in the projections.
         dropout: attention dropout in training mode.
-        slopes: ALiBi slopes ``(H,)`` (default :func:`attnkit.alibi_slopes`); a buffer, not trained.
-        span: an optional :class:`AdaptiveSpan` over ``H`` heads (learned per-head spans).
+        slopes: ALiBi slopes ``(H,)`` (default [`attnkit.alibi_slopes`][attnkit.scores.alibi_slopes]); a buffer, not trained.
+        span: an optional [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan] over ``H`` heads (learned per-head spans).
 
     Example:
         >>> import torch
@@ -99,7 +99,7 @@ class SegmentMemoryAttention(nn.Module):
             x: ``(B, L, embed_dim)``, the current segment.
             memory: ``(B, M, embed_dim)`` from the previous call (``None`` at the start); its
                 gradient is stopped here, whatever the caller passes.
-            engine: forwarded to :func:`attnkit.attention`.
+            engine: forwarded to [`attnkit.attention`][attnkit.functional.attention].
 
         Returns:
             ``(out (B, L, embed_dim), new_memory (B, min(M + L, mem_len), embed_dim))``: the last
