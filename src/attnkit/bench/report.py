@@ -56,6 +56,8 @@ class Report:
 
 
 def metrics(group: dict[str, Row]) -> dict[str, float]:
+    """The ratios and figures the targets read, from one case and mode's rows (``impl -> Row``):
+    each peer's time / attnkit's, attnkit's / its plain run's, and attnkit's peak RSS."""
     base = group.get("flash")
     out: dict[str, float] = {}
     if base is None or not base.seconds:
@@ -70,7 +72,7 @@ def metrics(group: dict[str, Row]) -> dict[str, float]:
     return out
 
 
-def verdict(c: Case, mode: str, metrics: dict[str, float]) -> tuple[str, str]:
+def verdict(c: Case, mode: str, found: dict[str, float]) -> tuple[str, str]:
     """``(target text, status)``: ``met``, ``MISSED (...)`` with the values got, or ``n/a (...)``."""
     targets = [t for t in c.targets if t.mode == mode]
     if not targets:
@@ -80,11 +82,11 @@ def verdict(c: Case, mode: str, metrics: dict[str, float]) -> tuple[str, str]:
     for t in targets:
         if t.needs and not flags & set(t.needs):
             na.append(f"needs {' or '.join(t.needs)}")
-        elif t.metric not in metrics:
+        elif t.metric not in found:
             na.append(f"{t.metric} not measured")
-        elif not t.met(metrics[t.metric]):
+        elif not t.met(found[t.metric]):
             unit = " MiB" if t.metric == "rss" else "×"
-            missed.append(f"{t.metric} {metrics[t.metric]:.2f}{unit}")
+            missed.append(f"{t.metric} {found[t.metric]:.2f}{unit}")
     status = "met" if not missed and not na else "; ".join(
         ([f"MISSED ({', '.join(missed)})"] if missed else []) + ([f"n/a ({', '.join(na)})"] if na else [])
     )
