@@ -4,6 +4,7 @@
     .venv/bin/python tools/mutation.py --list          # the mutants, and whether each still applies
     .venv/bin/python tools/mutation.py --only C1 P3    # some of them
     .venv/bin/python tools/mutation.py --no-baseline   # skip the unmutated run of the test files
+    .venv/bin/python tools/mutation.py --tests test_properties.py   # what one test file catches alone
 
 Each mutant is ``(file, exact old snippet, new snippet, test files)``. It is applied to a fresh
 copy of ``src/`` and ``tests/`` in a temporary directory (the worktree is never edited), the
@@ -169,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="ID", help="run only these mutants")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the test files")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per pytest run (default 3600)")
+    ap.add_argument("--tests", nargs="+", metavar="FILE", help="run these test files for every mutant instead of its own "
+                    "(e.g. --tests test_properties.py: what the property tests alone catch)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.id in args.only]
+    if args.tests:
+        chosen = [Mutant(m.id, m.what, m.file, m.old, m.new, tuple(args.tests)) for m in chosen]
     stale = [m for m in chosen if _count(m) != 1]
     if args.list:
         for m in chosen:
