@@ -5,10 +5,11 @@ L != S, L = 1, empty) × masks (bool, float, causal in both alignments, windows,
 masked rows, NaN/inf in hidden keys) × features (ALiBi, softcap, bias, dropout, score_mod) × GQA
 × dtypes × tile geometry (the fused path's own blocks, with S past its 128-key backward and
 512-key forward blocks; or the PyTorch tile path forced, with tiles of a few rows and keys so
-even short inputs span several query and key tiles; decode with short key segments so partials
-merge). Checked with FlashAttention's rule ``max|ours - ref64| <= 2·max|baseline - ref64| + floor``
-(baseline: the reference engine in the same dtype). An engine that declines the spec (with its
-reason) is assumed away; ``sdpa`` is checked without ``lse`` (it returns none).
+even short inputs span several query and key tiles; decode with short key segments on three
+workers, so an odd count of partials merges). Checked with FlashAttention's rule
+``max|ours - ref64| <= 2·max|baseline - ref64| + floor`` (baseline: the reference engine in the
+same dtype). An engine that declines the spec (with its reason) is assumed away; ``sdpa`` is
+checked without ``lse`` (it returns none).
 
 Every example that compared a non-empty result is counted; the counts are printed at the end of
 the run (tests/conftest.py), and the last test fails below ``MIN_COMPARED`` (2,000) under the ci profile.
@@ -17,6 +18,7 @@ the run (tests/conftest.py), and the last test fails below ``MIN_COMPARED`` (2,0
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Iterator
 
@@ -109,10 +111,12 @@ def geometry(engine: str, tiles: tuple[int, int] | None) -> Iterator[None]:
     """Tiny tiles on the PyTorch tile path (several query and key tiles per example), and short
     decode segments (several partials to merge); restored afterwards."""
     saved = {n: getattr(_kernel, n) for n in ("_MAX_TILE_Q", "_MIN_TILE_Q", "_MIN_TILE_K", "_TILE_ELEMS")}
-    saved_segment = decode.MIN_SEGMENT
+    saved_segment, saved_split = decode.MIN_SEGMENT, decode.split_kv_forward
     try:
         if engine == "decode":
+            # Three workers (an odd count of partials to merge) over segments of >= 4 keys.
             decode.MIN_SEGMENT = 4
+            decode.split_kv_forward = functools.partial(saved_split, workers=3)
         if tiles is None:
             yield
             return
@@ -124,7 +128,7 @@ def geometry(engine: str, tiles: tuple[int, int] | None) -> Iterator[None]:
     finally:
         for n, value in saved.items():
             setattr(_kernel, n, value)
-        decode.MIN_SEGMENT = saved_segment
+        decode.MIN_SEGMENT, decode.split_kv_forward = saved_segment, saved_split
 
 
 def _run(q, k, v, kw, engine, tiles, **extra):
