@@ -3,7 +3,7 @@
 ``vᵀ tanh(W_q s_i + W_k h_j)`` written naively broadcasts to a ``(B, L, S, A)`` tensor, and
 autograd keeps it for backward. :func:`attnkit.nn.score_attention.additive_scores` walks
 ``(Lb, Sb)`` tiles forward and recomputes them backward. Each case runs in a fresh subprocess;
-the figure is its peak RSS minus its RSS just before the call (Linux ``ru_maxrss``).
+the figure is its peak RSS minus its RSS just before the call (VmHWM, read by ``attnkit._machine``).
 
     PYTHONPATH=src python benchmarks/bench_additive_memory.py [--B 2 --L 512 --S 512 --A 128]
 """
@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def child(mode: str, B: int, L: int, S: int, A: int, backward: bool) -> dict:
     import torch
 
+    from attnkit import _machine
     from attnkit.nn.score_attention import additive_scores
 
     torch.set_num_threads(1)
@@ -33,7 +28,7 @@ def child(mode: str, B: int, L: int, S: int, A: int, backward: bool) -> dict:
     qp = torch.randn(B, L, A, generator=g, requires_grad=backward)
     kp = torch.randn(B, S, A, generator=g, requires_grad=backward)
     v = torch.randn(A, generator=g, requires_grad=backward)
-    before = _rss_kb()
+    before = _machine.rss_mib()
     t0 = time.perf_counter()
     with torch.set_grad_enabled(backward):
         if mode == "naive":
@@ -44,8 +39,8 @@ def child(mode: str, B: int, L: int, S: int, A: int, backward: bool) -> dict:
         if backward:
             loss.backward()
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "backward": backward, "peak_mb": (peak - before) / 1024, "seconds": seconds,
+    peak = _machine.peak_rss_mib()
+    return {"mode": mode, "backward": backward, "peak_mb": peak - before, "seconds": seconds,
             "loss": float(loss)}
 
 

@@ -23,15 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import attnkit
+from attnkit import _machine
+from attnkit.bench.timing import interleaved_medians, median_seconds
 from attnkit.engines import decode
 
 MiB = 1 << 20
@@ -90,42 +90,23 @@ def _spec(q, k, v, kv_lengths):
 
 
 def timeit(fns, args, reps):
-    for f in fns.values():  # warm-up (allocator, thread pools)
-        f(*args)
-    times = {n: [] for n in fns}
-    for _ in range(reps):
-        for n, f in fns.items():
-            t = time.perf_counter()
-            f(*args)
-            times[n].append(time.perf_counter() - t)
-    return {n: statistics.median(ts) for n, ts in times.items()}
+    """Median seconds of each engine on ``args``, interleaved rep by rep (attnkit.bench.timing)."""
+    return interleaved_medians({n: (lambda f=f: f(*args)) for n, f in fns.items()}, reps)
 
 
 def stream_bandwidth(nbytes=1 << 30):
     """GB/s of a one-pass read (sum) over a buffer bigger than the caches: the decode roofline."""
     x = torch.ones(nbytes // 4)
-    x.sum()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        x.sum()
-        ts.append(time.perf_counter() - t)
-    return nbytes / statistics.median(ts) / 1e9
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return nbytes / median_seconds(x.sum, repeats=5, budget_s=float("inf")) / 1e9
 
 
 def rss_child(engine: str, shape: list[int]) -> None:
     """Run one engine once in this (fresh) process; print peak RSS above the inputs' RSS."""
     q, k, v = make(*shape)
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM: randn's own peak is not the engine's
-        f.write("5")
-    base = _status_kib("VmRSS")
+    _machine.reset_peak_rss()  # randn's own peak is not the engine's
+    base = _machine.rss_mib()
     engines()[engine](q, k, v)
-    print(json.dumps(dict(engine=engine, added_MiB=(_status_kib("VmHWM") - base) / 1024)))
+    print(json.dumps(dict(engine=engine, added_MiB=_machine.peak_rss_mib() - base)))
 
 
 def rss(engine: str, shape) -> float:
@@ -176,16 +157,15 @@ def main() -> None:
     # Scaling with cores: thread counts interleaved rep by rep, so machine noise hits both alike.
     q, k, v = make(*target)
     fns = engines()
-    per = {(n, nt): [] for n in ("sdpa", "decode") for nt in (1, threads)}
-    for _ in range(args.reps):
-        for nt in (1, threads):
+    def on(n, nt):
+        def run():
             torch.set_num_threads(nt)
-            for n in ("sdpa", "decode"):
-                t0 = time.perf_counter()
-                fns[n](q, k, v)
-                per[(n, nt)].append(time.perf_counter() - t0)
+            fns[n](q, k, v)
+        return run
+
+    per = interleaved_medians({(n, nt): on(n, nt) for n in ("sdpa", "decode") for nt in (1, threads)}, args.reps)
     torch.set_num_threads(threads)
-    results["scaling"] = {f"{n} threads={nt}": 1e3 * statistics.median(ts) for (n, nt), ts in per.items()}
+    results["scaling"] = {f"{n} threads={nt}": 1e3 * s for (n, nt), s in per.items()}
     print("\nscaling (target shape, interleaved): " + ", ".join(f"{key} {ms:.1f} ms" for key, ms in results["scaling"].items()))
     print("\npeak RSS above inputs (fresh subprocess, target shape):")
     results["rss_added_MiB"] = {}

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from attnkit.bench.timing import median_seconds
 from attnkit.engines._kernel import forward as kernel_forward
 from attnkit.spec import AttentionSpec
 
@@ -59,13 +60,7 @@ def block_step_seconds(c: int, H: int, D: int, reps: int = 3) -> float:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, H, c, D, generator=g) for _ in range(3))
     spec = AttentionSpec.build(q, k, v)
-    kernel_forward(q, k, v, spec)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        kernel_forward(q, k, v, spec)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return median_seconds(lambda: kernel_forward(q, k, v, spec), repeats=reps, budget_s=float("inf"))
 
 
 def _exchange(rank: int, store: str, nbytes: int, reps: int, out: str) -> None:

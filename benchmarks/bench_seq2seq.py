@@ -16,25 +16,16 @@ the ordinary ``--data file.tsv`` path; there are no spans, so no alignment score
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from attnkit import _machine
 from attnkit.seq2seq.data import generate_dates
 from attnkit.seq2seq.evaluate import FIELDS, evaluate
 from attnkit.seq2seq.train import Trainer, TrainConfig
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def pairs_tsv(path: Path, n: int, seed: int = 0) -> str:
@@ -67,7 +58,7 @@ def markdown(runs: list[dict], args: argparse.Namespace) -> str:
         f"{task} (no source string shared), "
         f"char level, hidden {cfg.hidden}, embed {cfg.embed}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
         f"clip {cfg.clip}, {args.epochs} epochs, seed {cfg.seed}; {torch.get_num_threads()} torch thread(s); "
-        f"CPU: {_cpu()}.",
+        f"CPU: {_machine.cpu_info()[0]}.",
         "",
         "| score | parameters | train wall time | held-out exact match | alignment score (year / month / day) |",
         "|---|---:|---:|---:|---|",

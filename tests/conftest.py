@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from collections import Counter
 
 import pytest
 import torch
@@ -22,6 +23,18 @@ torch.set_num_threads(2)
 settings.register_profile("ci", max_examples=700, derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("thorough", max_examples=7000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("ATTNKIT_HYPOTHESIS_PROFILE", "ci"))
+
+# Examples of the property tests that compared an engine's non-empty result with the float64 oracle
+# (tests/test_properties.py), by test; printed at the end of the run. The ci profile must reach:
+COMPARED: Counter[str] = Counter()
+MIN_COMPARED = 2000
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if COMPARED:
+        parts = ", ".join(f"{name} {n}" for name, n in COMPARED.items())
+        terminalreporter.write_line(f"property tests: {sum(COMPARED.values())} examples compared an engine "
+                                    f"with the float64 oracle ({parts})")
 
 
 def err(a: torch.Tensor, b: torch.Tensor) -> float:

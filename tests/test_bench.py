@@ -12,17 +12,17 @@ import time
 import pytest
 import torch
 
-from attnkit.cli import _bench_impls as impls
-from attnkit.cli import _bench_load as load
-from attnkit.cli import _bench_machine as machine
-from attnkit.cli import benchmark as bench
+from attnkit import _machine, bench
+from attnkit.bench import implementations as impls
+from attnkit.bench import load, machine, sections
+from attnkit.bench import report as reports
 from attnkit.cli import main
 
 TINY = dict(repeats=1, budget_s=0.2, memory=False)
 
 
 def _outputs(case: bench.Case, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    q, k, v = bench._inputs(case, requires_grad=False)
+    q, k, v = impls.inputs(case, requires_grad=False)
     out = {}
     with torch.no_grad():
         for name in names:
@@ -65,14 +65,13 @@ def test_targets_and_verdicts(monkeypatch):
     assert bench.Target("fwd", "plain", "<=", 1.3).label() == "≤ 1.3× plain fwd"
     assert bench.Target("fwd+bwd", "rss", "<=", 300).label() == "RSS <= 300 MiB"
     monkeypatch.setattr(machine, "cpu_info", lambda: ("CPU", ("avx2",)))
-    monkeypatch.setattr(bench, "cpu_info", machine.cpu_info)
     c = bench.Case("c", 1, 1, 8, 8, targets=(t, bench.Target("fwd", "plain", "<=", 1.3)))
-    assert bench._verdict(c, "fwd", {"sdpa": 2.0, "plain": 1.1}) == ("≥ 1.5× SDPA; ≤ 1.3× plain fwd", "met")
-    assert bench._verdict(c, "fwd", {"sdpa": 0.75, "plain": 1.1})[1] == "MISSED (sdpa 0.75×)"
-    assert bench._verdict(c, "fwd", {"plain": 1.1})[1] == "n/a (sdpa not measured)"
-    assert bench._verdict(c, "fwd+bwd", {}) == ("—", "—")
+    assert reports.verdict(c, "fwd", {"sdpa": 2.0, "plain": 1.1}) == ("≥ 1.5× SDPA; ≤ 1.3× plain fwd", "met")
+    assert reports.verdict(c, "fwd", {"sdpa": 0.75, "plain": 1.1})[1] == "MISSED (sdpa 0.75×)"
+    assert reports.verdict(c, "fwd", {"plain": 1.1})[1] == "n/a (sdpa not measured)"
+    assert reports.verdict(c, "fwd+bwd", {}) == ("—", "—")
     amx = bench.Case("b", 1, 1, 8, 8, targets=(bench.Target("fwd", "sdpa", ">=", 0.9, needs=("amx_bf16", "avx512_bf16")),))
-    assert bench._verdict(amx, "fwd", {"sdpa": 0.5})[1] == "n/a (needs amx_bf16 or avx512_bf16)"
+    assert reports.verdict(amx, "fwd", {"sdpa": 0.5})[1] == "n/a (needs amx_bf16 or avx512_bf16)"
 
 
 def _tiny_cases():
@@ -88,8 +87,8 @@ def test_report_has_every_column_and_verdict():
     report = bench.run_benchmark(_tiny_cases(), skip={"flex": "not in this test"}, **TINY)
     table = bench.format_report(report)
     lines = table.splitlines()
-    assert "| " + " | ".join(bench.SUMMARY_COLUMNS) + " |" in lines
-    assert "| " + " | ".join(bench.DETAIL_COLUMNS) + " |" in lines
+    assert "| " + " | ".join(reports.SUMMARY_COLUMNS) + " |" in lines
+    assert "| " + " | ".join(reports.DETAIL_COLUMNS) + " |" in lines
     assert report.peak_gflops > 0 and len(report.checks) == 4
     assert len([r for r in report.rows if r.case.startswith("causal")]) == 3 + 4  # fwd: +flex row; fwd+bwd: no flex
     assert all(r.seconds > 0 and r.gflops > 0 for r in report.rows if r.impl not in ("flex",) and not r.note.startswith("n/a"))
@@ -182,13 +181,14 @@ def test_cpu_info_without_lscpu(monkeypatch):
     def missing(*args, **kwargs):
         raise FileNotFoundError("lscpu")
 
-    machine.cpu_info.cache_clear()
-    monkeypatch.setattr(machine.subprocess, "run", missing)
+    _machine.cpu_info.cache_clear()
+    monkeypatch.setattr(_machine.subprocess, "run", missing)
     try:
         model, flags = machine.cpu_info()
         assert model and model != "unknown CPU"
+        assert flags == machine.cpu_info()[1] and all(f in _machine.cpu_info()[1] for f in flags)
     finally:
-        machine.cpu_info.cache_clear()
+        _machine.cpu_info.cache_clear()
 
 
 _FAKE_FUSED = '''
@@ -255,3 +255,12 @@ def test_memory_column_and_baseline():
     rss = {r.impl: r.rss_mib for r in report.rows}
     assert rss["flash"] > 10 and rss["sdpa"] > 10 and rss["naive"] > 10 and rss["flex"] is None
     assert 10 < report.baseline_rss_mib and "the same process without work" in bench.format_report(report)
+
+
+def test_sections_and_implementations_are_one_registry_each(capsys):
+    assert tuple(impls.MAKERS) == bench.cases.IMPLS  # table order
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert all(f"--{s.name}" in text for s in sections.SECTIONS if not s.default)
+    assert [s.name for s in sections.SECTIONS if s.default] == ["cases"]

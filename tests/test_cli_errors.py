@@ -127,9 +127,9 @@ def test_bench_negative_threads():
 @pytest.mark.parametrize("args,what", [(["--threads", "-1"], "--threads"), (["--repeats", "0"], "--repeats"),
                                        (["--budget", "nan"], "--budget"), (["--output", "DIR"], "--output")])
 def test_bench_checks_before_timing(capsys, monkeypatch, tmp_path, args, what):
-    from attnkit.cli import benchmark
+    from attnkit.bench import sections
 
-    _forbid(monkeypatch, benchmark, "run_benchmark")
+    _forbid(monkeypatch, sections, "run_benchmark")
     args = [str(tmp_path) if a == "DIR" else a for a in args]
     assert what in _main_error(capsys, "bench", "--quick", *args)
 

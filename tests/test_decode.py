@@ -209,3 +209,43 @@ def test_garbage_past_kv_lengths_is_ignored(small_tiles):
         results.append((res.out, res.lse, *grads))
     for a, b in zip(*results):
         assert torch.isfinite(a).all() and err(a, b) <= tol64(S)
+
+
+def _spy_kernel_calls(monkeypatch) -> list[tuple[int, int]]:
+    """Record the key range ``(j0, j0 + S_b)`` of every kernel forward call."""
+    calls: list[tuple[int, int]] = []
+    real = _kernel.forward
+
+    def spy(q, k, v, spec, i0=0, j0=0):
+        calls.append((j0, j0 + k.shape[2]))
+        return real(q, k, v, spec, i0, j0)
+
+    monkeypatch.setattr(_kernel, "forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4, 5])  # odd counts leave one partial unpaired in the merge tree
+def test_split_kv_merges_every_segment_when_groups_are_fewer_than_workers(workers, monkeypatch):
+    # B·G = 1 < workers: the keys are cut into `workers` segments on threads and their partials merged.
+    monkeypatch.setattr(decode, "MIN_SEGMENT", 1000)
+    q, k, v = qkv(1, 2, 1, 1, 5000, 16, dtype=torch.float64, seed=11)
+    spec = attnkit.AttentionSpec.build(q, k, v, return_lse=True)
+    calls = _spy_kernel_calls(monkeypatch)
+    out, lse = decode.split_kv_forward(q, k, v, spec, workers=workers)
+    assert len(calls) == workers and sorted(calls)[0][0] == 0 and sorted(calls)[-1][1] == 5000
+    assert all(a[1] == b[0] for a, b in zip(sorted(calls), sorted(calls)[1:]))  # contiguous, no key twice
+    ref = attnkit.attention(q, k, v, engine="reference", return_lse=True)
+    assert err(out, ref.out) <= 1e-11 and err(lse, ref.lse) <= 1e-11
+
+
+def test_split_kv_ragged_rows_with_an_empty_segment(monkeypatch):
+    # Row 1 has 3001 keys: the third of three segments (keys 3334..4999) is empty for it (lse = -inf).
+    monkeypatch.setattr(decode, "MIN_SEGMENT", 1000)
+    q, k, v = qkv(2, 2, 1, 1, 5000, 16, dtype=torch.float64, seed=12)
+    kv_lengths = torch.tensor([5000, 3001])
+    spec = attnkit.AttentionSpec.build(q, k, v, kv_lengths=kv_lengths, return_lse=True)
+    calls = _spy_kernel_calls(monkeypatch)
+    out, lse = decode.split_kv_forward(q, k, v, spec, workers=3)
+    assert len(calls) == 3 and max(j0 for j0, _ in calls) > 3001
+    ref = attnkit.attention(q, k, v, kv_lengths=kv_lengths, engine="reference", return_lse=True)
+    assert err(out, ref.out) <= 1e-11 and err(lse, ref.lse) <= 1e-11

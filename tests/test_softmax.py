@@ -166,3 +166,27 @@ def test_cross_entropy_extreme_and_errors():
         attnkit.softmax_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]))
     with pytest.raises(AttnkitError, match="target of shape"):
         attnkit.softmax_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1, 2]))
+
+
+_FAMILY = [attnkit.softmax, attnkit.log_softmax, attnkit.logsumexp, attnkit.sparsemax, attnkit.entmax15, attnkit.sigmoid]
+
+
+@pytest.mark.parametrize("fn", _FAMILY, ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "x, kwargs",
+    [
+        (torch.randn(2, 3), {"temperature": True}),  # a bool is not a temperature (sparsemax took it)
+        (torch.randn(2, 3), {"temperature": 0.0}),
+        (torch.randn(2, 3), {"temperature": float("nan")}),
+        (torch.randn(2, 3), {"dim": True}),
+        (torch.randn(2, 3), {"dim": 2}),
+        (torch.randn(2, 3), {"mask": torch.ones(3, 2, 3, dtype=torch.bool)}),  # would enlarge x
+        (torch.randn(2, 3), {"mask": torch.ones(2, 3)}),  # not boolean
+        (torch.tensor(2.0), {}),  # 0-d: softmax raised IndexError
+        (torch.arange(3), {}),  # integer
+    ],
+    ids=["temp-bool", "temp-0", "temp-nan", "dim-bool", "dim-out", "mask-enlarges", "mask-float", "0-d", "int"],
+)
+def test_the_softmax_family_shares_one_input_check(fn, x, kwargs):
+    with pytest.raises(AttnkitError):
+        fn(x, **kwargs)

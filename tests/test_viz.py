@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 import warnings
 import zlib
 
@@ -289,3 +291,17 @@ def test_show_outside_a_notebook_opens_the_page_in_a_browser(monkeypatch):
 
     page = Path(urlparse(opened[0]).path).read_text(encoding="utf-8")
     assert _embedded(page)["start"]["view"] == "model"
+
+
+def test_maps_display_in_a_fresh_kernel_after_importing_only_inspect():
+    """inspect does not import viz (viz imports inspect): the viewer is found as a plug-in
+    (the attnkit.viewers entry point), also in a process that never imported attnkit.viz."""
+    code = (
+        "import sys, torch\n"
+        "from attnkit.inspect import AttentionMaps\n"
+        "assert 'attnkit.viz' not in sys.modules\n"
+        "out = AttentionMaps([torch.softmax(torch.randn(1, 2, 3, 3), -1)], [list('abc')])._repr_html_()\n"
+        "assert out.startswith('<iframe srcdoc=') and 'attnkit.viz' in sys.modules, out[:80]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # only annotations: the spec builder imports this module
+from .spec import draw_seed  # owned by the spec builder (it draws the seed); re-exported here
+
+if TYPE_CHECKING:
     from .spec import BlockIndex
 
 __all__ = ["keep_mask", "draw_seed"]
@@ -48,8 +50,3 @@ def keep_mask(seed: int, p: float, idx: BlockIndex, num_heads: int) -> Tensor:
     threshold = int(round(p * 2**32))
     col = _mix32((idx.j * 0x2545F491) & _M32)  # distinct, well-spread key per key position
     return _mix32(_row_keys(seed, idx, num_heads) ^ col) >= threshold
-
-
-def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A fresh 62-bit seed from torch's RNG (so ``torch.manual_seed`` makes dropout reproducible)."""
-    return int(torch.randint(0, 2**62, (), generator=generator).item())

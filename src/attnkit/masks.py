@@ -28,7 +28,9 @@ from torch import Tensor
 
 from .errors import AttnkitError
 
-if TYPE_CHECKING:  # only annotations: the spec builder imports this module
+from .spec import normalize_causal, normalize_window  # owned by the spec builder; re-exported here
+
+if TYPE_CHECKING:
     from .spec import AttentionSpec, BlockIndex
 
 __all__ = [
@@ -42,36 +44,6 @@ __all__ = [
 ]
 
 BlockClass = Literal["empty", "full", "partial"]
-
-
-def normalize_causal(causal: bool | str | None) -> str | None:
-    """``False``/``None`` → ``None``; ``True``/``"bottom_right"`` → ``"bottom_right"``; ``"top_left"`` stays."""
-    if causal is None or causal is False:
-        return None
-    if causal is True or causal == "bottom_right":
-        return "bottom_right"
-    if causal == "top_left":
-        return "top_left"
-    raise AttnkitError.build(
-        'causal in (False, True, "bottom_right", "top_left")',
-        repr(causal),
-        'use True for KV-cache style alignment or "top_left" for torch SDPA is_causal',
-    )
-
-
-def normalize_window(window: tuple[int | None, int | None] | None) -> tuple[int | None, int | None] | None:
-    """Validate ``(left, right)``; each side a non-negative int or ``None`` (unbounded)."""
-    if window is None:
-        return None
-    if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise AttnkitError.build("window=(left, right)", repr(window), "pass e.g. window=(256, 0)")
-    for side in window:
-        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 0):
-            raise AttnkitError.build(
-                "window sides to be non-negative ints or None", repr(window), "e.g. window=(128, None)"
-            )
-    left, right = window
-    return None if left is None and right is None else (left, right)
 
 
 def visible(spec: AttentionSpec, idx: BlockIndex) -> Tensor | None:

@@ -18,15 +18,14 @@ Conventions shared by every function here (as in `attnkit.softmax`):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ._devices import check_on
+from ._numerics import NEG_INF
 from .errors import AttnkitError
-from .softmax import compute_dtype
+from .softmax import check_inputs, compute_dtype
 
 __all__ = ["NORMALIZERS", "Entmax15Function", "SparsemaxFunction", "entmax15", "sigmoid", "sparsemax"]
 
@@ -39,7 +38,7 @@ _FLOOR = -2.0
 def _shift_and_floor(z: Tensor, dim: int) -> Tensor:
     """Subtract the row max and clamp at ``_FLOOR``; returns z with ``dim`` moved last."""
     m = z.amax(dim=dim, keepdim=True)
-    m = m.masked_fill(m == -math.inf, 0.0)  # all -inf row: avoid -inf - (-inf) = NaN
+    m = m.masked_fill(m == NEG_INF, 0.0)  # all -inf row: avoid -inf - (-inf) = NaN
     # Both maps are shift-invariant; subtracting the max keeps large logits (1e4) from
     # swamping the cumsums (and their squares) in the threshold search.
     return (z - m).clamp_min(_FLOOR).movedim(dim, -1)
@@ -115,40 +114,18 @@ class Entmax15Function(torch.autograd.Function):
         return gz - gppr * gz.sum(ctx.dim, keepdim=True) / gppr.sum(ctx.dim, keepdim=True), None
 
 
-def _check(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        got = f"{type(x).__name__} of dtype {getattr(x, 'dtype', None)}"
-        raise AttnkitError.build("x to be a floating-point tensor", got, "convert with x.float()")
-    if not -x.ndim <= dim < x.ndim:
-        raise AttnkitError.build(f"dim in [{-x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}", f"dim={dim}",
-                                 "pick an existing dimension (x needs at least one)")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise AttnkitError.build("a finite temperature > 0", f"temperature={temperature!r}",
-                                 "pass a positive float such as 1.0")
-    if mask is None:
-        return
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise AttnkitError.build("a boolean mask (True = keep)", f"{getattr(mask, 'dtype', type(mask).__name__)}",
-                                 "pass mask.bool()")
-    check_on(x.device, "x", mask=mask)
-    ms, xs = tuple(mask.shape), tuple(x.shape)
-    if len(ms) > len(xs) or any(m not in (1, n) for m, n in zip(ms[::-1], xs[::-1])):
-        raise AttnkitError.build(f"mask broadcastable to x of shape {xs}", f"mask of shape {ms}",
-                                 "reshape or unsqueeze the mask so each dim is 1 or matches x")
-
-
 def _sparse_normalize(fn: type[torch.autograd.Function], x: Tensor, dim: int, mask: Tensor | None,
                       temperature: float) -> Tensor:
     """Shared body of sparsemax / entmax15: upcast, temperature, mask, apply, cast back."""
-    _check(x, dim, mask, temperature)
+    check_inputs(x, dim, mask, temperature)
     z = x.to(compute_dtype(x.dtype))
     if temperature != 1:
         z = z / temperature
-    keep = z != -math.inf
+    keep = z != NEG_INF
     if mask is not None:
         keep = keep & mask
     # -inf lands at the floor inside fn (outside the support); where() gives it zero gradient.
-    y = fn.apply(torch.where(keep, z, -math.inf), dim)
+    y = fn.apply(torch.where(keep, z, NEG_INF), dim)
     # where(), not y * keep: a NaN row must not turn its masked slots into NaN * 0 = NaN
     return torch.where(keep, y, 0.0).to(x.dtype)
 
@@ -235,7 +212,7 @@ def sigmoid(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature
         >>> sigmoid(torch.tensor([0.0, 1e4, -1e4]), mask=torch.tensor([True, True, False]))
         tensor([0.5000, 1.0000, 0.0000])
     """
-    _check(x, dim, mask, temperature)
+    check_inputs(x, dim, mask, temperature)
     z = x.to(compute_dtype(x.dtype))
     if temperature != 1:
         z = z / temperature

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ._devices import check_data, check_device, check_on
+from ._numerics import NEG_INF
 from .errors import AttnkitError
 
 __all__ = [
@@ -36,9 +37,9 @@ __all__ = [
     "merge_partials",
     "softmax_cross_entropy",
     "compute_dtype",
+    "check_inputs",
 ]
 
-_NEG_INF = float("-inf")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,31 +73,49 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def check_inputs(x: object, dim: int, mask: Tensor | None, temperature: float) -> tuple[int, float]:
+    """The one input check of the softmax family (softmax, log_softmax, logsumexp, sparsemax,
+    entmax15, sigmoid): ``x`` a floating tensor, ``dim`` an int naming one of its dims, ``mask``
+    boolean and broadcastable to ``x`` without enlarging it, ``temperature`` a finite real > 0
+    (``True`` is not a temperature). Returns ``(dim as a non-negative index, temperature as float)``.
+
+    Example:
+        >>> import torch
+        >>> check_inputs(torch.zeros(2, 3), -1, None, 2)
+        (1, 2.0)
+    """
+    _check_floating(x)
+    if x.dim() == 0:  # type: ignore[union-attr]
+        raise AttnkitError.build("x with at least one dimension", "a 0-d tensor", "pass x.reshape(1) or a row of scores")
+    dim = _check_dim(x, dim)  # type: ignore[arg-type]
+    temperature = _check_temperature(temperature)
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise AttnkitError.build("a boolean mask (True = keep)", f"{getattr(mask, 'dtype', type(mask).__name__)}", "pass mask.bool()")
+        check_on(x.device, "x", mask=mask)  # type: ignore[union-attr]
+        try:
+            ok = torch.broadcast_shapes(mask.shape, x.shape) == x.shape  # type: ignore[union-attr]
+        except RuntimeError:
+            ok = False
+        if not ok:  # a mask must not broadcast x to a bigger shape
+            raise AttnkitError.build(
+                f"mask broadcastable to x's shape {tuple(x.shape)}", f"{tuple(mask.shape)}", "reshape or unsqueeze the mask"  # type: ignore[union-attr]
+            )
+    return dim, temperature
+
+
 def _prepare(x: Tensor, dim: int, mask: Tensor | None, temperature: float) -> Tensor:
-    """Upcast, mask and apply temperature; returns logits in the compute dtype.
+    """Check, upcast and mask; returns logits in the compute dtype (the caller applies the temperature).
 
     The temperature divides ``x - max`` rather than ``x``: the softmax is unchanged (shift
     invariance), but ``x / T`` overflows for tiny T or huge x (``[1, 2] / 1e-40`` is ``inf``,
     and ``inf - inf`` is NaN) while ``(x - max) / T`` is ``<= 0`` and tends to the exact
     limit: one-hot on the maximum (uniform over ties). [`logsumexp`][attnkit.softmax.logsumexp] adds ``max / T`` back.
     """
-    _check_floating(x)
-    dim = _check_dim(x, dim)
-    temperature = _check_temperature(temperature)
+    check_inputs(x, dim, mask, temperature)
     x = x.to(compute_dtype(x.dtype))
     if mask is not None:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise AttnkitError.build("a boolean mask (True = keep)", f"{getattr(mask, 'dtype', type(mask).__name__)}", "pass mask.bool()")
-        check_on(x.device, "x", mask=mask)
-        try:
-            ok = torch.broadcast_shapes(mask.shape, x.shape) == x.shape
-        except RuntimeError:
-            ok = False
-        if not ok:  # a mask must not broadcast x to a bigger shape
-            raise AttnkitError.build(
-                f"mask broadcastable to x's shape {tuple(x.shape)}", f"{tuple(mask.shape)}", "reshape or unsqueeze the mask"
-            )
-        x = x.masked_fill(~mask, _NEG_INF)
+        x = x.masked_fill(~mask, NEG_INF)
     return x
 
 
@@ -127,7 +146,7 @@ def _shifted_lse(y: Tensor, dim: int) -> Tensor:
     """
     total = torch.exp(y).sum(dim=dim, keepdim=True)
     empty = total == 0
-    return torch.log(total.masked_fill(empty, 1.0)).masked_fill(empty, _NEG_INF)
+    return torch.log(total.masked_fill(empty, 1.0)).masked_fill(empty, NEG_INF)
 
 
 def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature: float = 1.0) -> Tensor:
@@ -158,7 +177,7 @@ def softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, temperature
     # torch's fused softmax already subtracts the row max; only rows with nothing visible
     # (all -inf) need care: it would give 0/0 = NaN there, so compute them on zeros and
     # zero the result (masked_fill also zeroes their gradient).
-    empty = (z == _NEG_INF).all(dim=dim, keepdim=True)
+    empty = (z == NEG_INF).all(dim=dim, keepdim=True)
     p = torch.softmax(z.masked_fill(empty, 0.0), dim=dim).masked_fill(empty, 0.0)
     return p.to(x.dtype)
 
@@ -177,7 +196,7 @@ def log_softmax(x: Tensor, dim: int = -1, *, mask: Tensor | None = None, tempera
     y, _ = _temper(z, dim, temperature)
     lse = _shifted_lse(y, dim)
     # (x - m) - log Σ: both terms small, so the result keeps full relative precision at any offset.
-    out = (y - lse.masked_fill(lse == _NEG_INF, 0.0)).masked_fill(lse == _NEG_INF, _NEG_INF)
+    out = (y - lse.masked_fill(lse == NEG_INF, 0.0)).masked_fill(lse == NEG_INF, NEG_INF)
     return out.to(x.dtype)
 
 
@@ -208,7 +227,7 @@ def _lse_keepdim(z: Tensor, dim: int, temperature: float = 1.0) -> Tensor:
 
 def _rescale(m_old: Tensor, m_new: Tensor) -> Tensor:
     """exp(m_old - m_new) with -inf states giving 0 instead of exp(-inf + inf) = NaN."""
-    return torch.exp(m_old - m_new.masked_fill(m_new == _NEG_INF, 0.0))
+    return torch.exp(m_old - m_new.masked_fill(m_new == NEG_INF, 0.0))
 
 
 @dataclass
@@ -238,7 +257,7 @@ class SoftmaxState:
     ) -> "SoftmaxState":
         """The state of a row with nothing seen yet."""
         check_device(device)
-        return cls(torch.full(shape, _NEG_INF, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        return cls(torch.full(shape, NEG_INF, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     def update(self, chunk: Tensor, dim: int = -1, *, inplace: bool = False) -> tuple[Tensor, Tensor]:
         """Fold a chunk of logits (row shape with ``dim`` inserted) into the state.
@@ -265,7 +284,7 @@ class SoftmaxState:
         m_new = torch.maximum(self.m, chunk.amax(dim=dim))
         alpha = _rescale(self.m, m_new)
         # Shift by the new max so every exponent is <= 0; -inf rows shift by 0 (exp(-inf) = 0, not NaN).
-        shift = m_new.masked_fill(m_new == _NEG_INF, 0.0).unsqueeze(dim)
+        shift = m_new.masked_fill(m_new == NEG_INF, 0.0).unsqueeze(dim)
         p = chunk.sub_(shift).exp_() if inplace else torch.exp(chunk - shift)
         self.l.mul_(alpha).add_(p.sum(dim=dim))
         self.m.copy_(m_new)
@@ -285,7 +304,7 @@ class SoftmaxState:
     def lse(self) -> Tensor:
         """The log normalizer ``m + log l``; ``-inf`` for an empty state."""
         empty = self.l == 0
-        return (self.m.masked_fill(empty, 0.0) + torch.log(self.l.masked_fill(empty, 1.0))).masked_fill(empty, _NEG_INF)
+        return (self.m.masked_fill(empty, 0.0) + torch.log(self.l.masked_fill(empty, 1.0))).masked_fill(empty, NEG_INF)
 
     def normalize(self, chunk: Tensor, dim: int = -1) -> Tensor:
         """Final probabilities of a chunk of this row: ``exp(chunk - lse)``; 0 for empty rows.
@@ -371,7 +390,7 @@ def merge_partials(o_a: Tensor, lse_a: Tensor, o_b: Tensor, lse_b: Tensor) -> Pa
     lse_a, lse_b = lse_a.to(ct), lse_b.to(ct)
     # The sigmoid form (ring-flash-attention#34): the weights depend only on the difference
     # d = lse_a - lse_b, which is exact for close values, not on lse_a - lse (rounded twice).
-    both_empty = (lse_a == _NEG_INF) & (lse_b == _NEG_INF)
+    both_empty = (lse_a == NEG_INF) & (lse_b == NEG_INF)
     d = (lse_a - lse_b).masked_fill(both_empty, 0.0)
     w_a = torch.sigmoid(d).masked_fill(both_empty, 0.0).unsqueeze(-1)
     w_b = torch.sigmoid(-d).masked_fill(both_empty, 0.0).unsqueeze(-1)

@@ -17,9 +17,8 @@ import torch
 from torch import Tensor
 
 from ._devices import check_data
-from .dropout import draw_seed
+from ._numerics import all_finite
 from .errors import AttnkitError
-from .masks import normalize_causal, normalize_window
 from .normalizers import NORMALIZERS
 from .softmax import compute_dtype, softmax
 
@@ -256,8 +255,8 @@ class AttentionSpec:
                 raise AttnkitError.build(f"{name} as a bool", repr(flag), f"pass {name}=True or False")
         extras = [t for t in (float_mask, bias) if t is not None]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *extras))
-        q_nonfinite = _may_be_nonfinite(q)
-        kv_nonfinite = q.shape[2] < _KV_CHECK_MIN_QUERIES or _may_be_nonfinite(k) or _may_be_nonfinite(v)
+        q_nonfinite = not all_finite(q)
+        kv_nonfinite = q.shape[2] < _KV_CHECK_MIN_QUERIES or not all_finite(k, v)
 
         def bounds(t: Tensor | None, default: int) -> tuple[int, int]:
             if t is None or B == 0:
@@ -362,14 +361,6 @@ def _real(name: str, value: object, *, fix: str) -> float:
     return float(value)
 
 
-def _may_be_nonfinite(t: Tensor) -> bool:
-    """Whether ``t`` holds NaN or ±inf: one pass (aminmax propagates NaN), no full-size mask."""
-    if t.numel() == 0:
-        return False
-    lo, hi = torch.aminmax(t)
-    return not bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
 # Up to this many queries, a pass over K and V to look for NaN/inf would cost about as much as
 # the attention itself (decoding); the spec then says "unknown" and engines take care anyway.
 _KV_CHECK_MIN_QUERIES = 17
@@ -379,3 +370,39 @@ def _normalizer_name(fn: Callable[..., Tensor]) -> Normalizer:
     """Map attnkit's own normalizer functions to their names, so engines can recognize them."""
     known = {softmax: "softmax", **{f: n for n, f in NORMALIZERS.items()}}
     return known.get(fn, fn)
+
+
+# The argument conventions the builder normalizes (masks and dropout re-export them).
+def normalize_causal(causal: bool | str | None) -> str | None:
+    """``False``/``None`` → ``None``; ``True``/``"bottom_right"`` → ``"bottom_right"``; ``"top_left"`` stays."""
+    if causal is None or causal is False:
+        return None
+    if causal is True or causal == "bottom_right":
+        return "bottom_right"
+    if causal == "top_left":
+        return "top_left"
+    raise AttnkitError.build(
+        'causal in (False, True, "bottom_right", "top_left")',
+        repr(causal),
+        'use True for KV-cache style alignment or "top_left" for torch SDPA is_causal',
+    )
+
+
+def normalize_window(window: tuple[int | None, int | None] | None) -> tuple[int | None, int | None] | None:
+    """Validate ``(left, right)``; each side a non-negative int or ``None`` (unbounded)."""
+    if window is None:
+        return None
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise AttnkitError.build("window=(left, right)", repr(window), "pass e.g. window=(256, 0)")
+    for side in window:
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 0):
+            raise AttnkitError.build(
+                "window sides to be non-negative ints or None", repr(window), "e.g. window=(128, None)"
+            )
+    left, right = window
+    return None if left is None and right is None else (left, right)
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A fresh 62-bit seed from torch's RNG (so ``torch.manual_seed`` makes dropout reproducible)."""
+    return int(torch.randint(0, 2**62, (), generator=generator).item())

@@ -41,13 +41,13 @@ non-finite output (or gradient); only then is the range recomputed on the torch 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import replace
 from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from .._numerics import NEG_INF as _NEG_INF, all_finite
 from ..dropout import keep_mask
 from ..errors import AttnkitError
 from ..masks import block_class, visible
@@ -58,7 +58,6 @@ from ..spec import AttentionSpec, BlockIndex
 __all__ = ["forward", "backward", "attend", "weights", "delta", "tile_sizes", "single_block", "path", "force_path",
            "describe"]
 
-_NEG_INF = float("-inf")
 # The one tile rule: about _TILE_ELEMS scores per tile over all B·H heads. 2²⁰ (4 MiB of float32)
 # is the flash engine's measured block (2048 rows × 512 keys; a quiet-window sweep of 512K…8M
 # elements was flat, RESULTS.md), so B·H = 8 keeps its 256 × 512 tiles; _blocks' 2¹⁸ was best on
@@ -181,7 +180,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
     """
     if path(spec)[0] == "fused":
         out, lse = _fused()[0].forward(q, k, v, spec, i0, j0)  # type: ignore[union-attr]
-        if not _may_hold_garbage(spec) or _all_finite(out, lse.masked_fill(lse == _NEG_INF, 0.0)):
+        if not _may_hold_garbage(spec) or all_finite(out, lse.masked_fill(lse == _NEG_INF, 0.0)):
             return out, lse
         # A non-finite result with K/V that may hold NaN/inf: a hidden key may have leaked (0·NaN in
         # the tile GEMM). Redo the range on the torch path, which keeps hidden keys out exactly.
@@ -214,7 +213,7 @@ def backward(
         parts = [torch.zeros_like(t) if t is not None else None for t in (dq, dk, dv, d_float_mask, d_bias)]
         fused.backward(q, k, v, dout, lse, delta, spec, i0, j0, dq=parts[0], dk=parts[1], dv=parts[2],  # type: ignore[union-attr]
                        d_float_mask=parts[3], d_bias=parts[4])
-        if _all_finite(*(t for t in parts if t is not None)):
+        if all_finite(*(t for t in parts if t is not None)):
             for acc, part in zip((dq, dk, dv, d_float_mask, d_bias), parts):
                 if acc is not None:
                     acc.add_(part)
@@ -227,10 +226,6 @@ def _may_hold_garbage(spec: AttentionSpec) -> bool:
     """K/V may hold NaN/±inf (or were not checked) and some key may be hidden from some row."""
     hides = spec.has_structured_mask or spec.mask is not None
     return spec.kv_nonfinite and hides
-
-
-def _all_finite(*ts: Tensor) -> bool:
-    return all(_finite(t) for t in ts)
 
 
 def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor:
@@ -556,7 +551,7 @@ class _Tiles:
                     acc.baddbmm_(pr, self.v3[:, c:d])
                     continue
                 pv = torch.bmm(pr, self.v3[:, c:d], out=self.buffer("pv", rl, E))
-                if not _finite(pv):  # a non-finite V entry (maybe hidden) or a NaN row: the careful path
+                if not all_finite(pv):  # a non-finite V entry (maybe hidden) or a NaN row: the careful path
                     bad = self.bad_rows(self.v3, c, d)
                     if bad and hid is not None:
                         pv = torch.bmm(pr, self.zeroed(self.v3, c, d))
@@ -616,7 +611,7 @@ class _Tiles:
                     d_post = d_post4.reshape(BG, rl, st) if d_post4 is not None else ds
                     ds = d_raw.reshape(BG, rl, st)
                 dq_t = torch.bmm(ds, self.k3[:, c:d], out=self.buffer("dq", rl, D))
-                if self.check and hid is not None and not _finite(dq_t):
+                if self.check and hid is not None and not all_finite(dq_t):
                     # The careful path: 0·NaN from a hidden V column (in dP) or a hidden K row (in dS·K).
                     bad_k = self.bad_rows(self.k3, c, d)
                     if bad_k or self.bad_rows(self.v3, c, d):
@@ -692,11 +687,6 @@ class _Tiles:
                 s = self.scores(qb, a, b, c, d, cls)[0]
                 w[:, :, a:b, c:d] = s.sub_(m).exp_().mul_(inv_l).view(B, H, b - a, d - c)
         return w
-
-
-def _finite(t: Tensor) -> bool:
-    """One reduction: a non-finite sum flags NaN/±inf (or, harmlessly, an overflow) anywhere in ``t``."""
-    return math.isfinite(float(t.sum()))
 
 
 def _scatter(dst: Tensor, g: Tensor, i0: int, j0: int) -> None:

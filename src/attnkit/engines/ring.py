@@ -41,9 +41,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .._numerics import NEG_INF
 from ..errors import AttnkitError
 from ..masks import block_class
-from ..softmax import _NEG_INF, merge_partials
+from ..softmax import merge_partials
 from ..spec import AttentionSpec
 from . import _kernel
 
@@ -239,7 +240,7 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
     outs = torch.zeros(spec.B, spec.H, q.shape[2], spec.E, dtype=ct, device=q.device)
-    lses = torch.full((spec.B, spec.H, q.shape[2]), _NEG_INF, dtype=ct, device=q.device)
+    lses = torch.full((spec.B, spec.H, q.shape[2]), NEG_INF, dtype=ct, device=q.device)
     for _, src, k_t, v_t in _rotate(k, v, ring, "forward"):
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
             o, lse = _kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)

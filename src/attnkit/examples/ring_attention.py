@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import sys
 import time
@@ -30,39 +29,10 @@ import torch
 import torch.distributed as dist
 
 import attnkit
+from attnkit import _machine
 from attnkit.distributed import gather_sequence, ring_attention, shard_sequence
 
 MiB = 1 << 20
-
-
-def _rss_now() -> int:
-    """Current resident set size in bytes (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _rss_peak() -> int:
-    """Peak resident set size in bytes since start or the last `_reset_peak` (Linux VmHWM)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; lifetime peak
-
-
-def _reset_peak() -> None:
-    """Restart the peak RSS count here (Linux ≥ 4.0: writing 5 to clear_refs resets VmHWM)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,8 +102,8 @@ def long_run(args: argparse.Namespace, device: torch.device) -> dict:
     if args.seq_len % (2 * P):
         raise SystemExit(f"--seq-len must be divisible by {2 * P} (2 zig-zag chunks per rank), got {args.seq_len}")
     c, G = args.seq_len // P, args.kv_heads or args.heads
-    _reset_peak()  # the self-check's peak is not part of the long run's
-    base = _rss_now()
+    _machine.reset_peak_rss()  # the self-check's peak is not part of the long run's
+    base = _machine.rss_mib()
     g = torch.Generator().manual_seed(1000 + rank)  # only this rank's shard ever exists
     q = torch.randn(args.batch, args.heads, c, args.head_dim, generator=g).to(device)
     k = torch.randn(args.batch, G, c, args.head_dim, generator=g).to(device)
@@ -151,8 +121,8 @@ def long_run(args: argparse.Namespace, device: torch.device) -> dict:
     kv_bytes = (k.numel() + v.numel()) * k.element_size()
     sent = (P - 1) * kv_bytes + (((P - 1) * kv_bytes + P * kv_bytes * 4 // k.element_size()) if backward and P > 1 else 0)
     return dict(rank=rank, world=P, shard=c, forward_s=t1 - t0, backward_s=t2 - t1 if backward else None,
-                sent_MiB=sent / MiB, rss_base_MiB=base / MiB, rss_peak_MiB=_rss_peak() / MiB,
-                rss_added_MiB=(_rss_peak() - base) / MiB)
+                sent_MiB=sent / MiB, rss_base_MiB=base, rss_peak_MiB=_machine.peak_rss_mib(),
+                rss_added_MiB=_machine.peak_rss_mib() - base)
 
 
 def main(argv: list[str] | None = None) -> int:

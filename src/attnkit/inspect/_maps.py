@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -191,11 +194,16 @@ class AttentionMaps:
         return {"cross_attention": layers, "encoder_tokens": list(self.keys_of(sequence)),
                 "decoder_tokens": list(self.tokens[sequence])}
 
-    def _repr_html_(self) -> str:
-        """Jupyter shows the interactive viewer (in its own iframe; needs the ``viz`` extra)."""
-        from ..viz import viewer  # viz sits beside inspect and imports it; imported here, on display only
+    def _repr_html_(self) -> str | None:
+        """Jupyter shows the interactive viewer (in its own iframe; needs the ``viz`` extra).
 
-        return viewer(self)._repr_html_()
+        The viewer is a plug-in: ``attnkit.viz`` declares it under the ``attnkit.viewers`` entry
+        point (pyproject.toml), so ``inspect`` does not import ``viz`` (which imports ``inspect``)
+        and a fresh kernel that only imported ``attnkit.inspect`` still finds it. ``None`` (no
+        viewer installed) lets Jupyter fall back to the text repr.
+        """
+        viewer = _viewer()
+        return None if viewer is None else viewer(self)._repr_html_()
 
     def _check_b(self, b: int) -> None:
         if not 0 <= b < self.batch_size:
@@ -289,3 +297,14 @@ class AttentionMaps:
                 header_text = str(f["header"])
                 weights, qm, km = (torch.from_numpy(f[n]) for n in ("weights", "query_mask", "key_mask"))
         return header_text, weights, qm, km
+
+
+@functools.lru_cache(maxsize=1)
+def _viewer() -> Callable[..., Any] | None:
+    """The notebook viewer registered for :class:`AttentionMaps` (entry point group
+    ``attnkit.viewers``, name ``AttentionMaps``), loaded once; ``None`` if there is none."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="attnkit.viewers", name="AttentionMaps"):
+        return ep.load()
+    return None

@@ -68,8 +68,6 @@ def merge_word_pieces(maps):  # type: ignore[no-untyped-def]  # AttentionMaps ->
         ([['北京', 'big']], tensor([[0.6000, 0.4000],
                 [0.4000, 0.6000]]))
     """
-    from ._maps import AttentionMaps
-
     B = maps.batch_size
     q_groups = [word_groups(maps.tokens[b], maps.special[b] if maps.special else None) for b in range(B)]
     k_groups = q_groups if maps.is_self_attention else [word_groups(maps.key_tokens[b]) for b in range(B)]
@@ -97,5 +95,6 @@ def merge_word_pieces(maps):  # type: ignore[no-untyped-def]  # AttentionMaps ->
     keys = None if maps.is_self_attention else [[_join(maps.key_tokens[b], g) for g in k_groups[b]] for b in range(B)]
     special = None if maps.special is None else [[maps.special[b][g[0]] for g in q_groups[b]] for b in range(B)]
     meta = dict(maps.meta, words=AGGREGATION)
-    return AttentionMaps(layers, tokens, qm, km if not maps.is_self_attention else qm.clone(), key_tokens=keys,
+    # type(maps), not an import of _maps: _maps imports this module (AttentionMaps.words)
+    return type(maps)(layers, tokens, qm, km if not maps.is_self_attention else qm.clone(), key_tokens=keys,
                          special=special, meta=meta)

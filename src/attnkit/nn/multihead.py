@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._numerics import NEG_INF
 from .. import masks as _masks
 from .._devices import check_device, check_on
 from ..errors import AttnkitError
@@ -36,7 +37,7 @@ def _combine(parts: list[Tensor]) -> Tensor | None:
     dtype = next(p.dtype for p in parts if p.dtype != torch.bool)
     total: Tensor | None = None
     for p in parts:
-        add = torch.zeros((), dtype=dtype, device=p.device).masked_fill(~p, float("-inf")) if p.dtype == torch.bool else p
+        add = torch.zeros((), dtype=dtype, device=p.device).masked_fill(~p, NEG_INF) if p.dtype == torch.bool else p
         total = add if total is None else total + add
     return total
 

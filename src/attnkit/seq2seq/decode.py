@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from attnkit._numerics import NEG_INF
 from attnkit.errors import AttnkitError
 from attnkit.softmax import log_softmax
 
@@ -132,10 +133,10 @@ def beam_search(model: Seq2Seq, src: Sequence[int] | Tensor, max_len: int, *, be
         for i in range(n):  # every prefix + EOS is a finished candidate
             finished.append(Hypothesis(tokens[i].tolist(), float(cand[i, Vocab.EOS]),
                                        None if alpha is None else alpha_all[i], True))
-        cand[:, Vocab.EOS] = float("-inf")
-        cand[:, (Vocab.PAD, Vocab.SOS)] = float("-inf")
+        cand[:, Vocab.EOS] = NEG_INF
+        cand[:, (Vocab.PAD, Vocab.SOS)] = NEG_INF
         top = cand.flatten().topk(min(beam, cand.numel()))
-        keep = top.values > float("-inf")
+        keep = top.values > NEG_INF
         rows, toks = top.indices[keep] // cand.shape[1], top.indices[keep] % cand.shape[1]
         if rows.numel() == 0:
             break

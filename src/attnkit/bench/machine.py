@@ -1,9 +1,10 @@
 """What ``attnkit bench`` records about the machine, and the first-use compile time of the kernel.
 
-- `cpu_info`: the ``lscpu`` model name and the CPU flags that decide the kernels torch and
-  attnkit can use (``avx2``, ``avx512*``, ``amx*``); falls back to ``/proc/cpuinfo``.
-- `header`: the markdown header of a benchmark report (date, CPU, threads, load, versions).
-- `compile_time`: build the fused kernel in a fresh cache directory in a subprocess, then
+- :func:`cpu_info`: the CPU model name and the flags that decide the kernels torch and attnkit
+  can use (``avx2``, ``avx512*``, ``amx*``), from :mod:`attnkit._machine` (``lscpu``, else
+  ``/proc/cpuinfo``).
+- :func:`header`: the markdown header of a benchmark report (date, CPU, threads, load, versions).
+- :func:`compile_time`: build the fused kernel in a fresh cache directory in a subprocess, then
   load it again from that cache, timing both (target: first use ≤ 60 s, once per machine).
 """
 
@@ -16,12 +17,12 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 
-__all__ = ["cpu_info", "header", "CompileTime", "compile_time", "format_compile_time"]
+from .. import _machine
+
+__all__ = ["cpu_info", "kernel_flags", "header", "CompileTime", "compile_time", "format_compile_time"]
 
 FUSED_MODULE = "attnkit.engines._fused"
 COMPILE_TARGET_S = 60.0
@@ -31,26 +32,16 @@ def _relevant(flag: str) -> bool:
     return flag == "avx2" or flag.startswith(("avx512", "amx"))
 
 
-@lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, tuple[str, ...]]:
-    """``(model name, relevant flags)`` of this CPU, e.g. ``("AMD EPYC", ("avx2", "avx512f", ...))``."""
-    fields: dict[str, str] = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}).stdout
-        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    if "model name" not in fields:  # no lscpu: the kernel's own table (first CPU)
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    key, _, value = line.partition(":")
-                    fields.setdefault(key.strip().lower(), value.strip())
-        except OSError:
-            pass
-    model = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
-    flags = tuple(f for f in fields.get("flags", "").split() if _relevant(f))
-    return model, flags
+    """``(model name, relevant flags)`` of this CPU, e.g. ``("AMD EPYC", ("avx2", "avx512f", ...))``:
+    the flags that decide the kernels torch and attnkit can use (read by :mod:`attnkit._machine`)."""
+    model, flags = _machine.cpu_info()
+    return model, tuple(f for f in flags if _relevant(f))
+
+
+def kernel_flags() -> tuple[str, ...]:
+    """The relevant CPU flags alone (targets that need e.g. ``amx_bf16`` read them)."""
+    return cpu_info()[1]
 
 
 def fused_status() -> str:

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ._bench_impls import Unavailable
-from .benchmark import Case, _step, median_seconds
+from .cases import Case
+from .implementations import Unavailable, step
+from .timing import median_seconds
 
 __all__ = ["competing_process", "LoadResult", "run_under_load", "format_under_load"]
 
@@ -91,7 +92,7 @@ def run_under_load(
         steps, notes = {}, []
         for impl in IMPLS:
             try:
-                steps[impl] = _step(c, impl, "fwd")[0]
+                steps[impl] = step(c, impl, "fwd")[0]
             except Unavailable as err:
                 notes.append(f"{impl}: {err}")
         quiet, loaded = {}, {}

@@ -15,25 +15,25 @@ crash):
 
 The dense masks use the aligned query position ``p = i + S - L`` (bottom-right, DESIGN.md), so
 every implementation computes the same result; ``tests/test_bench.py`` checks that.
+:func:`step` turns one of them into the timed step (forward, or forward and backward).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._numerics import NEG_INF
 from ..functional import attention, explain
 from ..scores import alibi_slopes
+from .cases import NAIVE_LIMIT_BYTES, Case
 
-if TYPE_CHECKING:
-    from .benchmark import Case
-
-__all__ = ["Unavailable", "MAKERS", "dense_masks"]
+__all__ = ["Unavailable", "MAKERS", "dense_masks", "inputs", "step"]
 
 Runner = Callable[[], Tensor]
 Made = tuple[Runner, str]
@@ -100,7 +100,7 @@ def make_sdpa(case: Case, q: Tensor, k: Tensor, v: Tensor) -> Made:
         visible = None
     mask = visible
     if bias is not None:
-        mask = bias if visible is None else bias.masked_fill(~visible, float("-inf"))
+        mask = bias if visible is None else bias.masked_fill(~visible, NEG_INF)
     kw = dict(attn_mask=mask, is_causal=is_causal, dropout_p=case.dropout, enable_gqa=case.G != case.H)
     note = ("dense float bias" if bias is not None else "dense bool mask") if mask is not None else ""
     return (lambda: F.scaled_dot_product_attention(q, k, v, **kw)), note
@@ -119,7 +119,7 @@ def make_naive(case: Case, q: Tensor, k: Tensor, v: Tensor) -> Made:
         if bias is not None:
             s = s + bias.to(s.dtype)
         if visible is not None:
-            s = s.masked_fill(~visible, float("-inf"))
+            s = s.masked_fill(~visible, NEG_INF)
         p = torch.softmax(s, -1)
         if case.dropout:
             p = F.dropout(p, case.dropout)
@@ -191,3 +191,33 @@ MAKERS: dict[str, Callable[..., Made]] = {
     "flash": make_flash, "plain": make_plain, "sdpa": make_sdpa, "naive": make_naive, "flex": make_flex,
 }
 """Implementation name → runner factory, in table order."""
+
+
+def inputs(c: Case, requires_grad: bool) -> list[Tensor]:
+    """Seeded ``q (B, H, L, D)``, ``k, v (B, G, S, D)`` of the case's dtype."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(c.B, c.H, c.L, c.D), (c.B, c.G, c.S, c.D), (c.B, c.G, c.S, c.D)]
+    dtype = getattr(torch, c.dtype)
+    return [torch.randn(s, generator=g).to(dtype).requires_grad_(requires_grad) for s in shapes]
+
+
+def step(c: Case, impl: str, mode: str) -> tuple[Callable[[], None], str]:
+    """``(one timed step, note)`` of ``impl`` on ``c`` in ``mode`` (``"fwd"`` or ``"fwd+bwd"``);
+    raises :class:`Unavailable`."""
+    if impl == "naive" and c.B * c.H * c.L * c.S * 4 > NAIVE_LIMIT_BYTES:
+        raise Unavailable(f"one fp32 score matrix is {c.B * c.H * c.L * c.S * 4 / 2**30:.0f} GiB")
+    q, k, v = inputs(c, requires_grad=mode != "fwd")
+    run, note = MAKERS[impl](c, q, k, v)
+    if mode == "fwd":
+
+        def fwd() -> None:
+            with torch.no_grad():
+                run()
+
+        return fwd, note
+    do = torch.randn(c.B, c.H, c.L, c.D, generator=torch.Generator().manual_seed(1)).to(q.dtype)
+
+    def fwd_bwd() -> None:
+        torch.autograd.grad(run(), (q, k, v), do)
+
+    return fwd_bwd, note
