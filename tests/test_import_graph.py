@@ -24,11 +24,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "attnkit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("attnkit.cli", "attnkit.__main__", "attnkit.examples")),
     ("applications", ("attnkit.inspect", "attnkit.viz", "attnkit.seq2seq", "attnkit.bench")),
-    ("modules and adapters", ("attnkit.nn", "attnkit.integrations", "attnkit.kv_cache")),
+    ("modules and adapters", ("attnkit.nn", "attnkit.integrations", "attnkit.kv_cache", "attnkit.keras")),
     ("functional", ("attnkit.functional", "attnkit.distributed")),
     ("engines", ("attnkit.engines",)),
     ("spec and math", ("attnkit.spec", "attnkit.dropout", "attnkit.masks", "attnkit.scores", "attnkit.softmax",
-                       "attnkit.normalizers", "attnkit.errors", "attnkit._numerics", "attnkit._machine")),
+                       "attnkit.normalizers", "attnkit.errors", "attnkit._numerics", "attnkit._machine",
+                       "attnkit._devices", "attnkit._layout")),
 ]
 # The package itself (``import attnkit``): the public facade, which re-exports nn.KVCache.
 FACADE_LAYER = "modules and adapters"

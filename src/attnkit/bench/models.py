@@ -196,5 +196,5 @@ def run(options: Any) -> str:
         options.progress("models: per-call rows")
     parts = ["### Per call (`attnkit.attention` vs SDPA vs eager)", per_call_table(per_call_repeats),
              "### Whole models (`attn_implementation=`)",
-             model_table(model_repeats, compile_models=getattr(options, "compile", False), progress=options.progress)]
+             model_table(model_repeats, compile_models=options.compile, progress=options.progress)]
     return "\n\n".join(parts)

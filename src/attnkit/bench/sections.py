@@ -35,6 +35,7 @@ class Options:
     budget_s: float = 20.0
     memory: bool = True
     skip: dict[str, str] = field(default_factory=dict)  # implementations not to run → the reason shown
+    compile: bool = False  # --models: also the torch.compile(model) columns
     progress: Callable[[str], None] | None = None
 
 
@@ -79,10 +80,18 @@ def _compile_time(options: Options) -> str:
     return machine.format_compile_time(machine.compile_time())
 
 
+def _models(options: Options) -> str:
+    from . import models  # needs the hf extra; imported only when asked
+
+    return models.run(options)
+
+
 SECTIONS: list[Section] = [
     Section("cases", "attnkit against torch SDPA, a naive implementation and compiled flex_attention", _cases, default=True),
     Section("under-load", "time attnkit and SDPA quiet and beside one busy process (the first case, or those of --cases)",
             _under_load),
     Section("compile-time", "time building the fused kernel in a fresh cache", _compile_time),
+    Section("models", "what a model feels: one attention call at model shapes, and whole Hugging Face models "
+            "(MiniLM encode/train, tiny Llama prefill/generate) with eager, sdpa and attnkit", _models),
 ]
 """Every section, in report order."""

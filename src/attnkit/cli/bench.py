@@ -25,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
 
     options = Options(
         quick=args.quick, case_filter=tuple(args.cases or ()), repeats=args.repeats, budget_s=args.budget,
-        memory=not args.no_memory, skip=_skipped(args),
+        memory=not args.no_memory, skip=_skipped(args), compile=args.compile,
         progress=(lambda m: print(m, file=sys.stderr, flush=True)) if not args.silent else None,
     )
     select_cases(options)  # a --cases matching nothing fails now, not after the first section
@@ -70,4 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every section: the case table, " + ", ".join(f"--{s.name}" for s in flagged))
     p.add_argument("--no-flex", action="store_true", help="skip the torch.compile(flex_attention) column")
     p.add_argument("--flex", action="store_true", help="with --quick: run the flex column too (slow to compile)")
+    p.add_argument("--compile", action="store_true",
+                   help="with --models: also torch.compile(model) for sdpa and attnkit, and count graph breaks")
     p.set_defaults(run=_run)
