@@ -34,8 +34,10 @@ With ``spec.kv_nonfinite`` (set by ``AttentionSpec.build``; True when unchecked)
 products with the non-finite K/V entries zeroed, masking ``dS`` at hidden entries and adding
 back the IEEE contributions of *visible* non-finite entries (rows that see a NaN get NaN, as in
 the reference). A whole-tensor ``isfinite`` pass would cost more than a decode step itself.
-The fused path cannot redo a tile, so it checks its *result* instead: a leak always shows as a
-non-finite output (or gradient); only then is the range recomputed on the torch path.
+The fused forward keeps them out in its own pass (in a tile where some row hides a key, the P·V
+product of a row that came out non-finite is redone over that row's visible keys), so a decode step
+reads the cache once. The fused backward checks its *result*: a leak always shows as a non-finite
+gradient; only then is the range recomputed on the torch path.
 """
 
 from __future__ import annotations
@@ -179,11 +181,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
         Rows with no visible key in the range: ``out = 0``, ``lse = -inf``.
     """
     if path(spec)[0] == "fused":
-        out, lse = _fused()[0].forward(q, k, v, spec, i0, j0)  # type: ignore[union-attr]
-        if not _may_hold_garbage(spec) or all_finite(out, lse.masked_fill(lse == _NEG_INF, 0.0)):
-            return out, lse
-        # A non-finite result with K/V that may hold NaN/inf: a hidden key may have leaked (0·NaN in
-        # the tile GEMM). Redo the range on the torch path, which keeps hidden keys out exactly.
+        # The fused pass keeps hidden keys out of P·V itself (a row that came out non-finite in a tile
+        # where it hides keys is redone over its visible keys), so its result needs no second look.
+        return _fused()[0].forward(q, k, v, spec, i0, j0)  # type: ignore[union-attr]
     with torch.no_grad():
         return _Tiles(q, k, v, spec, i0, j0).forward()
 
