@@ -8,7 +8,7 @@ cases and a ``Section``, plus one line here; the CLI needs no edit.
 Example:
     >>> from attnkit.bench.sections import SECTIONS
     >>> [(s.name, s.default) for s in SECTIONS]
-    [('cases', True), ('under-load', False), ('compile-time', False)]
+    [('cases', True), ('under-load', False), ('compile-time', False), ('models', False)]
 """
 
 from __future__ import annotations

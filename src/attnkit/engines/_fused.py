@@ -180,9 +180,33 @@ def build(force: bool = False) -> Path:
             raise RuntimeError(f"build failed: {_first_error_line(err)}") from err
     if _status != "":
         torch.ops.load_library(str(lib))
+        _load_direct(lib)
         _register_fakes()
         _library, _status = lib, ""
     return lib
+
+
+_direct: object = None  # the library's pybind entry of the hot path op, when it imports
+
+
+def _load_direct(lib: Path) -> None:
+    """Import the same library as a Python module: its ``attention`` is the hot path op without the
+    dispatcher (the op itself stays registered for torch.compile). A failure leaves the op."""
+    global _direct
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("attnkit_fused", lib)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        _direct = module.attention
+    except (ImportError, AttributeError, OSError):
+        _direct = None
+
+
+def direct_attention() -> object:
+    """The hot path op's direct Python entry (``None`` if the library did not import as a module)."""
+    return _direct
 
 
 def build_status() -> str | None:

@@ -43,13 +43,14 @@ _CAUSAL = {"bottom_right": 1, "top_left": 2}
 _SPLIT_KV_MIN_KEYS = 2 * MIN_SEGMENT
 
 _op: Any = None  # the loaded op (OpOverload), or None before the first call
+_direct: Any = None  # the same function without the dispatcher (pybind), used outside torch.compile
 _op_status: str | None = None  # None before the first call, "" when loaded, else why not
 _half_gemm = False  # bf16/fp16 tile GEMMs in half precision (read once with the build, see _fused.half_gemm)
 
 
 def status() -> str | None:
     """``None`` when the hot path's op is loaded (building the kernel on first call), else why not."""
-    global _op, _op_status, _half_gemm
+    global _op, _op_status, _half_gemm, _direct
     if _op_status is None or _op_status:
         from . import _fused  # the build lives there; imported once the first call needs it
 
@@ -57,6 +58,7 @@ def status() -> str | None:
         if why is None:
             _op, _op_status = torch.ops.attnkit_fused.attention.default, ""
             _half_gemm = _fused.half_gemm()
+            _direct = _fused.direct_attention() or _op
         else:
             _op_status = why
             return f"fused kernel unavailable: {why}"
@@ -143,6 +145,8 @@ def run(args: tuple) -> tuple[Tensor, Tensor] | None:
     """Run the op on `plan`'s arguments: ``(out in q's dtype, lse float32)``, or ``None`` when
     its own checks decline the call (the caller then takes the general path)."""
     try:
-        return _op(*args)
+        if torch.compiler.is_compiling():  # the registered op: traceable, with its fake kernel
+            return _op(*args)
+        return _direct(*args)
     except RuntimeError:
         return None

@@ -22,6 +22,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+import torch
+
 __all__ = ["wanted", "install"]
 
 # One entry per running model forward (innermost last): whether that call asked for weights.
@@ -36,6 +38,8 @@ def wanted() -> bool:
 
 
 def _pre(module: Any, args: tuple, kwargs: dict) -> None:
+    if torch.compiler.is_compiling():  # a ContextVar breaks the graph; compiled calls read the flag itself
+        return
     asked = kwargs.get("output_attentions")
     if asked is None:
         stack = _requests.get()
@@ -44,6 +48,8 @@ def _pre(module: Any, args: tuple, kwargs: dict) -> None:
 
 
 def _post(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+    if torch.compiler.is_compiling():
+        return
     _requests.set(_requests.get()[:-1])
 
 
