@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/hot_path_profile.py            # B=1 H=12 L=S=16 D=32, fp32, inference
 
 Splits the call into its parts, each timed alone (medians of interleaved runs, one process):
-the Python decision (``hot.plan``), the op's fixed cost (dispatcher, C++ checks, allocations:
+the Python decision (``hot.plan``), the op's fixed cost (its pybind entry, C++ checks, allocations:
 the same op on an empty batch), the whole op, the whole ``attnkit.attention`` call; beside
 them torch SDPA on the same inputs and, for contrast, the general path (``AttentionSpec.build``
 and dispatch, as every call paid before the hot path). Then a cProfile of 2,000 calls.
@@ -34,8 +34,8 @@ def main() -> None:
         empty_args = hot.plan(empty, empty, empty)
         t = interleaved_medians({
             "hot.plan (Python checks)": lambda: hot.plan(q, k, v),
-            "op on an empty batch (dispatcher + C++ checks + allocation)": lambda: hot.run(empty_args),
-            "op (checks + fused kernel)": lambda: hot.run(args),
+            "op on an empty batch (entry, C++ checks, allocation)": lambda: hot.run(empty_args),
+            "op (entry, checks, fused kernel)": lambda: hot.run(args),
             "attnkit.attention (the whole call)": lambda: attnkit.attention(q, k, v),
             "torch SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
             "general path: AttentionSpec.build + dispatch.choose": lambda: dispatch.choose(AttentionSpec.build(q, k, v)),

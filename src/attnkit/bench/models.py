@@ -180,7 +180,7 @@ def model_table(repeats: int = 5, compile_models: bool = False, progress: Callab
 def _compiled_cells(name: str, models: dict[str, Any], make: Callable, repeats: int,
                     progress: Callable[[str], None] | None) -> str:
     if "encode B=32" not in name and "prefill" not in name:
-        return " — | — | not measured (compiling generate/training is out of this table's scope) |"
+        return " — | — | not measured (one workload per model is compiled: inductor takes minutes on 2 cores) |"
     breaks = {impl: _graph_breaks(models[impl], make(models[impl])) for impl in ("attnkit", "sdpa")}
     if progress:
         progress(f"models: compiling {name} (sdpa, attnkit)")
