@@ -47,6 +47,7 @@ KERNEL_TESTS = ("test_fused.py", "test_decode.py", "test_flash.py", "test_attent
 TILE_TESTS = ("test_decode.py", "test_flash.py", "test_attention.py", "test_exactness.py", "test_properties.py",
               "test_ring.py")
 MERGE_TESTS = ("test_merge.py", "test_decode.py", "test_properties.py", "test_ring.py")
+HOT_TESTS = ("test_hot.py", "test_exactness.py", "test_fused.py", "test_attention.py")
 DISPATCH_TESTS = ("test_attention.py", "test_exactness.py", "test_cli_explain.py", "test_properties.py")
 
 
@@ -90,7 +91,20 @@ MUTANTS: list[Mutant] = [
     Mutant("C7", "C++ forward: running sum not rescaled across key blocks", CPP,
            "lrow[r] = alpha * lrow[r] + sum;", "lrow[r] = lrow[r] + sum;", KERNEL_TESTS),
     Mutant("C8", "C++ backward: block skip off by one (a row seeing only a block's first key skips it)", CPP,
-           "any = lo < ja + cols && hi > ja && lo < hi", "any = lo < ja + cols && hi > ja + 1 && lo < hi", KERNEL_TESTS),
+           "if (lo < ja + cols && hi > ja && lo < hi", "if (lo < ja + cols && hi > ja + 1 && lo < hi", KERNEL_TESTS),
+    # ---- the hot path (issue 18): the op's own pass and checks, and the Python decision
+    Mutant("H1", "C++ forward: a hidden key's P·V is not redone (0·NaN of garbage in a KV cache leaks)", CPP,
+           "const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;",
+           "const bool partial = false;", HOT_TESTS),
+    Mutant("H2", "C++ forward: every key block overwrites the output (GEMM beta 0 after the first block too)", CPP,
+           "first ? 0.f : 1.f, acc, p.E);", "0.f, acc, p.E);", HOT_TESTS),
+    Mutant("H3", "C++ hot path op: kv_lengths above S are not refused", CPP,
+           "d[i] >= 0 && d[i] <= n", "d[i] >= 0", HOT_TESTS),
+    Mutant("H4", "hot path: causal='top_left' runs bottom-right aligned", "src/attnkit/engines/hot.py",
+           '_CAUSAL = {"bottom_right": 1, "top_left": 2}', '_CAUSAL = {"bottom_right": 1, "top_left": 1}', HOT_TESTS),
+    Mutant("H5", "C++ forward: plain scores' scale applied twice in the exp pass", CPP,
+           "at::vec::fmsub(Vec::loadu(s + j), vscale, vm)", "at::vec::fmsub(Vec::loadu(s + j) * vscale, vscale, vm)",
+           HOT_TESTS),
     # ---- the PyTorch tile path (_kernel)
     Mutant("T1", "tile path: accumulator not rescaled to the new running max", KERNEL,
            "                acc.mul_(alpha.unsqueeze(-1))  # rescale the past to the new max\n", "", TILE_TESTS),

@@ -179,6 +179,17 @@ class AdaptiveSpan(nn.Module):
                                        alibi_slopes=alibi_slopes, chunk=chunk, dropout_p=dropout_p, engine=engine)
 
 
+def kv_heads(embed_dim: int, num_heads: int, num_kv_heads: int | None) -> int:
+    """The number of key/value heads ``G`` (``num_heads`` when ``None``), checked: ``num_heads``
+    divides ``embed_dim`` and ``G`` divides ``num_heads`` (shared by the attention modules here)."""
+    G = num_heads if num_kv_heads is None else num_kv_heads
+    if num_heads < 1 or embed_dim % num_heads or G < 1 or num_heads % G:
+        raise AttnkitError.build("num_heads dividing embed_dim and num_kv_heads dividing num_heads",
+                                 f"embed_dim={embed_dim}, num_heads={num_heads}, num_kv_heads={num_kv_heads}",
+                                 "e.g. embed_dim=512, num_heads=8, num_kv_heads=2")
+    return G
+
+
 class AdaptiveSpanAttention(nn.Module):
     """Causal multi-head self-attention whose heads learn their spans (projections + [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan]).
 
@@ -205,11 +216,7 @@ class AdaptiveSpanAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, *, max_span: int, ramp: float = 32.0, init_span: float | None = None,
                  num_kv_heads: int | None = None, bias: bool = True) -> None:
         super().__init__()
-        G = num_heads if num_kv_heads is None else num_kv_heads
-        if num_heads < 1 or embed_dim % num_heads or G < 1 or num_heads % G:
-            raise AttnkitError.build("num_heads dividing embed_dim and num_kv_heads dividing num_heads",
-                                     f"embed_dim={embed_dim}, num_heads={num_heads}, num_kv_heads={num_kv_heads}",
-                                     "e.g. embed_dim=512, num_heads=8, num_kv_heads=2")
+        G = kv_heads(embed_dim, num_heads, num_kv_heads)
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, G
         self.head_dim = embed_dim // num_heads
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)

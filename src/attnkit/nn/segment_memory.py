@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..errors import AttnkitError
 from ..functional import attention
 from ..scores import alibi_slopes as _alibi_slopes
-from .adaptive_span import AdaptiveSpan
+from .adaptive_span import AdaptiveSpan, kv_heads
 
 __all__ = ["SegmentMemoryAttention"]
 
@@ -66,11 +66,7 @@ class SegmentMemoryAttention(nn.Module):
                  bias: bool = True, dropout: float = 0.0, slopes: Tensor | None = None,
                  span: AdaptiveSpan | None = None) -> None:
         super().__init__()
-        G = num_heads if num_kv_heads is None else num_kv_heads
-        if num_heads < 1 or embed_dim % num_heads or G < 1 or num_heads % G:
-            raise AttnkitError.build("num_heads dividing embed_dim and num_kv_heads dividing num_heads",
-                                     f"embed_dim={embed_dim}, num_heads={num_heads}, num_kv_heads={num_kv_heads}",
-                                     "e.g. embed_dim=512, num_heads=8, num_kv_heads=2")
+        G = kv_heads(embed_dim, num_heads, num_kv_heads)
         if mem_len < 0:
             raise AttnkitError.build("mem_len >= 0", repr(mem_len), "0 disables the memory")
         if not 0.0 <= dropout < 1.0:

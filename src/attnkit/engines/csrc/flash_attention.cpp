@@ -564,6 +564,19 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
 }
 
 // ============================================================================= backward
+// Whether some row of the query block [m0, m0+rows) (lse: this head's rows) sees a key of the
+// absolute range [ja, ja+cols) and saw anything at all: the backward and its row statistics skip
+// the block otherwise.
+inline bool block_sees_keys(const Params& p, int64_t b, const float* lse, int64_t m0, int64_t rows, int64_t ja,
+                            int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t lo, hi;
+    row_range(p, b, p.i0 + m0 + r, lo, hi);
+    if (lo < ja + cols && hi > ja && lo < hi && lse[m0 + r] != kNegInf) return true;
+  }
+  return false;
+}
+
 template <typename T>
 void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                      const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
@@ -620,13 +633,8 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
         const int64_t h = g * p.R + r_head, bh = b * p.H + h;
         for (int64_t m0 = 0; m0 < p.Lb; m0 += bq) {
           const int64_t rows = std::min(bq, p.Lb - m0);
-          bool any = false;  // skip query blocks that see none of these keys
-          for (int64_t r = 0; r < rows && !any; ++r) {
-            int64_t lo, hi;
-            row_range(p, b, p.i0 + m0 + r, lo, hi);
-            any = lo < ja + cols && hi > ja && lo < hi && lse[bh * p.Lb + m0 + r] != kNegInf;
-          }
-          if (!any) continue;
+          // skip query blocks that see none of these keys
+          if (!block_sees_keys(p, b, lse + bh * p.Lb, m0, rows, ja, cols)) continue;
           const T* qp = q + (bh * p.Lb + m0) * p.D;
           const T* dop = dout + (bh * p.Lb + m0) * p.E;
           // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - L) with the final log-normalizer.
@@ -722,13 +730,7 @@ void row_stats_kernel(const Params& p, const T* q, const T* k, const T* v, const
       std::fill(crow, crow + rows, 0.f);
       for (int64_t n0 = 0; n0 < p.Sb; n0 += bk) {  // the backward's key blocks, skipped the same way
         const int64_t cols = std::min(bk, p.Sb - n0), ja = p.j0 + n0;
-        bool any = false;
-        for (int64_t r = 0; r < rows && !any; ++r) {
-          int64_t lo, hi;
-          row_range(p, b, p.i0 + m0 + r, lo, hi);
-          any = lo < ja + cols && hi > ja && lo < hi && lse[bh * p.Lb + m0 + r] != kNegInf;
-        }
-        if (!any) continue;
+        if (!block_sees_keys(p, b, lse + bh * p.Lb, m0, rows, ja, cols)) continue;
         const T* qp = q + (bh * p.Lb + m0) * p.D;
         const T* dop = dout + (bh * p.Lb + m0) * p.E;
         gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, k + (bg * p.Sb + n0) * p.D, p.D, 0.f, pbuf, cols);
