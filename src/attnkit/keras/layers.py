@@ -217,7 +217,8 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout: dropout on the attention weights in training.
         use_bias: biases in the four projections.
         output_shape: last dim of the output (default: the query's).
-        kernel_initializer, bias_initializer: of the projections (Keras names or objects).
+        kernel_initializer: of the projections' kernels (a Keras name or object).
+        bias_initializer: of the projections' biases (a Keras name or object).
         seed: seed of the dropout's Keras ``SeedGenerator``.
         engine: ``"auto"`` (attnkit on torch, keras.ops elsewhere), ``"keras"`` or an attnkit engine name.
 

@@ -63,7 +63,10 @@ def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp:
             comes first, as in Transformer-XL).
         span: ``z``, ``(H,)``, in tokens (may require grad).
         ramp: ``R``, the ramp width in tokens.
-        scale, alibi_slopes, dropout_p, engine: as in [`attnkit.attention`][attnkit.functional.attention].
+        scale: as in [`attnkit.attention`][attnkit.functional.attention].
+        alibi_slopes: as in [`attnkit.attention`][attnkit.functional.attention].
+        dropout_p: as in [`attnkit.attention`][attnkit.functional.attention].
+        engine: as in [`attnkit.attention`][attnkit.functional.attention].
         chunk: query rows per chunk (default ``max(64, window)``). Chunks become the batch of one
             [`attnkit.attention`][attnkit.functional.attention] call, each with only the ``chunk + window`` keys its rows can
             reach (a copy of K/V, unfolded) and one shared ``(1, H, chunk, chunk + window)`` bias:
@@ -196,7 +199,9 @@ class AdaptiveSpanAttention(nn.Module):
     Args:
         embed_dim: model dim, split into ``num_heads`` heads.
         num_heads: ``H``.
-        max_span, ramp, init_span: of the [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan] (``self.span``).
+        max_span: of the [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan] (``self.span``).
+        ramp: of the [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan].
+        init_span: of the [`AdaptiveSpan`][attnkit.nn.adaptive_span.AdaptiveSpan].
         num_kv_heads: ``G`` with ``H % G == 0`` (GQA).
         bias: biases in the projections.
 
