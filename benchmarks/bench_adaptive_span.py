@@ -12,7 +12,7 @@ soft span mask, three ways, same inputs, same process, after warm-up, median of 
 
 and, as the 1.0 line, attnkit's plain causal attention without any span (``full causal``).
 
-    PYTHONPATH=src python benchmarks/bench_adaptive_span.py --md benchmarks/adaptive_span.md   # L=4096, H=8, D=64
+    PYTHONPATH=src python benchmarks/bench_adaptive_span.py --md benchmarks/runs/<date>-adaptive-span.md   # L=4096, H=8, D=64
     PYTHONPATH=src python benchmarks/bench_adaptive_span.py --quick                           # seconds: a smoke run
 
 Run it on a quiet machine (timings under load are noise); ``--threads`` sets torch's threads.
