@@ -259,3 +259,29 @@ def test_tensor_arguments_off_the_cpu_take_the_general_path():
         assert isinstance(plan, str) and "meta" in plan
         with pytest.raises(AttnkitError):
             attnkit.attention(q, k, v, **kw)
+
+
+def test_without_the_fused_kernel_the_common_call_takes_the_pytorch_path():
+    # The fallback half of "fused or PyTorch": with the kernel disabled (as without a compiler) the
+    # same call runs on the general path's PyTorch tiles, says so, and matches the float64 reference.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import torch, attnkit\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "q, k, v = (torch.randn(2, 4, 300, 16, generator=g) for _ in range(3))  # several tiles\n"
+        "kw = dict(causal=True, window=(7, 0))\n"
+        "d = attnkit.explain(q, k, v, **kw)\n"
+        "out = attnkit.attention(q, k, v, **kw)\n"
+        "ref = attnkit.attention(q.double(), k.double(), v.double(), engine='reference', **kw)\n"
+        "print(d.hot, d.engine, d.not_hot, d.detail, float((out.double() - ref).abs().max()), sep='|')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(attnkit.__file__).parents[1]), "ATTNKIT_NO_FUSED": "1"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    hot_flag, engine, not_hot, detail, error = res.stdout.strip().split("|")
+    assert hot_flag == "False" and engine == "flash" and "ATTNKIT_NO_FUSED" in not_hot
+    assert "tile path: torch" in detail and float(error) < 1e-5
