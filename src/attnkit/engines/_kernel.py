@@ -268,7 +268,7 @@ def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: 
     """
     if path(spec)[0] == "fused":
         n, c = _fused()[0].row_stats(q, k, v, dout, lse, spec, i0, j0)  # type: ignore[union-attr]
-        if not _may_hold_garbage(spec) or _all_finite(n, c):  # else maybe 0·NaN of a hidden V: the torch path
+        if not _may_hold_garbage(spec) or all_finite(n, c):  # else maybe 0·NaN of a hidden V: the torch path
             return n.to(spec.compute_dtype), c.to(spec.compute_dtype)
     with torch.no_grad():
         return _Tiles(q, k, v, spec, i0, j0).row_stats(dout, lse)
