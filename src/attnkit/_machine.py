@@ -20,13 +20,11 @@ import resource
 import subprocess
 from functools import lru_cache
 
-__all__ = ["cpu_info", "rss_mib", "peak_rss_mib", "reset_peak_rss"]
+__all__ = ["cpu_info", "cpu_vendor", "rss_mib", "peak_rss_mib", "reset_peak_rss"]
 
 
-@lru_cache(maxsize=1)
-def cpu_info() -> tuple[str, tuple[str, ...]]:
-    """``(model name, every CPU flag)``: ``lscpu`` (as the kernel reports it), else ``/proc/cpuinfo``
-    (first CPU), else ``platform``; flags are ``()`` when nothing reports them."""
+def _cpu_fields() -> dict[str, str]:
+    """``lscpu``'s fields (lower-case keys), completed from ``/proc/cpuinfo`` (first CPU)."""
     fields: dict[str, str] = {}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}).stdout
@@ -41,8 +39,24 @@ def cpu_info() -> tuple[str, tuple[str, ...]]:
                     fields.setdefault(key.strip().lower(), value.strip())
         except OSError:
             pass
+    return fields
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, tuple[str, ...]]:
+    """``(model name, every CPU flag)``: ``lscpu`` (as the kernel reports it), else ``/proc/cpuinfo``
+    (first CPU; ``Features`` on ARM), else ``platform``; flags are ``()`` when nothing reports them."""
+    fields = _cpu_fields()
     model = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
-    return model, tuple(fields.get("flags", "").split())
+    return model, tuple((fields.get("flags") or fields.get("features", "")).split())
+
+
+@lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """The CPU vendor (``GenuineIntel``, ``AuthenticAMD``, ...): ``lscpu``'s ``Vendor ID`` or
+    ``/proc/cpuinfo``'s ``vendor_id``, else ``platform.processor()``."""
+    fields = _cpu_fields()
+    return fields.get("vendor id") or fields.get("vendor_id") or platform.processor()
 
 
 def _status_kib(field: str) -> int | None:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from ._numerics import NEG_INF
-from .errors import AttnkitError
 from .softmax import check_inputs, compute_dtype
 
 __all__ = ["NORMALIZERS", "Entmax15Function", "SparsemaxFunction", "entmax15", "sigmoid", "sparsemax"]

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import platform
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._machine import cpu_info, cpu_vendor
 from ..spec import AttentionSpec
 
 __all__ = ["unsupported", "forward", "backward", "row_stats", "build", "build_status", "cache_root", "half_gemm"]
@@ -55,16 +55,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("ATTNKIT_CACHE") or Path.home() / ".cache" / "attnkit")
 
 
-@functools.lru_cache(maxsize=None)
 def _cpu_flags() -> list[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``), else just the machine name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return sorted(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return [platform.machine()]
+    """The CPU's feature flags (`attnkit._machine`, read once), else just the machine name."""
+    return sorted(cpu_info()[1]) or [platform.machine()]
 
 
 def _compile_flags(flags: list[str]) -> list[str]:
@@ -273,19 +266,8 @@ def half_gemm() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     flags = set(_cpu_flags())
-    intel = "GenuineIntel" in _cpu_vendor()
+    intel = "GenuineIntel" in cpu_vendor()
     return intel and bool({"amx_bf16", "avx512_bf16"} & flags)
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _gemm_dtype(dt: torch.dtype) -> torch.dtype:

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._numerics import NEG_INF
 from ..engines import ENGINE_ORDER
 from ..errors import AttnkitError
 from ..functional import attention, prepare
@@ -134,7 +135,7 @@ def _only_selected_keys(mask: Tensor | None, indices: Tensor, S: int) -> Tensor:
     chosen.scatter_(-1, indices.long()[:, None], True)
     if mask is None or mask.dtype == torch.bool:
         return chosen if mask is None else mask & chosen
-    return torch.where(chosen, mask, float("-inf"))  # an additive mask stays additive
+    return torch.where(chosen, mask, NEG_INF)  # an additive mask stays additive
 
 
 def _collector_wants_attentions() -> bool:

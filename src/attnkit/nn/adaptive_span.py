@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._numerics import NEG_INF
 from ..errors import AttnkitError
 from ..functional import attention
 
@@ -49,7 +50,7 @@ def _log_mask(distance: Tensor, span: Tensor, ramp: float) -> Tensor:
     """``log m(x)``, ``-inf`` where ``m = 0``; the log of a clamped-away 0 never meets autograd (no 0·inf)."""
     m = span_mask(distance, span, ramp)
     pos = m > 0
-    return torch.where(pos, torch.log(torch.where(pos, m, torch.ones_like(m))), torch.full_like(m, float("-inf")))
+    return torch.where(pos, torch.log(torch.where(pos, m, torch.ones_like(m))), torch.full_like(m, NEG_INF))
 
 
 def adaptive_span_attention(q: Tensor, k: Tensor, v: Tensor, span: Tensor, ramp: float, *, scale: float | None = None,
