@@ -211,8 +211,8 @@ def test_the_op_itself_rejects_what_only_data_or_shapes_reveal():
     q, k, v = torch.zeros(2, 4, 6, 8), torch.zeros(2, 2, 5, 8), torch.zeros(2, 2, 5, 8)
     for kw in (dict(kv_lengths=torch.tensor([5, 6])), dict(mask=torch.ones(3, 1, 6, 5, dtype=torch.bool)),
                dict(key=torch.zeros(2, 3, 5, 8)), dict(scale=float("nan")), dict(softcap=float("inf"))):
-        args = [kw.pop("key", k) if "key" in kw else k]
-        plan = hot.plan(q, args[0], v, **kw)
+        key = kw.pop("key", k)
+        plan = hot.plan(q, key, v, **kw)
         assert type(plan) is tuple, kw
         assert hot.run(plan) is None, kw
 

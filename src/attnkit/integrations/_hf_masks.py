@@ -241,14 +241,19 @@ def attnkit_mask(
     from transformers import masking_utils as mu  # (an import statement: torch.compile traces it, importlib not)
 
     mask_function = mu.causal_mask_function if mask_function is None else mask_function
-    if torch.compiler.is_compiling():
-        # Under torch.compile: the dense mask sdpa would use, built by traceable tensor ops (reading the
-        # padding to recognize a pattern is data-dependent and a tensor subclass breaks the graph).
+
+    def dense(bidirectional_skip: bool) -> Tensor | None:
+        """The exact dense boolean mask HF's sdpa would use."""
         return mu.sdpa_mask(
             batch_size=B, q_length=L, kv_length=S, q_offset=q_offset, kv_offset=kv_offset, mask_function=mask_function,
             attention_mask=attention_mask, local_size=local_size, allow_is_causal_skip=False,
-            allow_is_bidirectional_skip=allow_is_bidirectional_skip, use_vmap=use_vmap, device=device,
+            allow_is_bidirectional_skip=bidirectional_skip, use_vmap=use_vmap, device=device,
         )
+
+    if torch.compiler.is_compiling():
+        # Under torch.compile: the dense mask, built by traceable tensor ops (reading the padding to
+        # recognize a pattern is data-dependent and a tensor subclass breaks the graph).
+        return dense(allow_is_bidirectional_skip)
     kv_offset, delta = int(kv_offset), int(q_offset) - int(kv_offset)  # aligned query position p = i + delta
     pattern = _recognize(mask_function, local_size)
     if pattern is not None:
@@ -260,10 +265,5 @@ def attnkit_mask(
         struct = _structured(*pattern, delta, B, L, S, keys, device, dtype)
         if struct is not None:
             return struct
-    # Anything else (packed sequences, chunked or block-wise attention, custom mask functions):
-    # the exact dense mask HF's sdpa would use.
-    return mu.sdpa_mask(
-        batch_size=B, q_length=L, kv_length=S, q_offset=q_offset, kv_offset=kv_offset, mask_function=mask_function,
-        attention_mask=attention_mask, local_size=local_size, allow_is_causal_skip=False,
-        allow_is_bidirectional_skip=False, use_vmap=use_vmap, device=device,
-    )
+    # Anything else (packed sequences, chunked or block-wise attention, custom mask functions).
+    return dense(False)

@@ -240,7 +240,7 @@ inline Vec load_strided(const float* base, int64_t stride, int64_t count) {
 // `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule.
 // Scores that are the scaled products alone (no softcap, ALiBi, masks or biases; scale > 0): their
 // max is the raw products' max times the scale, so the forward leaves the products raw and applies
-// the scale inside the exp pass (exp_sum_row_scaled) — one store per score less than scaling first.
+// the scale inside the exp pass (exp_sum_row) — one store per score less than scaling first.
 inline bool plain_scores(const Params& p) {
   return p.softcap == 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask && p.scale > 0.f;
 }
@@ -313,27 +313,9 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
 }
 
-// s <- exp(s - m), returns the row sum (FA-2 Alg. 1 line 10: P~ and rowsum(P~) in one pass).
-inline float exp_sum_row(float* s, int64_t n, float m) {
-  const int64_t VS = Vec::size();
-  const Vec vm(m);
-  Vec vsum(0.f);
-  int64_t j = 0;
-  for (; j + VS <= n; j += VS) {
-    Vec e = (Vec::loadu(s + j) - vm).exp_u20();
-    e.store(s + j);
-    vsum = vsum + e;
-  }
-  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
-  for (; j < n; ++j) {
-    s[j] = std::exp(s[j] - m);
-    sum += s[j];
-  }
-  return sum;
-}
-
-// s <- exp(scale * s - m) for raw products (see plain_scores), returns the row sum.
-inline float exp_sum_row_scaled(float* s, int64_t n, float m, float scale) {
+// s <- exp(scale * s - m), returns the row sum (FA-2 Alg. 1 line 10: P~ and rowsum(P~) in one pass).
+// scale = 1 for finished scores; the forward passes the softmax scale for raw products (plain_scores).
+inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f) {
   const int64_t VS = Vec::size();
   const Vec vm(m), vscale(scale);
   Vec vsum(0.f);
@@ -508,7 +490,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             std::fill(s, s + cols, 0.f);  // nothing visible yet: P = 0 (never exp(-inf + inf))
           } else {
             // Alg. 1 line 10: P = exp(S - m_new), l = e^{m_old - m_new} l + rowsum(P).
-            const float sum = raw ? exp_sum_row_scaled(s, cols, mnew, p.scale) : exp_sum_row(s, cols, mnew);
+            const float sum = exp_sum_row(s, cols, mnew, raw ? p.scale : 1.f);
             const float alpha = std::exp(mrow[r] - mnew);
             lrow[r] = alpha * lrow[r] + sum;
             mrow[r] = mnew;
