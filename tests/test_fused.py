@@ -19,7 +19,7 @@ import torch
 import attnkit
 
 from attnkit.dropout import keep_mask
-from attnkit.engines import _fused
+from attnkit.engines import _fused, _kernel
 from attnkit.spec import AttentionSpec, BlockIndex
 
 from conftest import assert_flash_rule, err, qkv
@@ -50,20 +50,20 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, spec, float_mask, bias):
-        out, lse = _fused.forward(q.detach(), k.detach(), v.detach(), spec)
+        out, lse, m, l = _fused.forward(q.detach(), k.detach(), v.detach(), spec)
         ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, lse, float_mask, bias)
+        ctx.save_for_backward(q, k, v, out, m, l, float_mask, bias)
         return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse, float_mask, bias = ctx.saved_tensors
+        q, k, v, out, m, l, float_mask, bias = ctx.saved_tensors
         delta = (dout.float() * out).sum(-1) - (0 if dlse is None else dlse.float())
         dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (q, k, v))
         need_fm, need_b = ctx.needs_input_grad[4:6]
         dfm = torch.zeros(float_mask.shape) if need_fm else None
         db = torch.zeros(bias.shape) if need_b else None
-        _fused.backward(q, k, v, dout, lse, delta, ctx.spec, dq=dq, dk=dk, dv=dv, d_float_mask=dfm, d_bias=db)
+        _fused.backward(q, k, v, dout, m, l, delta, ctx.spec, dq=dq, dk=dk, dv=dv, d_float_mask=dfm, d_bias=db)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, dfm, db
 
 
@@ -179,36 +179,37 @@ def test_fully_masked_rows_out_zero_lse_neg_inf():
 
 
 def test_key_ranges_with_offsets_merge_to_the_whole():
-    """forward over [i0, i0+Lb) x [j0, j0+Sb) with absolute positions, merged with merge_partials."""
+    """forward over [i0, i0+Lb) x [j0, j0+Sb) with absolute positions, merged with _kernel.merge: the
+    outputs, lse, row maxima (exactly) and row sums of the whole."""
     B, H, G, L, S, D = 2, 4, 2, 50, 900, 16
     q, k, v = qkv(B, H, G, L, S, D, seed=4)
     kw = materialize(dict(mask="float", causal=True, alibi_slopes="alibi", kv_lengths=[800, 600]), B, H, L, S)
     spec = make_spec(q, k, v, **kw)
-    whole_out, whole_lse = _fused.forward(q, k, v, spec)
+    whole = _fused.forward(q, k, v, spec)
     rows = []
     for i0, i1 in ((0, 17), (17, 50)):
         acc = None
         for j0, j1 in ((0, 333), (333, 610), (610, 900)):
             part = _fused.forward(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], spec, i0, j0)
-            acc = part if acc is None else attnkit.merge_partials(acc[0], acc[1], *part)
+            acc = part if acc is None else _kernel.merge(acc, part)
         rows.append(acc)
-    out = torch.cat([r[0] for r in rows], 2)
-    lse = torch.cat([r[1] for r in rows], 2)
-    assert err(out, whole_out) < 1e-5 and err(lse, whole_lse) < 1e-5
+    out, lse, m, l = (torch.cat([r[n] for r in rows], 2) for n in range(4))
+    assert err(out, whole[0]) < 1e-5 and err(lse, whole[1]) < 1e-5
+    assert torch.equal(m, whole[2]) and err(l / whole[3].clamp_min(1e-30), torch.ones_like(l)) < 1e-6
 
 
 def test_backward_over_key_ranges_accumulates():
     B, H, G, L, S, D = 1, 2, 1, 40, 300, 16
     q, k, v = qkv(B, H, G, L, S, D, seed=6)
     spec = make_spec(q, k, v, causal=True)
-    out, lse = _fused.forward(q, k, v, spec)
+    out, lse, m, l = _fused.forward(q, k, v, spec)
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
     delta = (do * out).sum(-1)
     whole = [torch.zeros(t.shape) for t in (q, k, v)]
-    _fused.backward(q, k, v, do, lse, delta, spec, dq=whole[0], dk=whole[1], dv=whole[2])
+    _fused.backward(q, k, v, do, m, l, delta, spec, dq=whole[0], dk=whole[1], dv=whole[2])
     dq, dk, dv = (torch.zeros(t.shape) for t in (q, k, v))
     for j0, j1 in ((0, 100), (100, 300)):
-        _fused.backward(q, k[:, :, j0:j1], v[:, :, j0:j1], do, lse, delta, spec, 0, j0,
+        _fused.backward(q, k[:, :, j0:j1], v[:, :, j0:j1], do, m, l, delta, spec, 0, j0,
                         dq=dq, dk=dk[:, :, j0:j1], dv=dv[:, :, j0:j1])
     for a, b in zip((dq, dk, dv), whole):
         assert err(a, b) < 1e-5
@@ -222,7 +223,7 @@ def test_dropout_keep_mask_bitwise_equal():
     k = torch.randn(B, H, S, 8, generator=g)
     v = torch.eye(S).expand(B, H, S, S).contiguous()
     spec = make_spec(q, k, v, dropout_p=p, seed=123456789012345)
-    out, _ = _fused.forward(q, k, v, spec)
+    out = _fused.forward(q, k, v, spec)[0]
     keep = (out * (1 - p) * S).round()
     expected = keep_mask(spec.seed, p, BlockIndex.ranges(range(B), range(H), range(L), range(S)), H)
     assert torch.equal(keep.bool(), expected)
@@ -247,9 +248,10 @@ def test_meta_tensors_and_op_registration():
     q = torch.empty(2, 4, 7, 16, device="meta")
     k = torch.empty(2, 2, 9, 16, device="meta")
     v = torch.empty(2, 2, 9, 5, device="meta")
-    out, lse = torch.ops.attnkit_fused.forward(q, k, v, None, None, None, None, None, None,
-                                               [0, 0, 7, 9, 0, -1, -1, 0, 0], [0.25, 0.0, 0.0])
-    assert out.shape == (2, 4, 7, 5) and lse.shape == (2, 4, 7) and out.dtype == torch.float32
+    out, lse, m, l = torch.ops.attnkit_fused.forward(q, k, v, None, None, None, None, None, None,
+                                                     [0, 0, 7, 9, 0, -1, -1, 0, 0], [0.25, 0.0, 0.0])
+    assert out.shape == (2, 4, 7, 5) and out.dtype == torch.float32
+    assert all(t.shape == (2, 4, 7) and t.dtype == torch.float32 for t in (lse, m, l))
 
 
 def test_torch_compile_sees_one_operator():

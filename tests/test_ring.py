@@ -302,11 +302,9 @@ def test_example_runs_under_torchrun(tmp_path):
 
 
 def _huge_bias_rows(rank: int, world: int) -> list[tuple[float, float, float]]:
-    """float32, a bias of -1e10 / finfo.min on whole rows, one rank per group, contiguous layout (one
-    chunk: the forward merges nothing, so it is exact): (ours, same-dtype reference, scale) per gradient.
-
-    (With several chunks the forward merges partials by their lse, which past |lse| ~ 2^24 have lost
-    their log l: the forward's weights are off there before any backward runs.)"""
+    """float32, a bias of -1e10 / finfo.min on whole rows, one rank per group, the contiguous layout
+    (one chunk per rank) and zig-zag (two chunks: the forward merges partials, by their row maxima and
+    sums, which keep log l where lse has lost it): (ours, same-dtype reference, scale) per gradient."""
     groups = [dist.new_group([r]) for r in range(world)]
     B, H, G, D, N = 1, 2, 1, 8, 12
     rows = []
@@ -320,16 +318,21 @@ def _huge_bias_rows(rank: int, world: int) -> list[tuple[float, float, float]]:
             leaves = [t.to(dt).clone().requires_grad_() for t in (q, k, v, bias)]
             ref = attnkit.attention(*leaves[:3], bias=leaves[3], engine="reference")
             refs[dt] = torch.autograd.grad(ref, leaves, dout.to(dt))
-        leaves = [t.float().clone().requires_grad_() for t in (q, k, v, bias)]
-        out = ring_attention(*leaves[:3], bias=leaves[3], group=groups[rank], layout="contiguous")
-        ours = torch.autograd.grad(out, leaves, dout.float())
-        rows += [(err(a, r64), err(r32, r64), float(r64.abs().max()))
-                 for a, r64, r32 in zip(ours, refs[torch.float64], refs[torch.float32])]
+        for layout in ("contiguous", "zigzag"):
+            leaves = [t.float().clone().requires_grad_() for t in (q, k, v, bias)]
+            out = ring_attention(*leaves[:3], bias=leaves[3], group=groups[rank], layout=layout)
+            ref = attnkit.attention(q, k, v, bias=bias, engine="reference")
+            ours = [out.detach(), *torch.autograd.grad(out, leaves, dout.float())]
+            base = [attnkit.attention(q.float(), k.float(), v.float(), bias=bias.float(), engine="reference"),
+                    *refs[torch.float32]]
+            rows += [(err(a, r64), err(r32, r64), float(r64.abs().max()))
+                     for a, r64, r32 in zip(ours, [ref, *refs[torch.float64]], base)]
     return rows
 
 
 def test_ring_backward_at_huge_bias_offsets():
-    """The ring's backward renormalizes P as flash's does (dq, dk, dv, d(bias) were S× too large)."""
+    """The ring's output and gradients at huge offsets (dq, dk, dv, d(bias) were S× too large; with
+    several chunks per rank the merged output was off)."""
     for rank, rows in enumerate(values(run_ranks(_huge_bias_rows, 2))):
         for ours, base, scale in rows:
             assert ours <= 2 * base + 2e-5 * max(1.0, scale), (rank, rows)

@@ -36,7 +36,7 @@ from torch import Tensor
 from .._machine import cpu_info, cpu_vendor
 from ..spec import AttentionSpec
 
-__all__ = ["unsupported", "forward", "backward", "row_stats", "build", "build_status", "cache_root", "half_gemm"]
+__all__ = ["unsupported", "forward", "backward", "build", "build_status", "cache_root", "half_gemm"]
 
 SOURCE = Path(__file__).parent / "csrc" / "flash_attention.cpp"
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -221,7 +221,8 @@ def _register_fakes() -> None:
     @torch.library.register_fake("attnkit_fused::forward")
     def _(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats):
         B, H, Lb, _ = q.shape
-        return q.new_empty(B, H, Lb, v.shape[-1], dtype=torch.float32), q.new_empty(B, H, Lb, dtype=torch.float32)
+        rows = [q.new_empty(B, H, Lb, dtype=torch.float32) for _ in range(3)]
+        return q.new_empty(B, H, Lb, v.shape[-1], dtype=torch.float32), *rows
 
     @torch.library.register_fake("attnkit_fused::attention")
     def _(q, k, v, mask, kv_lengths, q_lengths, alibi_slopes, causal, window_left, window_right, scale, softcap,
@@ -230,13 +231,8 @@ def _register_fakes() -> None:
         return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.float32)
 
     @torch.library.register_fake("attnkit_fused::backward")
-    def _(q, k, v, dout, lse, delta, dq, dk, dv, d_float_mask, d_bias, *rest):
+    def _(q, k, v, dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias, *rest):
         return None
-
-    @torch.library.register_fake("attnkit_fused::row_stats")
-    def _(q, k, v, dout, lse, *rest):
-        B, H, Lb, _ = q.shape
-        return q.new_empty(B, H, Lb, dtype=torch.float32), q.new_empty(B, H, Lb, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- the two functions
@@ -311,11 +307,13 @@ def _args(spec: AttentionSpec, i0: int, j0: int) -> tuple:
     return tensors, ints, floats
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> tuple[Tensor, Tensor]:
-    """Queries ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)`` of ``spec``: ``(out (B,H,Lb,E), lse (B,H,Lb))`` float32.
+def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
+            j0: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Queries ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)`` of ``spec``: ``(out (B,H,Lb,E), lse, m, l (B,H,Lb))`` float32.
 
     ``q (B,H,Lb,D)``, ``k (B,G,Sb,D)``, ``v (B,G,Sb,E)``. ``out`` is normalized over this key
-    range's visible keys; rows that see none: ``out = 0``, ``lse = -inf``.
+    range's visible keys; ``m``/``l`` are each row's max and sum (``lse = m + log l``); rows that see
+    none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
     """
     tensors, ints, floats = _args(spec, i0, j0)
     dt = _gemm_dtype(q.dtype)
@@ -329,7 +327,8 @@ def backward(
     k: Tensor,
     v: Tensor,
     dout: Tensor,
-    lse: Tensor,
+    m: Tensor,
+    l: Tensor,
     delta: Tensor,
     spec: AttentionSpec,
     i0: int = 0,
@@ -343,8 +342,8 @@ def backward(
 ) -> None:
     """Accumulate this block's gradients into ``dq``, ``dk``, ``dv`` (and ``d_float_mask``/``d_bias``).
 
-    ``lse``/``delta`` are the FINAL per-row log-normalizer and ``rowsum(dO∘O) − dlse`` of these
-    queries; rows with ``lse = -inf`` contribute nothing.
+    ``m``/``l``/``delta`` are the FINAL per-row max, sum and ``rowsum(dO∘O) − dlse`` of these
+    queries; rows with ``l = 0`` contribute nothing.
     """
     tensors, ints, floats = _args(spec, i0, j0)
     dt = _gemm_dtype(q.dtype)
@@ -363,7 +362,8 @@ def backward(
         k.to(dt).contiguous(),
         v.to(dt).contiguous(),
         dout.to(dt).contiguous(),
-        lse.to(f32).contiguous(),
+        m.to(f32).contiguous(),
+        l.to(f32).contiguous(),
         delta.to(f32).contiguous(),
         *outs,
         *tensors,
@@ -373,17 +373,6 @@ def backward(
     for given, used in zip(grads, outs):
         if given is not None and used is not given:
             given += used.view(given.shape).to(given.dtype)
-
-
-def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
-              j0: int = 0) -> tuple[Tensor, Tensor]:
-    """``(n, c)`` ``(B, H, Lb)`` float32: ``Σ_j P'`` and ``Σ_j P'·dP`` over this range's keys, with
-    ``P' = exp(s - lse)`` recomputed exactly as `backward` recomputes it (see ``_kernel.row_stats``)."""
-    tensors, ints, floats = _args(spec, i0, j0)
-    dt = _gemm_dtype(q.dtype)
-    return torch.ops.attnkit_fused.row_stats(q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(),
-                                             dout.to(dt).contiguous(), lse.to(torch.float32).contiguous(), *tensors,
-                                             ints, floats)
 
 
 def timed_build(force: bool = False) -> tuple[Path, float, bool]:

@@ -3,12 +3,14 @@
 Two functions over a query range × key range of a larger problem (DESIGN.md, "one tiled kernel"):
 
 - `forward` — the online softmax (FlashAttention-2, Algorithm 1) over queries
-  ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)``: ``(out, lse)`` normalized over the range's visible keys;
-- `backward` — recompute ``P = exp(S - lse)`` from the *final* ``lse`` and accumulate
+  ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)``: ``(out, lse, m, l)`` normalized over the range's visible
+  keys, with each row's max ``m`` and sum ``l`` (``lse = m + log l``);
+- `backward` — recompute ``P = exp(S - m) / l`` from the *final* ``m, l`` and accumulate
   ``dQ, dK, dV`` (and d(float mask), d(bias)) with ``dS = P ∘ (dP - Δ)`` (Algorithm 2).
 
 The flash engine calls them once over all keys; decode calls `forward` per key segment
-on threads and ring per shard from another rank, both merging with [`attnkit.merge_partials`][attnkit.softmax.merge_partials].
+on threads and ring per shard from another rank, both merging with `merge` (by row maxima and sums,
+exact at any offset, like [`attnkit.merge_partials`][attnkit.softmax.merge_partials] by lse).
 Each call runs on one of two tile paths with the same signature: the fused C++ kernel
 (``engines/_fused.py``, compiled on first use) or the PyTorch tile path below. `path` picks
 one and says why, `force_path` overrides it for tests, `describe` is what ``explain``
@@ -57,7 +59,7 @@ from ..scores import apply_score_mods
 from ..softmax import SoftmaxState
 from ..spec import AttentionSpec, BlockIndex
 
-__all__ = ["forward", "backward", "attend", "weights", "delta", "tile_sizes", "single_block", "path", "force_path",
+__all__ = ["forward", "backward", "attend", "weights", "delta", "merge", "tile_sizes", "single_block", "path", "force_path",
            "describe"]
 
 # The one tile rule: about _TILE_ELEMS scores per tile over all B·H heads. 2²⁰ (4 MiB of float32)
@@ -167,7 +169,10 @@ def describe(spec: AttentionSpec) -> str:
 # --------------------------------------------------------------------------- the two functions
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> tuple[Tensor, Tensor]:
+Partial = "tuple[Tensor, Tensor, Tensor, Tensor]"  # (out, lse, m, l) of a query range over a key range
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Partial:
     """Attention of queries ``[i0, i0+Lb)`` over keys ``[j0, j0+Sb)`` of ``spec``'s problem.
 
     Args:
@@ -177,8 +182,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
 
     Returns:
         ``out (B, H, Lb, E)`` normalized over the range's visible keys (dropout:
-        ``Σ p·keep·v / ((1-p)·l)``) and ``lse (B, H, Lb)``, both in ``spec.compute_dtype``.
-        Rows with no visible key in the range: ``out = 0``, ``lse = -inf``.
+        ``Σ p·keep·v / ((1-p)·l)``), and per row ``(B, H, Lb)`` ``lse = m + log l``, the max ``m``
+        of the visible scores and the sum ``l = Σ exp(s - m)``, all in ``spec.compute_dtype``.
+        Rows with no visible key in the range: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
     """
     if path(spec)[0] == "fused":
         # The fused pass keeps hidden keys out of P·V itself (a row that came out non-finite in a tile
@@ -189,7 +195,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
 
 
 def backward(
-    q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, delta: Tensor, spec: AttentionSpec,
+    q: Tensor, k: Tensor, v: Tensor, dout: Tensor, m: Tensor, l: Tensor, delta: Tensor, spec: AttentionSpec,
     i0: int = 0, j0: int = 0, *, dq: Tensor, dk: Tensor, dv: Tensor,
     d_float_mask: Tensor | None = None, d_bias: Tensor | None = None,
 ) -> None:
@@ -197,7 +203,8 @@ def backward(
 
     Args:
         dout: ``(B, H, Lb, E)`` gradient of the *final* (merged) output of these queries.
-        lse: ``(B, H, Lb)`` *final* log-normalizer (over all keys); rows with ``-inf`` add nothing.
+        m, l: ``(B, H, Lb)`` *final* row max and sum (over all keys, as `forward` or `merge` gives
+            them); ``P = exp(s - m) / l`` is then the forward's own weights. Rows with ``l = 0`` add nothing.
         delta: ``(B, H, Lb)`` ``rowsum(dout ∘ out) - dlse`` with the final ``out`` (see `delta`).
         dq ``(B, H, Lb, D)``, dk ``(B, G, Sb, D)``, dv ``(B, G, Sb, E)``: accumulators in the compute
             dtype (views allowed). d_float_mask / d_bias: accumulators of ``spec.float_mask`` /
@@ -206,12 +213,12 @@ def backward(
     if path(spec)[0] == "fused":
         fused = _fused()[0]
         if not _may_hold_garbage(spec):
-            fused.backward(q, k, v, dout, lse, delta, spec, i0, j0, dq=dq, dk=dk, dv=dv,  # type: ignore[union-attr]
+            fused.backward(q, k, v, dout, m, l, delta, spec, i0, j0, dq=dq, dk=dk, dv=dv,  # type: ignore[union-attr]
                            d_float_mask=d_float_mask, d_bias=d_bias)
             return
         # As in forward: compute into fresh buffers, keep them only if every gradient is finite.
         parts = [torch.zeros_like(t) if t is not None else None for t in (dq, dk, dv, d_float_mask, d_bias)]
-        fused.backward(q, k, v, dout, lse, delta, spec, i0, j0, dq=parts[0], dk=parts[1], dv=parts[2],  # type: ignore[union-attr]
+        fused.backward(q, k, v, dout, m, l, delta, spec, i0, j0, dq=parts[0], dk=parts[1], dv=parts[2],  # type: ignore[union-attr]
                        d_float_mask=parts[3], d_bias=parts[4])
         if all_finite(*(t for t in parts if t is not None)):
             for acc, part in zip((dq, dk, dv, d_float_mask, d_bias), parts):
@@ -219,7 +226,7 @@ def backward(
                     acc.add_(part)
             return
     with torch.no_grad():
-        _Tiles(q, k, v, spec, i0, j0).backward(dout, lse, delta, dq, dk, dv, d_float_mask, d_bias)
+        _Tiles(q, k, v, spec, i0, j0).backward(dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias)
 
 
 def _may_hold_garbage(spec: AttentionSpec) -> bool:
@@ -228,65 +235,40 @@ def _may_hold_garbage(spec: AttentionSpec) -> bool:
     return spec.kv_nonfinite and hides
 
 
-def delta(dout: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None) -> Tensor:
-    """``Δ = rowsum(dO ∘ O) - dlse`` in ``out``'s (compute) dtype; ``dlse`` ignored on empty rows.
+def delta(dout: Tensor, out: Tensor, l: Tensor, dlse: Tensor | None) -> Tensor:
+    """``Δ = rowsum(dO ∘ O) - dlse`` in ``out``'s (compute) dtype; ``dlse`` ignored on empty rows (``l = 0``).
 
     A gradient on ``lse`` adds ``P·dlse`` to ``dS`` (``∂lse/∂s = P``), i.e. shifts ``Δ`` by ``-dlse``.
     """
     d = (dout.to(out.dtype) * out).sum(-1)
     if dlse is not None:
-        d = d - dlse.to(d.dtype).masked_fill(lse == _NEG_INF, 0.0)
+        d = d - dlse.to(d.dtype).masked_fill(l == 0, 0.0)
     return d
 
 
-# The backward recomputes P' = exp(s - lse) from a float lse = m + log l: its rounding (|lse|·2⁻²⁴) and
-# the forward's exp make the rows of P' sum to 1 ± 1e-6, and Δ = rowsum(dO ∘ O) differs from
-# Σ_j P'·dP by as much; both showed in dV and dK against FlashAttention's rule (issue 21). At a huge
-# offset (a float mask of -1e30 on a whole row) log l is lost entirely and P' sums to S. There the
-# backward first takes each row's n = Σ_j P' and c = Σ_j P'·dP (row_stats, the same arithmetic as the
-# backward) and uses P = P'/n, Δ = c/n - dlse (exact_rows): two more tile GEMMs, no L×S memory. Only
-# there (needs_renorm): on every call the pass costs a forward+backward 1.36x, for ~1e-6 elsewhere.
+# Why the backward takes the row max m and sum l, not lse: P' = exp(s - lse) from a float
+# lse = m + log l carries lse's rounding (|lse|·2⁻²⁴) into every weight of the row, and rows of P'
+# summed to 1 ± 1e-6 while Δ = rowsum(dO ∘ O) came from the forward's own weights: dV and dK broke
+# FlashAttention's accuracy rule on causal+window grid cases (issue 21), and at a huge offset (a float
+# mask of -1e30 on a whole row) log l is lost entirely and P' sums to S. exp(s - m) / l with the
+# forward's m, l and exp is the very P the forward made its output of: rows sum to 1 at any offset.
 
 
-# Ring attention takes the stats only for rows whose |lse| reaches this (a huge offset: log l lost),
-# as they cost it one more rotation of K/V; below, the rounding stays under 4e-6 relative.
-_RENORM_LSE = 128.0
+def merge(a: Partial, b: Partial) -> Partial:
+    """Two partials of the same queries over disjoint key ranges → the partial over both.
 
-
-def needs_renorm(lse: Tensor) -> bool:
-    """Whether some row's ``|lse|`` is large enough for its rounding to skew ``P'`` grossly."""
-    if lse.numel() == 0:
-        return False
-    return bool((lse.abs().masked_fill(~torch.isfinite(lse), 0.0) >= _RENORM_LSE).any())
-
-
-def row_stats(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0,
-              j0: int = 0) -> tuple[Tensor, Tensor]:
-    """``(n, c)`` ``(B, H, Lb)`` in the compute dtype: ``n = Σ_j P'``, ``c = Σ_j P'·dP`` over this range's
-    visible keys, with ``P' = exp(s - lse)`` and ``dP = dO·Vᵀ`` (dropout's ``keep/(1-p)`` applied)
-    recomputed by the tile path and arithmetic `backward` will use. Rows with ``lse = -inf``: 0.
+    ``m = max``, ``l = Σ l·exp(m_part - m)``, ``out = Σ out·l·exp(m_part - m) / l``: exact at any
+    offset (a huge float mask on whole rows), where weights ``exp(lse_part - lse)`` lose ``log l``
+    with ``lse``'s rounding. An empty side (``l = 0``, ``m = -inf``) adds nothing; NaN rows stay NaN.
     """
-    if path(spec)[0] == "fused":
-        n, c = _fused()[0].row_stats(q, k, v, dout, lse, spec, i0, j0)  # type: ignore[union-attr]
-        if not _may_hold_garbage(spec) or all_finite(n, c):  # else maybe 0·NaN of a hidden V: the torch path
-            return n.to(spec.compute_dtype), c.to(spec.compute_dtype)
-    with torch.no_grad():
-        return _Tiles(q, k, v, spec, i0, j0).row_stats(dout, lse)
-
-
-def exact_rows(dout: Tensor, lse: Tensor, dlse: Tensor | None, n: Tensor, c: Tensor,
-               ct: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(dO/n, Δ/n)`` with ``Δ = c/n - dlse``, to pass to `backward` as ``dout`` and ``delta``.
-
-    The backward then computes ``dV = P'ᵀ·dO/n`` and ``dS = P'∘(dP/n - Δ/n)``: exactly the gradient
-    of ``P = P'/n`` (rows summing to 1, as the forward's ``exp(s - m)/l``) with ``Δ = Σ_j P·dP``
-    consistent with that ``P``. Empty rows (``n = 0``) stay 0, NaN rows NaN.
-    """
-    inv = n.reciprocal().masked_fill(n == 0, 0.0)
-    d = c * inv
-    if dlse is not None:
-        d = d - dlse.to(d.dtype).masked_fill(lse == _NEG_INF, 0.0)
-    return dout.to(ct) * inv.unsqueeze(-1), d * inv
+    m = torch.maximum(a[2], b[2])
+    safe = m.masked_fill(m == _NEG_INF, 0.0)  # both empty: exp(-inf - 0) = 0, never exp(nan)
+    wa, wb = a[3] * torch.exp(a[2] - safe), b[3] * torch.exp(b[2] - safe)
+    l = wa + wb
+    inv = l.reciprocal().masked_fill(l == 0, 0.0)
+    out = (a[0] * (wa * inv).unsqueeze(-1)).add_(b[0] * (wb * inv).unsqueeze(-1))
+    lse = torch.where(l > 0, m + torch.log(l), m.masked_fill(l == 0, _NEG_INF))
+    return out, lse, m, l
 
 
 def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
@@ -307,39 +289,39 @@ def _grad_extras(spec: AttentionSpec) -> tuple[list[str], list[Tensor]]:
     return names, [getattr(spec, n) for n in names]
 
 
-Forward = Callable[[Tensor, Tensor, Tensor, AttentionSpec], "tuple[Tensor, Tensor]"]
+Forward = Callable[[Tensor, Tensor, Tensor, AttentionSpec], Partial]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, fwd: Forward | None = None) -> tuple[Tensor, Tensor]:
     """``(out in q's dtype, lse)`` of the whole problem, differentiable when ``spec.needs_grad``.
 
-    ``fwd(q, k, v, spec) -> (out, lse)`` computes the forward (default: one `forward` over all
-    keys; the decode engine passes its split-KV forward). The backward is always one kernel
-    `backward` over all keys, recomputing P from the saved ``lse``.
+    ``fwd(q, k, v, spec) -> (out, lse, m, l)`` computes the forward (default: one `forward` over
+    all keys; the decode engine passes its split-KV forward). The backward is always one kernel
+    `backward` over all keys, recomputing P from the saved ``m`` and ``l``.
     """
     fwd = forward if fwd is None else fwd
     if spec.needs_grad:
         return _Attend.apply(q, k, v, spec, fwd, *_grad_extras(spec)[1])
     with torch.no_grad():
-        out, lse = fwd(q, k, v, spec)
+        out, lse = fwd(q, k, v, spec)[:2]
     return out.to(q.dtype), lse
 
 
 class _Attend(torch.autograd.Function):
-    """Autograd for the flash and decode engines: saves ``q, k, v, out, lse`` (and a float mask or
+    """Autograd for the flash and decode engines: saves ``q, k, v, out, m, l`` (and a float mask or
     bias that requires grad), never the probabilities."""
 
     @staticmethod
     def forward(ctx, q, k, v, spec: AttentionSpec, fwd: Forward, *extras):  # type: ignore[override]
-        out, lse = fwd(q, k, v, spec)
+        out, lse, m, l = fwd(q, k, v, spec)
         ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, lse, *extras)
+        ctx.save_for_backward(q, k, v, out, m, l, *extras)
         ctx.set_materialize_grads(False)
         return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, dout, dlse):  # type: ignore[override]
-        q, k, v, out, lse, *extras = ctx.saved_tensors
+        q, k, v, out, m, l, *extras = ctx.saved_tensors
         spec: AttentionSpec = ctx.spec
         dout = torch.zeros_like(out) if dout is None else dout
         ct = spec.compute_dtype
@@ -347,14 +329,7 @@ class _Attend(torch.autograd.Function):
         names = _grad_extras(spec)[0]
         need = ctx.needs_input_grad[5:]
         d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-        # P' = exp(s - lse) rows may not sum to 1 and rowsum(dO∘O) may not match them: see row_stats.
-        # Only where the lse lost its log l (|lse| >= 128, e.g. a huge float mask on a whole row):
-        # everywhere, the extra pass made a fwd+bwd 1.36x slower (L=2048, measured) for ~1e-6 of accuracy.
-        if needs_renorm(lse):
-            dout, d = exact_rows(dout, lse, dlse, *row_stats(q, k, v, dout, lse, spec), ct)
-        else:
-            d = delta(dout, out, lse, dlse)
-        backward(q, k, v, dout, lse, d, spec, dq=dq, dk=dk, dv=dv,
+        backward(q, k, v, dout, m, l, delta(dout, out, l, dlse), spec, dq=dq, dk=dk, dv=dv,
                  d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
         d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, *d_extras
@@ -529,12 +504,15 @@ class _Tiles:
         B, H, E, pd = spec.B, spec.H, self.v3.shape[-1], spec.dropout_p
         out = torch.zeros(B, H, self.Lb, E, dtype=ct, device=self.q5.device)
         lse = torch.full((B, H, self.Lb), _NEG_INF, dtype=ct, device=self.q5.device)
+        m, l = lse.clone(), torch.zeros_like(lse)
         if self.Lb == 0 or self.Sb == 0:
-            return out, lse
+            return out, lse, m, l
         for a, b in self.tiles(self.Lb, self.tq):
             qb = self.q_tile(a, b)
             rl = qb.shape[1]
-            km = rl <= _KEYS_MAJOR_ROWS
+            # Keys-major products sum in another order than the backward's query-major ones: when a
+            # backward will recompute these scores, both must be the same numbers (see `backward`).
+            km = rl <= _KEYS_MAJOR_ROWS and not spec.needs_grad
             state = SoftmaxState.empty((self.BG, rl), dtype=ct, device=qb.device)
             acc = torch.zeros(self.BG, rl, E, dtype=ct, device=qb.device)
             for c, d in self.tiles(self.Sb, self.tk):
@@ -562,19 +540,21 @@ class _Tiles:
                 norm = norm * (1.0 - pd)
             out[:, :, a:b] = acc.div_(norm).view(B, H, b - a, E)
             lse[:, :, a:b] = state.lse.view(B, H, b - a)
-        return out, lse
+            m[:, :, a:b], l[:, :, a:b] = state.m.view(B, H, b - a), state.l.view(B, H, b - a)
+        return out, lse, m, l
 
     # ---- backward
 
-    def backward(self, dout, lse, delta, dq, dk, dv, d_float_mask, d_bias) -> None:
+    def backward(self, dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias) -> None:
         spec, ct = self.spec, self.ct
         B, H, G, BG, R, pd = spec.B, spec.H, spec.G, self.BG, self.R, spec.dropout_p
         D, E, Sb = self.k3.shape[-1], self.v3.shape[-1], self.Sb
         if self.Lb == 0 or Sb == 0:
             return
         do5 = dout.detach().to(ct).reshape(BG, R, self.Lb, E)
-        lse5 = lse.detach().to(ct)
-        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(BG, R, self.Lb)  # empty rows: p = exp(-inf - 0) = 0
+        empty = l == 0  # empty rows: p = exp(-inf - 0) / 1 = 0
+        m5 = m.detach().to(ct).masked_fill(empty, 0.0).reshape(BG, R, self.Lb)
+        l5 = l.detach().to(ct).masked_fill(empty, 1.0).reshape(BG, R, self.Lb)
         delta5 = delta.detach().to(ct).reshape(BG, R, self.Lb)
         # Accumulate straight into dk/dv when they can be viewed as (BG, Sb, X), else into scratch.
         dk3 = dk.view(BG, Sb, D) if dk.is_contiguous() else torch.zeros(BG, Sb, D, dtype=ct, device=dk.device)
@@ -587,7 +567,7 @@ class _Tiles:
             qb = self.q_tile(a, b)
             rl = qb.shape[1]
             dob = do5[:, :, a:b].reshape(BG, rl, E)
-            lse_b = lse5[:, :, a:b].reshape(BG, rl, 1)
+            m_b, l_b = m5[:, :, a:b].reshape(BG, rl, 1), l5[:, :, a:b].reshape(BG, rl, 1)
             delta_b = delta5[:, :, a:b].reshape(BG, rl, 1)
             dqb = torch.zeros_like(qb)
             for c, d in self.tiles(Sb, self.tk):
@@ -596,7 +576,7 @@ class _Tiles:
                     continue
                 st = d - c
                 s, hid, idx, tape = self.scores(qb, a, b, c, d, cls, grad=nonlinear)
-                p = s.sub_(lse_b).exp_()  # P = exp(S - lse), final normalizer
+                p = s.sub_(m_b).exp_().div_(l_b)  # P = exp(S - m) / l: the forward's weights
                 dp = torch.bmm(dob, self.v3[:, c:d].transpose(1, 2), out=self.buffer("dp", rl, st))
                 if pd > 0:
                     keep = self.keep(idx, rl, st)
@@ -631,38 +611,6 @@ class _Tiles:
             dk += dk3.view(B, G, Sb, D)
         if not dv.is_contiguous():
             dv += dv3.view(B, G, Sb, E)
-
-    def row_stats(self, dout: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
-        """``(n, c)`` per row, ``(B, H, Lb)``: ``Σ_j P'`` and ``Σ_j P'·dP`` with the scores, ``P'`` and
-        dropout exactly as `backward` makes them."""
-        spec, ct, BG, R, pd = self.spec, self.ct, self.BG, self.R, self.spec.dropout_p
-        E = self.v3.shape[-1]
-        nonlinear = spec.softcap is not None or spec.score_mod is not None
-        do5 = dout.detach().to(ct).reshape(BG, R, self.Lb, E)
-        lse5 = lse.detach().to(ct)
-        lse5 = lse5.masked_fill(lse5 == _NEG_INF, 0.0).reshape(BG, R, self.Lb)
-        n = torch.zeros(BG, R, self.Lb, dtype=ct, device=self.q5.device)
-        c = torch.zeros_like(n)
-        for a, b in self.tiles(self.Lb, self.tq):
-            qb = self.q_tile(a, b)
-            rl = qb.shape[1]
-            dob = do5[:, :, a:b].reshape(BG, rl, E)
-            lse_b = lse5[:, :, a:b].reshape(BG, rl, 1)
-            n_b, c_b = n[:, :, a:b], c[:, :, a:b]
-            for cc, d in self.tiles(self.Sb, self.tk):
-                cls = self.cls(a, b, cc, d)
-                if cls == "empty":
-                    continue
-                s, hid, idx, _ = self.scores(qb, a, b, cc, d, cls, grad=nonlinear)
-                p = s.sub_(lse_b).exp_()
-                dp = torch.bmm(dob, self.v3[:, cc:d].transpose(1, 2))
-                if self.check and hid is not None:  # a hidden V row may hold NaN: never 0·NaN
-                    dp.masked_fill_(self.pack(hid, rl), 0.0)
-                if pd > 0:
-                    dp.mul_(self.keep(idx, rl, d - cc)).div_(1.0 - pd)
-                n_b += p.sum(-1).view(n_b.shape)
-                c_b += (p * dp).sum(-1).view(c_b.shape)
-        return n.view(spec.B, spec.H, self.Lb), c.view(spec.B, spec.H, self.Lb)
 
     # ---- weights
 

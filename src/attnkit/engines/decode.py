@@ -8,8 +8,9 @@ idle when ``B·H`` is small. This engine instead
    row is read once per step for all heads that share it (GQA/MQA);
 2. splits the keys into one contiguous segment per intra-op thread; each thread walks its
    segment in cache-sized tiles with the online softmax and returns a partial
-   ``(out, lse)``;
-3. merges the partials exactly with [`attnkit.merge_partials`][attnkit.softmax.merge_partials] (DESIGN.md).
+   ``(out, lse, m, l)``;
+3. merges the partials exactly (`attnkit.engines._kernel.merge`: outputs with
+   [`attnkit.merge_partials`][attnkit.softmax.merge_partials], DESIGN.md; row maxima and sums).
 
 Every segment is one call of the tiled kernel (`attnkit.engines._kernel`), so masks
 (bottom-right causal, windows, ragged ``kv_lengths``, dense boolean masks sliced per tile),
@@ -17,7 +18,7 @@ ALiBi, softcap, float masks/biases, ``score_mod`` and dropout (the counter hash:
 entries as every engine) follow the spec exactly. Tiles hidden by the structured masks are
 skipped; keys past the longest ``kv_lengths`` are never read. Gradients for ``q, k, v``, the
 float mask / bias and ``lse`` use the kernel's FlashAttention backward, recomputing from the
-saved ``lse``. Which tile path runs and why: `describe`.
+saved row maxima and sums. Which tile path runs and why: `describe`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from ..softmax import merge_partials
 from ..spec import AttentionOutput, AttentionSpec
 from . import _kernel
 
@@ -67,16 +67,16 @@ def _segments(spec: AttentionSpec, workers: int) -> list[tuple[int, int]]:
     return [(j, min(j + step, S)) for j in range(0, S, step)] if S else []
 
 
-def _merge_all(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Merge partial ``(out, lse)`` pairs pairwise (a balanced tree: log₂ n rounding steps)."""
+def _merge_all(parts: list[_kernel.Partial]) -> _kernel.Partial:
+    """Merge partials pairwise (a balanced tree: log₂ n rounding steps)."""
     while len(parts) > 1:
-        merged = [merge_partials(*parts[i], *parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        parts = [(p.out, p.lse) for p in merged] + ([parts[-1]] if len(parts) % 2 else [])
+        merged = [_kernel.merge(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = merged + ([parts[-1]] if len(parts) % 2 else [])
     return parts[0]
 
 
-def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, workers: int | None = None) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` in the compute dtype: key segments on threads, merged exactly.
+def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, workers: int | None = None) -> _kernel.Partial:
+    """``(out, lse, m, l)`` in the compute dtype: key segments on threads, merged exactly.
 
     ``workers`` defaults to ``torch.get_num_threads()``; torch kernels release the GIL, so the
     segments run in parallel.
@@ -91,7 +91,7 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
     if not segs:
         return _kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
 
-    def part(seg: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def part(seg: tuple[int, int]) -> _kernel.Partial:
         j0, j1 = seg
         return _kernel.forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
 

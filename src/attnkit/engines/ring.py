@@ -8,7 +8,8 @@ module holds the algorithm, next to the other engines whose block kernel it shar
 ``t`` rank ``r`` holds the shard of rank ``(r - t) mod P``, sends it on to ``r + 1`` and
 receives the next one from ``r - 1`` (non-blocking ``isend``/``irecv``) *while* it
 computes its queries against the shard it holds. Each step yields a partial
-``(out, lse)``; [`attnkit.merge_partials`][attnkit.softmax.merge_partials] merges them exactly.
+``(out, lse, m, l)``; `attnkit.engines._kernel.merge` merges them exactly (the outputs with
+[`attnkit.merge_partials`][attnkit.softmax.merge_partials]).
 
 Causal load balance: with contiguous shards, rank ``P-1`` sees every key and rank 0 only
 its own. The zig-zag layout cuts the sequence into ``2P`` chunks and gives rank ``r``
@@ -20,7 +21,7 @@ chunks ``r`` and ``2P-1-r``, so every rank does the same work at every step. For
 Backward (so it trains): K/V rotate again with their gradient accumulators following one
 step behind; each rank adds its queries' contribution to the ``dK, dV`` of the shard it
 holds, and after ``P`` steps every accumulator is back home, complete. Probabilities are
-recomputed from the saved ``lse`` (FlashAttention's backward), so no rank ever stores more
+recomputed from the saved row maxima and sums (FlashAttention's backward), so no rank stores more
 than ``O(L/P + S/P)`` activations.
 
 Memory per rank: its shards of Q, K, V, O, dO, dQ plus, for the overlap, two K|V buffers
@@ -44,7 +45,6 @@ from torch import Tensor
 from .._numerics import NEG_INF
 from ..errors import AttnkitError
 from ..masks import block_class
-from ..softmax import merge_partials
 from ..spec import AttentionSpec
 from . import _kernel
 
@@ -235,42 +235,30 @@ def _rotate(k: Tensor, v: Tensor, ring: _Ring, what: str) -> Iterator[tuple[int,
             cur = 1 - cur
 
 
-def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: Layout) -> tuple[Tensor, Tensor]:
+def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: Layout) -> _kernel.Partial:
+    """``(out, lse, m, l)`` of this rank's queries over every shard's keys, merged exactly."""
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
-    outs = torch.zeros(spec.B, spec.H, q.shape[2], spec.E, dtype=ct, device=q.device)
-    lses = torch.full((spec.B, spec.H, q.shape[2]), NEG_INF, dtype=ct, device=q.device)
+    rows = (spec.B, spec.H, q.shape[2])
+    acc = (torch.zeros(*rows, spec.E, dtype=ct, device=q.device), torch.full(rows, NEG_INF, dtype=ct, device=q.device),
+           torch.full(rows, NEG_INF, dtype=ct, device=q.device), torch.zeros(rows, dtype=ct, device=q.device))
     for _, src, k_t, v_t in _rotate(k, v, ring, "forward"):
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            o, lse = _kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
-            outs[:, :, qs], lses[:, :, qs] = merge_partials(outs[:, :, qs], lses[:, :, qs], o, lse)
-    return outs, lses
+            part = _kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
+            for t, merged in zip(acc, _kernel.merge(tuple(t[:, :, qs] for t in acc), part)):  # type: ignore[arg-type]
+                t[:, :, qs] = merged
+    return acc
 
 
 def _ring_backward(
-    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dout: Tensor, dlse: Tensor | None,
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, m: Tensor, l: Tensor, dout: Tensor, dlse: Tensor | None,
     spec: AttentionSpec, ring: _Ring, layout: Layout, d_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
-    delta = _kernel.delta(dout, out, lse, dlse)  # rowsum(dO ∘ O) - dlse
-    flag = torch.tensor([float(_kernel.needs_renorm(lse))])
-    if ring.size > 1:
-        ring.all_reduce(flag, "agree on renormalizing the backward")  # every rank takes the same path
-    if flag.item() > 0:
-        # A row's lse so large that its rounding skews P' = exp(s - lse) (a huge bias on a whole row):
-        # one more K/V rotation sums each row's n = Σ P' and c = Σ P'·dP over every shard, and the
-        # backward then uses P = P'/n and Δ = c/n, as flash's does (see _kernel.row_stats).
-        n, c = (torch.zeros(lse.shape, dtype=ct, device=q.device) for _ in range(2))
-        for _t, src, k_t, v_t in _rotate(k, v, ring, "backward row statistics"):
-            for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-                n_s, c_s = _kernel.row_stats(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs],
-                                             spec, i0, j0)
-                n[:, :, qs] += n_s
-                c[:, :, qs] += c_s
-        dout, delta = _kernel.exact_rows(dout, lse, dlse, n, c, ct)
+    delta = _kernel.delta(dout, out, l, dlse)  # rowsum(dO ∘ O) - dlse
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
@@ -282,8 +270,8 @@ def _ring_backward(
         g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            _kernel.backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], lse[:, :, qs], delta[:, :, qs],
-                             spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks], d_bias=d_bias)
+            _kernel.backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], m[:, :, qs], l[:, :, qs],
+                             delta[:, :, qs], spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks], d_bias=d_bias)
         if ring.size > 1:
             if t > 0:
                 ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
@@ -300,22 +288,22 @@ def _ring_backward(
 
 
 class _RingAttention(torch.autograd.Function):
-    """Ring forward; ring backward recomputing probabilities from the saved ``lse``."""
+    """Ring forward; ring backward recomputing probabilities from the saved row maxima and sums."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str,  # type: ignore[override]
                 *bias: Tensor):
-        out, lse = _ring_forward(q, k, v, spec, ring, layout)  # type: ignore[arg-type]
-        ctx.save_for_backward(q, k, v, out, lse, *bias)
+        out, lse, m, l = _ring_forward(q, k, v, spec, ring, layout)  # type: ignore[arg-type]
+        ctx.save_for_backward(q, k, v, out, m, l, *bias)
         ctx.spec, ctx.ring, ctx.layout = spec, ring, layout
         return out.to(q.dtype), lse
 
     @staticmethod
     def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, lse, *bias = ctx.saved_tensors
+        q, k, v, out, m, l, *bias = ctx.saved_tensors
         need_bias = bool(bias) and ctx.needs_input_grad[6]
         d_bias = torch.zeros(bias[0].shape, dtype=ctx.spec.compute_dtype, device=q.device) if need_bias else None
-        dq, dk, dv = _ring_backward(q, k, v, out, lse, dout, dlse, ctx.spec, ctx.ring, ctx.layout, d_bias)
+        dq, dk, dv = _ring_backward(q, k, v, out, m, l, dout, dlse, ctx.spec, ctx.ring, ctx.layout, d_bias)
         grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None]
         if bias:
             if d_bias is not None:  # each rank added its queries' rows: the sum is the whole gradient
@@ -435,6 +423,6 @@ def ring_attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *extras)):
         out, lse = _RingAttention.apply(query, key, value, spec, ring, layout, *extras)
     else:
-        out, lse = _ring_forward(query, key, value, spec, ring, layout)
+        out, lse = _ring_forward(query, key, value, spec, ring, layout)[:2]
         out = out.to(query.dtype)
     return (out, lse) if return_lse else out

@@ -2,10 +2,11 @@
 // (Algorithm 2) over one query range x one key range, with attnkit's structure fused in the tile.
 //
 // Contract (the forward/backward of engines/_kernel.py, called through engines/_fused.py):
-//   forward(q (B,H,Lb,D), k (B,G,Sb,D), v (B,G,Sb,E), ...) -> out (B,H,Lb,E) f32, lse (B,H,Lb) f32
+//   forward(q (B,H,Lb,D), k (B,G,Sb,D), v (B,G,Sb,E), ...) -> out (B,H,Lb,E) f32, lse, m, l (B,H,Lb) f32
 //     queries are the absolute rows [i0, i0+Lb), keys the absolute columns [j0, j0+Sb) of an
 //     (L, S) problem; masks/biases are indexed with absolute positions through broadcast strides.
-//   backward(..., dout, lse, delta, dq, dk, dv, d_float_mask?, d_bias?) accumulates in place.
+//   backward(..., dout, m, l, delta, dq, dk, dv, d_float_mask?, d_bias?) accumulates in place; m and l
+//     are the forward's row max and row sum (the final ones of these queries), lse = m + log l.
 //
 // Score of (b, h, i, j), in attnkit.scores order:
 //   s = scale*q.k -> softcap c*tanh(s/c) -> + alibi -slope*|p-j| -> + float_mask + bias
@@ -47,6 +48,22 @@ constexpr int64_t kBwdBlockQ = 64;
 constexpr int64_t kBwdBlockK = 128;
 // Forward problems below this many flops run on one thread (see forward_kernel).
 constexpr double kSerialFlops = 1 << 18;
+// MKL computes a product whose output has fewer than 16 columns or 4 rows with other kernels, which
+// sum the dot products in another order (up to 1e-6 apart in the scores; tests/test_fused.py probes
+// it). The backward rebuilds the forward's weights exp(s - m) / l from its own products of the same
+// q and k, so both must be the same numbers: no score product is narrower than this unless the
+// whole range is, a short last block joins the one before it, and the forward widens a narrow band.
+constexpr int64_t kMinCols = 16, kMinRows = 4;
+
+// Blocks of `size` over n items, a last remainder shorter than `min_tail` joined to the block before.
+inline int64_t block_count(int64_t n, int64_t size, int64_t min_tail) {
+  const int64_t full = n / size;
+  return full == 0 ? (n > 0 ? 1 : 0) : full + (n % size >= min_tail ? 1 : 0);
+}
+// Length of block i of `count` such blocks (the last one takes what is left).
+inline int64_t block_len(int64_t n, int64_t size, int64_t count, int64_t i) {
+  return i + 1 < count ? size : n - i * size;
+}
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 using Vec = at::vec::Vectorized<float>;
@@ -400,7 +417,8 @@ void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t j
 inline int64_t zigzag(int64_t t, int64_t n) { return t % 2 == 0 ? t / 2 : n - 1 - t / 2; }
 
 template <typename T>
-void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse) {
+void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse, float* m_out,
+                    float* l_out) {
   int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
   if (p.wl >= 0 && (p.causal != 0 || p.wr >= 0)) {
     // A band of `span` keys per row: a block of bq rows computes ~span + bq keys per row, so keep
@@ -413,13 +431,15 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
   // (decode): several heads per block, so one pass over K/V serves them all.
   const int64_t heads_per_block = p.Lb >= bq ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
-  const int64_t blocks_per_head = p.Lb >= bq ? (p.Lb + bq - 1) / bq : 0;
+  const int64_t blocks_per_head = p.Lb >= bq ? block_count(p.Lb, bq, kMinRows) : 0;
   const int64_t group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
-  const int64_t rows_max = p.Lb >= bq ? bq : heads_per_block * p.Lb;
+  const int64_t rows_max = p.Lb >= bq ? bq + kMinRows - 1 : heads_per_block * p.Lb;
+  const int64_t cols_max = bk + kMinCols - 1;
   constexpr bool half = !std::is_same_v<T, float>;
   // Scratch per chunk of work (one chunk per thread): scores (rows x bk), half copy of P,
   // accumulator, m, l, column keys. Allocated inside the chunk, so nothing depends on thread ids.
-  const int64_t per_thread = round16(rows_max * bk) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + bk;
+  const int64_t per_thread =
+      round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
   const bool raw = plain_scores(p);
 
@@ -431,21 +451,21 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
     at::Tensor scratch = scratch_of<float>(per_thread);
-    at::Tensor scratch_half = scratch_of<T>(half ? rows_max * bk : 0);
+    at::Tensor scratch_half = scratch_of<T>(half ? rows_max * cols_max : 0);
     float* qk = scratch.data_ptr<float>();
-    float* acc = qk + round16(rows_max * bk);
+    float* acc = qk + round16(rows_max * cols_max);
     float* mrow = acc + round16(rows_max * p.E);
     float* lrow = mrow + round16(rows_max);
     uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + round16(rows_max));
-    float* pv = reinterpret_cast<float*>(ckeys + bk);  // this tile's P V where some row hides a key of it
+    float* pv = reinterpret_cast<float*>(ckeys + cols_max);  // this tile's P V where some row hides a key of it
     T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
     for (int64_t item; work.next(item);) {
       const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
       const int64_t b = bg / p.G, g = bg % p.G;
       int64_t pr0, rows;  // packed rows [pr0, pr0 + rows) of this group
       if (p.Lb >= bq) {
-        const int64_t m = (t % blocks_per_head) * bq;
-        pr0 = (t / blocks_per_head) * p.Lb + m, rows = std::min(bq, p.Lb - m);
+        const int64_t i = t % blocks_per_head, m = i * bq;
+        pr0 = (t / blocks_per_head) * p.Lb + m, rows = block_len(p.Lb, bq, blocks_per_head, i);
       } else {
         pr0 = t * heads_per_block * p.Lb, rows = std::min(heads_per_block, p.R - t * heads_per_block) * p.Lb;
       }
@@ -469,10 +489,15 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         lrow[r] = 0.f;
       }
       if (jlo >= jhi) std::fill(acc, acc + rows * p.E, 0.f);  // no key block: the rows stay empty
+      if (jlo < jhi && jhi - jlo < kMinCols) {  // a narrow band: widen it with hidden keys (kMinCols)
+        jhi = std::min(p.Sb, jlo + kMinCols);
+        jlo = std::max<int64_t>(0, jhi - kMinCols);
+      }
       // Key blocks start at the first key any row sees and stop at the last: a window of w keys
       // costs ~rows x (w + rows), and the causal diagonal block is trimmed to its visible part.
-      for (int64_t n0 = jlo; n0 < jhi; n0 += bk) {
-        const int64_t cols = std::min(bk, jhi - n0);
+      const int64_t key_blocks = block_count(jhi - jlo, bk, kMinCols);
+      for (int64_t kb = 0; kb < key_blocks; ++kb) {
+        const int64_t n0 = jlo + kb * bk, cols = block_len(jhi - jlo, bk, key_blocks, kb);
         // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
@@ -540,34 +565,36 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         const float inv = l == 0.f ? 0.f : 1.f / l;  // NaN rows stay NaN
         at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
         lse[row0 + r] = l == 0.f ? kNegInf : mrow[r] + std::log(l);
+        // The row's m and l for the backward, which rebuilds exactly these weights, exp(s - m) * (1/l).
+        if (m_out) m_out[row0 + r] = mrow[r], l_out[row0 + r] = l;
       }
     }
   });
 }
 
 // ============================================================================= backward
-// Whether some row of the query block [m0, m0+rows) (lse: this head's rows) sees a key of the
-// absolute range [ja, ja+cols) and saw anything at all: the backward and its row statistics skip
-// the block otherwise.
-inline bool block_sees_keys(const Params& p, int64_t b, const float* lse, int64_t m0, int64_t rows, int64_t ja,
+// Whether some row of the query block [m0, m0+rows) (l: this head's row sums) sees a key of the
+// absolute range [ja, ja+cols) and saw anything at all: the backward skips the block otherwise.
+inline bool block_sees_keys(const Params& p, int64_t b, const float* l, int64_t m0, int64_t rows, int64_t ja,
                             int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
     int64_t lo, hi;
     row_range(p, b, p.i0 + m0 + r, lo, hi);
-    if (lo < ja + cols && hi > ja && lo < hi && lse[m0 + r] != kNegInf) return true;
+    if (lo < ja + cols && hi > ja && lo < hi && l[m0 + r] != 0.f) return true;
   }
   return false;
 }
 
 template <typename T>
-void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                     const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
+void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* m_in,
+                     const float* l_in, const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
   const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
-  const int64_t k_blocks = (p.Sb + bk - 1) / bk;
+  const int64_t bq_max = bq + kMinRows - 1, bk_max = bk + kMinCols - 1;  // with a joined remainder
+  const int64_t k_blocks = block_count(p.Sb, bk, kMinCols), q_blocks = block_count(p.Lb, bq, kMinRows);
   constexpr bool half = !std::is_same_v<T, float>;
   // Scratch per chunk of work (one chunk per thread): P, dP (bq x bk), softcap derivative,
   // dK/dV accumulators, column keys.
-  const int64_t per_thread = 3 * bq * bk + round16(bk * p.D) + round16(bk * p.E) + bk;
+  const int64_t per_thread = 3 * bq_max * bk_max + round16(bk_max * p.D) + round16(bk_max * p.E) + bk_max;
   // dQ gathers contributions from every key block, and float-mask / bias gradients sum over
   // broadcast dims that several work items share: each chunk accumulates privately and adds
   // its copy to the caller's tensors under a lock at the end.
@@ -575,22 +602,23 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   const at::Tensor* dmask_out[2] = {d_fmask, d_bias};
   std::mutex reduce_lock;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const bool raw = plain_scores(p);  // the forward's arithmetic for P, so both make the same weights
 
   WorkQueue work(p.B * p.G * k_blocks);
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
     at::Tensor scratch = scratch_of<float>(per_thread);
-    at::Tensor scratch_half = scratch_of<T>(half ? 2 * bq * bk : 0);
+    at::Tensor scratch_half = scratch_of<T>(half ? 2 * bq_max * bk_max : 0);
     at::Tensor dq_private = at::zeros({dq_numel}, at::kFloat);
     at::Tensor dmask_private[2];
     float* pbuf = scratch.data_ptr<float>();
-    float* dpbuf = pbuf + bq * bk;
-    float* dcap = dpbuf + bq * bk;
-    float* dk_acc = dcap + bq * bk;
-    float* dv_acc = dk_acc + round16(bk * p.D);
-    uint32_t* ckeys = reinterpret_cast<uint32_t*>(dv_acc + round16(bk * p.E));
+    float* dpbuf = pbuf + bq_max * bk_max;
+    float* dcap = dpbuf + bq_max * bk_max;
+    float* dk_acc = dcap + bq_max * bk_max;
+    float* dv_acc = dk_acc + round16(bk_max * p.D);
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(dv_acc + round16(bk_max * p.E));
     T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
-    T* ds_half = half ? p_half + bq * bk : nullptr;
+    T* ds_half = half ? p_half + bq_max * bk_max : nullptr;
     float* dq_t = dq_private.data_ptr<float>();
     float* dm_t[2] = {nullptr, nullptr};
     Strides4 dm_s[2];
@@ -602,7 +630,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
     for (int64_t item; work.next(item);) {
       const int64_t bg = item / k_blocks, kb = zigzag(item % k_blocks, k_blocks);
       const int64_t b = bg / p.G, g = bg % p.G;
-      const int64_t n0 = kb * bk, cols = std::min(bk, p.Sb - n0);
+      const int64_t n0 = kb * bk, cols = block_len(p.Sb, bk, k_blocks, kb);
       const int64_t ja = p.j0 + n0;
       const T* kp = k + (bg * p.Sb + n0) * p.D;
       const T* vp = v + (bg * p.Sb + n0) * p.E;
@@ -613,13 +641,14 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
         for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
       for (int64_t r_head = 0; r_head < p.R; ++r_head) {
         const int64_t h = g * p.R + r_head, bh = b * p.H + h;
-        for (int64_t m0 = 0; m0 < p.Lb; m0 += bq) {
-          const int64_t rows = std::min(bq, p.Lb - m0);
+        for (int64_t qb = 0; qb < q_blocks; ++qb) {
+          const int64_t m0 = qb * bq, rows = block_len(p.Lb, bq, q_blocks, qb);
           // skip query blocks that see none of these keys
-          if (!block_sees_keys(p, b, lse + bh * p.Lb, m0, rows, ja, cols)) continue;
+          if (!block_sees_keys(p, b, l_in + bh * p.Lb, m0, rows, ja, cols)) continue;
           const T* qp = q + (bh * p.Lb + m0) * p.D;
           const T* dop = dout + (bh * p.Lb + m0) * p.E;
-          // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - L) with the final log-normalizer.
+          // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - m) / l with the forward's final m and l (not
+          // exp(S - L): a float L = m + log l rounds, and at a huge offset loses log l entirely).
           gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp, p.D, 0.f, pbuf, cols);
           // Alg. 2 line 14: dP = dO V^T.
           gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, vp, p.E, 0.f, dpbuf, cols);
@@ -628,14 +657,18 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
             float* s = pbuf + r * cols;
             float* dpr = dpbuf + r * cols;
             float* dcr = p.softcap != 0.f ? dcap + r * cols : nullptr;
-            const float l = lse[bh * p.Lb + m0 + r];
-            score_row(p, b, h, ia, ja, cols, s, dcr);
-            if (l == kNegInf) {
+            const float mr = m_in[bh * p.Lb + m0 + r], lr = l_in[bh * p.Lb + m0 + r];
+            score_row(p, b, h, ia, ja, cols, s, dcr, raw);
+            if (lr == 0.f) {
               std::fill(s, s + cols, 0.f);  // the row saw nothing: it contributes nothing
               std::fill(dpr, dpr + cols, 0.f);
               continue;
             }
-            exp_sum_row(s, cols, l);
+            // The forward's exp pass and its 1/l: the weights its output was made of, so the rows sum
+            // to 1 and D = rowsum(dO o O) matches them to the output's own rounding.
+            exp_sum_row(s, cols, mr, raw ? p.scale : 1.f);
+            const Vec vinv(1.f / lr);
+            at::vec::map<float>([vinv](Vec x) { return x * vinv; }, s, s, cols);
             // Alg. 2 line 16: dS = P o (dP - D_i), with dropout dP <- dP o keep / (1-p).
             const Vec vd(delta[bh * p.Lb + m0 + r]);
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, dpr, cols, keep_scale);
@@ -682,89 +715,31 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   });
 }
 
-// ============================================================================= backward row statistics
-// n_i = sum_j P'_ij and c_i = sum_j P'_ij dP_ij (dP with dropout's keep/(1-p)), P' = exp(s - lse)
-// recomputed exactly as backward_kernel recomputes it (same 64 x 128 blocks, same GEMMs, same exp).
-// A float lse carries its rounding and the forward's exp error, so P' rows sum to 1 +- 1e-6, and
-// D = rowsum(dO o O) differs from sum_j P'_ij dP_ij by as much: both showed in dV and dK (the
-// FlashAttention accuracy rule). With these the backward uses P = P'/n and D = c/n, consistent with
-// the P it computes (engines/_kernel.py, exact_rows); at a huge float-mask offset n is S, not 1.
-template <typename T>
-void row_stats_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                      float* n_out, float* c_out) {
-  const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
-  const int64_t q_blocks = (p.Lb + bq - 1) / bq;
-  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
-  WorkQueue work(p.B * p.H * q_blocks);
-  at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
-    SequentialBlas sequential_blas;
-    at::Tensor scratch = scratch_of<float>(2 * bq * bk + bk);
-    float* pbuf = scratch.data_ptr<float>();
-    float* dpbuf = pbuf + bq * bk;
-    uint32_t* ckeys = reinterpret_cast<uint32_t*>(dpbuf + bq * bk);
-    for (int64_t item; work.next(item);) {
-      const int64_t bh = item / q_blocks, m0 = (item % q_blocks) * bq;
-      const int64_t b = bh / p.H, h = bh % p.H, bg = b * p.G + h / p.R;
-      const int64_t rows = std::min(bq, p.Lb - m0);
-      float* nrow = n_out + bh * p.Lb + m0;
-      float* crow = c_out + bh * p.Lb + m0;
-      std::fill(nrow, nrow + rows, 0.f);
-      std::fill(crow, crow + rows, 0.f);
-      for (int64_t n0 = 0; n0 < p.Sb; n0 += bk) {  // the backward's key blocks, skipped the same way
-        const int64_t cols = std::min(bk, p.Sb - n0), ja = p.j0 + n0;
-        if (!block_sees_keys(p, b, lse + bh * p.Lb, m0, rows, ja, cols)) continue;
-        const T* qp = q + (bh * p.Lb + m0) * p.D;
-        const T* dop = dout + (bh * p.Lb + m0) * p.E;
-        gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, k + (bg * p.Sb + n0) * p.D, p.D, 0.f, pbuf, cols);
-        gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, v + (bg * p.Sb + n0) * p.E, p.E, 0.f, dpbuf, cols);
-        if (p.dropout_p > 0.f)
-          for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
-        for (int64_t r = 0; r < rows; ++r) {
-          const float l = lse[bh * p.Lb + m0 + r];
-          if (l == kNegInf) continue;
-          const int64_t ia = p.i0 + m0 + r;
-          float* s = pbuf + r * cols;
-          float* dpr = dpbuf + r * cols;
-          score_row(p, b, h, ia, ja, cols, s, nullptr);
-          nrow[r] += exp_sum_row(s, cols, l);
-          if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, dpr, cols, keep_scale);
-          float dot = 0.f;
-          for (int64_t c = 0; c < cols; ++c) dot += s[c] * dpr[c];
-          crow[r] += dot;
-        }
-      }
-    }
-  });
-}
-
 // ============================================================================= op entry points
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                           const std::optional<at::Tensor>& kv_lengths,
-                                           const std::optional<at::Tensor>& q_lengths,
-                                           const std::optional<at::Tensor>& mask,
-                                           const std::optional<at::Tensor>& float_mask,
-                                           const std::optional<at::Tensor>& bias,
-                                           const std::optional<at::Tensor>& alibi_slopes, at::IntArrayRef ints,
-                                           at::ArrayRef<double> floats) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& q_lengths,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& float_mask,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alibi_slopes, at::IntArrayRef ints,
+    at::ArrayRef<double> floats) {
   const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);
   auto f32 = q.options().dtype(at::kFloat);
   at::Tensor out = at::empty({p.B, p.H, p.Lb, p.E}, f32);
-  at::Tensor lse = at::empty({p.B, p.H, p.Lb}, f32);
-  if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
+  at::Tensor lse = at::empty({p.B, p.H, p.Lb}, f32), m = at::empty_like(lse), l = at::empty_like(lse);
+  if (out.numel() == 0 && lse.numel() == 0) return {out, lse, m, l};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_forward", [&] {
     if constexpr (std::is_same_v<scalar_t, double>) {
       TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
     } else {
       forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                               out.data_ptr<float>(), lse.data_ptr<float>());
+                               out.data_ptr<float>(), lse.data_ptr<float>(), m.data_ptr<float>(), l.data_ptr<float>());
     }
   });
-  return {out, lse};
+  return {out, lse, m, l};
 }
 
 void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
-              const at::Tensor& lse, const at::Tensor& delta, const at::Tensor& dq, const at::Tensor& dk,
-              const at::Tensor& dv,
+              const at::Tensor& m, const at::Tensor& l, const at::Tensor& delta, const at::Tensor& dq,
+              const at::Tensor& dk, const at::Tensor& dv,
               const std::optional<at::Tensor>& d_float_mask, const std::optional<at::Tensor>& d_bias,
               const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& q_lengths,
               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& float_mask,
@@ -772,8 +747,8 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
               at::IntArrayRef ints, at::ArrayRef<double> floats) {
   const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);
   TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.is_contiguous(), "dout: contiguous, q's dtype");
-  for (const at::Tensor* t : {&lse, &delta, &dq, &dk, &dv})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "lse/delta/dq/dk/dv: contiguous float32");
+  for (const at::Tensor* t : {&m, &l, &delta, &dq, &dk, &dv})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "m/l/delta/dq/dk/dv: contiguous float32");
   const at::Tensor* dfm = d_float_mask ? &*d_float_mask : nullptr;
   const at::Tensor* dbi = d_bias ? &*d_bias : nullptr;
   for (const at::Tensor* t : {dfm, dbi})
@@ -784,7 +759,7 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
       TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
     } else {
       backward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                dout.data_ptr<scalar_t>(), lse.data_ptr<float>(), delta.data_ptr<float>(),
+                                dout.data_ptr<scalar_t>(), m.data_ptr<float>(), l.data_ptr<float>(), delta.data_ptr<float>(),
                                 dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dfm, dbi);
     }
   });
@@ -869,38 +844,11 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
         forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                 out.data_ptr<float>(), lse.data_ptr<float>());
+                                 out.data_ptr<float>(), lse.data_ptr<float>(), nullptr, nullptr);
       }
     });
   }
   return {dt == at::kFloat ? out : out.to(dt), lse};
-}
-
-std::tuple<at::Tensor, at::Tensor> row_stats(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                             const at::Tensor& dout, const at::Tensor& lse,
-                                             const std::optional<at::Tensor>& kv_lengths,
-                                             const std::optional<at::Tensor>& q_lengths,
-                                             const std::optional<at::Tensor>& mask,
-                                             const std::optional<at::Tensor>& float_mask,
-                                             const std::optional<at::Tensor>& bias,
-                                             const std::optional<at::Tensor>& alibi_slopes, at::IntArrayRef ints,
-                                             at::ArrayRef<double> floats) {
-  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);
-  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.is_contiguous(), "dout: contiguous, q's dtype");
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "lse: contiguous float32");
-  auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor n = at::zeros({p.B, p.H, p.Lb}, f32), c = at::zeros({p.B, p.H, p.Lb}, f32);
-  if (p.Lb == 0 || p.Sb == 0) return {n, c};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_row_stats", [&] {
-    if constexpr (std::is_same_v<scalar_t, double>) {
-      TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
-    } else {
-      row_stats_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                 dout.data_ptr<scalar_t>(), lse.data_ptr<float>(), n.data_ptr<float>(),
-                                 c.data_ptr<float>());
-    }
-  });
-  return {n, c};
 }
 
 }  // namespace
@@ -911,9 +859,10 @@ std::tuple<at::Tensor, at::Tensor> row_stats(const at::Tensor& q, const at::Tens
 TORCH_LIBRARY(attnkit_fused, m) {
   m.def(
       "forward(Tensor q, Tensor k, Tensor v, Tensor? kv_lengths, Tensor? q_lengths, Tensor? mask, "
-      "Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, float[] floats) -> (Tensor, Tensor)");
+      "Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, float[] floats) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "backward(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor lse, Tensor delta, Tensor(a!) dq, "
+      "backward(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor m, Tensor l, Tensor delta, Tensor(a!) dq, "
       "Tensor(b!) dk, Tensor(c!) dv, Tensor(d!)? d_float_mask, Tensor(e!)? d_bias, Tensor? kv_lengths, "
       "Tensor? q_lengths, Tensor? mask, Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, "
       "float[] floats) -> ()");
@@ -923,17 +872,12 @@ TORCH_LIBRARY(attnkit_fused, m) {
       "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? kv_lengths, Tensor? q_lengths, "
       "Tensor? alibi_slopes, int causal, int window_left, int window_right, float? scale, float softcap, "
       "bool half_gemm) -> (Tensor, Tensor)");
-  m.def(
-      "row_stats(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor lse, Tensor? kv_lengths, Tensor? q_lengths, "
-      "Tensor? mask, Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, int[] ints, float[] floats) "
-      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attnkit_fused, CPU, m) {
   m.impl("attention", &attnkit_fused::attention);
   m.impl("forward", &attnkit_fused::forward);
   m.impl("backward", &attnkit_fused::backward);
-  m.impl("row_stats", &attnkit_fused::row_stats);
 }
 
 // The hot path's entry from Python without the dispatcher (its argument parsing against the schema
