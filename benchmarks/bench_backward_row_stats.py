@@ -1,7 +1,7 @@
 """What the exact backward's row statistics cost (issue 21): flash forward+backward with and without them.
 
 The backward recomputes P' = exp(s - lse); since issue 21 it first takes each row's n = Σ P' and
-c = Σ P'·dP (one more pass with two tile GEMMs, engines/_kernel.py row_stats) so that P = P'/n sums
+c = Σ P'·dP (one more pass with two tile GEMMs, engines/kernel row_stats) so that P = P'/n sums
 to 1 and Δ matches it. This script times a training step's attention (forward + backward) with the
 statistics and with the old Δ = rowsum(dO ∘ O), P = P', as a ratio measured in one process after
 warm-up (medians). Run it on a quiet machine:
@@ -18,7 +18,7 @@ import time
 import torch
 
 import attnkit
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
 
 
 def _step(q, k, v, dout, **kw):
@@ -32,7 +32,7 @@ def time_step(shape, kw, repeats, exact):
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(B, H, L, D, generator=g), torch.randn(B, H, S, D, generator=g), torch.randn(B, H, S, D, generator=g)
     dout = torch.randn(B, H, L, D, generator=g)
-    real_stats, real_rows = _kernel.row_stats, _kernel.exact_rows
+    real_stats, real_rows = kernel.row_stats, kernel.exact_rows
     if not exact:
         saved = {}
 
@@ -43,17 +43,17 @@ def time_step(shape, kw, repeats, exact):
         def rows(dout_, lse, dlse, n, c, ct):  # Δ = rowsum(dO ∘ O) - dlse, as before
             return dout_, saved["delta"]
 
-        _kernel.row_stats, _kernel.exact_rows = stats, rows
-        real_delta = _kernel.delta
+        kernel.row_stats, kernel.exact_rows = stats, rows
+        real_delta = kernel.delta
         # _Attend.backward computes delta only through exact_rows now; recompute it from out here.
-        orig_backward = _kernel._Attend.backward
+        orig_backward = kernel._Attend.backward
 
         def backward(ctx, dout_, dlse):
             q_, k_, v_, out, lse, *_ = ctx.saved_tensors
             saved["delta"] = real_delta(dout_ if dout_ is not None else torch.zeros_like(out), out, lse, dlse)
             return orig_backward(ctx, dout_, dlse)
 
-        _kernel._Attend.backward = staticmethod(backward)
+        kernel._Attend.backward = staticmethod(backward)
     try:
         for _ in range(2):
             _step(q, k, v, dout, **kw)
@@ -63,9 +63,9 @@ def time_step(shape, kw, repeats, exact):
             _step(q, k, v, dout, **kw)
             times.append(time.perf_counter() - t0)
     finally:
-        _kernel.row_stats, _kernel.exact_rows = real_stats, real_rows
+        kernel.row_stats, kernel.exact_rows = real_stats, real_rows
         if not exact:
-            _kernel._Attend.backward = staticmethod(orig_backward)
+            kernel._Attend.backward = staticmethod(orig_backward)
     return statistics.median(times)
 
 

@@ -4,7 +4,7 @@ D = 128, L = 203 / S = 113 and swapped, batch 8 — dq, dk, dv against the float
 The backward recomputes P' = exp(s - lse) from the forward's float lse, whose rounding and exp make
 each row of P' sum to 1 ± 1e-6, and took Δ = rowsum(dO ∘ O) from the forward's output, which differs
 from Σ_j P'·dP by as much: dV came out 3× the reference engine's error and dK 2×. With P = P'/n and
-Δ = Σ_j P·dP (engines/_kernel.py, row_stats) both are at the reference's level; see _OPEN below for
+Δ = Σ_j P·dP (engines/kernel.py, row_stats) both are at the reference's level; see _OPEN below for
 where the backward takes that pass today.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
 
 from conftest import err
 
@@ -25,7 +25,7 @@ FLOOR = 1e-6
 
 def _grads(q, k, v, dout, dtype, engine, path=None, **kw):
     leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    with _kernel.force_path(path) if path else contextlib.nullcontext():
+    with kernel.force_path(path) if path else contextlib.nullcontext():
         out = attnkit.attention(*leaves, engine=engine, **kw)
     return [out.detach(), *torch.autograd.grad(out, leaves, dout.to(dtype))]
 

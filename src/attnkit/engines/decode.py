@@ -11,7 +11,7 @@ idle when ``B·H`` is small. This engine instead
    ``(out, lse)``;
 3. merges the partials exactly with [`attnkit.merge_partials`][attnkit.softmax.merge_partials] (DESIGN.md).
 
-Every segment is one call of the tiled kernel (`attnkit.engines._kernel`), so masks
+Every segment is one call of the tiled kernel (`attnkit.engines.kernel`), so masks
 (bottom-right causal, windows, ragged ``kv_lengths``, dense boolean masks sliced per tile),
 ALiBi, softcap, float masks/biases, ``score_mod`` and dropout (the counter hash: the same
 entries as every engine) follow the spec exactly. Tiles hidden by the structured masks are
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..softmax import merge_partials
 from ..spec import AttentionOutput, AttentionSpec
-from . import _kernel
+from . import kernel
 
 NAME = "decode"
 MAX_QUERIES = 16
@@ -56,7 +56,7 @@ def unsupported(spec: AttentionSpec) -> str | None:
 
 def describe(spec: AttentionSpec) -> str:
     """Which tile path the engine runs for ``spec`` and why, e.g. ``"tile path: torch (fused: not built)"``."""
-    return _kernel.describe(spec)
+    return kernel.describe(spec)
 
 
 def _segments(spec: AttentionSpec, workers: int) -> list[tuple[int, int]]:
@@ -89,11 +89,11 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
         workers = 1
     segs = _segments(spec, workers)
     if not segs:
-        return _kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
+        return kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
 
     def part(seg: tuple[int, int]) -> tuple[Tensor, Tensor]:
         j0, j1 = seg
-        return _kernel.forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
+        return kernel.forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
 
     if len(segs) == 1:
         return part(segs[0])
@@ -105,5 +105,5 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
     """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see [`attnkit.attention`][attnkit.functional.attention]."""
     # Split-KV forward; the backward is one kernel call over all keys, as for the flash engine.
-    out, lse = _kernel.attend(q, k, v, spec, split_kv_forward)
+    out, lse = kernel.attend(q, k, v, spec, split_kv_forward)
     return AttentionOutput(out, lse if spec.return_lse else None, None)
