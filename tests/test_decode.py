@@ -7,7 +7,7 @@ import torch
 
 import attnkit
 from attnkit.engines import kernel, decode
-from attnkit.engines.kernel import tiles as tile_path
+from attnkit.engines.kernel import tiles as torch_tiles
 
 from conftest import assert_flash_rule, err, general_dispatch, qkv
 
@@ -30,10 +30,10 @@ def tol64(S: int) -> float:
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force many query/key tiles and several thread segments on small inputs."""
-    monkeypatch.setattr(tile_path, "_TILE_ELEMS", 96)
-    monkeypatch.setattr(tile_path, "_MAX_TILE_Q", 3)
-    monkeypatch.setattr(tile_path, "_MIN_TILE_Q", 1)
-    monkeypatch.setattr(tile_path, "_MIN_TILE_K", 1)
+    monkeypatch.setattr(torch_tiles, "_TILE_ELEMS", 96)
+    monkeypatch.setattr(torch_tiles, "_MAX_TILE_Q", 3)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_Q", 1)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_K", 1)
     monkeypatch.setattr(decode, "MIN_SEGMENT", 16)
 
 
@@ -65,7 +65,7 @@ def test_equals_reference_float64(feature, H, G, L, small_tiles):
 @pytest.mark.parametrize("keys_major_rows", [0, 1 << 30], ids=["query_major", "keys_major"])
 def test_both_score_orientations(feature, keys_major_rows, small_tiles, monkeypatch):
     """Scores are computed as K·qᵀ for few packed query rows and q·Kᵀ otherwise; both are exact."""
-    monkeypatch.setattr(tile_path, "_KEYS_MAJOR_ROWS", keys_major_rows)
+    monkeypatch.setattr(torch_tiles, "_KEYS_MAJOR_ROWS", keys_major_rows)
     B, H, G, L, S, D = 2, 8, 2, 7, 61, 9
     g = torch.Generator().manual_seed(len(feature))
     q, k, v = qkv(B, H, G, L, S, D, 5, dtype=torch.float64, seed=2)

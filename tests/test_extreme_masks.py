@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import attnkit
 from attnkit.engines import kernel
-from attnkit.engines.kernel import tiles as tile_path
+from attnkit.engines.kernel import tiles as torch_tiles
 
 from conftest import ENGINES, err
 
@@ -31,14 +31,14 @@ F32_MIN, F16_MIN = torch.finfo(torch.float32).min, torch.finfo(torch.float16).mi
 def small_tiles(rows: int = 4, keys: int = 16):
     """Several query and key tiles on the torch path even for small problems (restored after)."""
     names = ("_MAX_TILE_Q", "_MIN_TILE_Q", "_MIN_TILE_K", "_TILE_ELEMS")
-    before = [getattr(tile_path, n) for n in names]
+    before = [getattr(torch_tiles, n) for n in names]
     for n, value in zip(names, (rows, rows, keys, rows * keys)):
-        setattr(tile_path, n, value)
+        setattr(torch_tiles, n, value)
     try:
         yield
     finally:
         for n, value in zip(names, before):
-            setattr(tile_path, n, value)
+            setattr(torch_tiles, n, value)
 
 
 def _grads(q, k, v, mask, dout, dtype, mask_dtype, engine, path=None):

@@ -11,7 +11,7 @@ import attnkit
 from attnkit.spec import AttentionSpec
 from attnkit.dropout import keep_mask
 from attnkit.engines import kernel, flash
-from attnkit.engines.kernel import tiles as tile_path
+from attnkit.engines.kernel import tiles as torch_tiles
 from attnkit.spec import BlockIndex
 
 from conftest import assert_flash_rule, err, general_dispatch, qkv
@@ -24,10 +24,10 @@ NAN, INF = float("nan"), float("inf")
 
 def set_tiles(monkeypatch, rows: int, keys: int, budget: int | None = None) -> None:
     """Tiles of ``rows`` queries × ``keys`` keys (for B·H·rows·keys <= budget)."""
-    monkeypatch.setattr(tile_path, "_MAX_TILE_Q", rows)
-    monkeypatch.setattr(tile_path, "_MIN_TILE_Q", rows)
-    monkeypatch.setattr(tile_path, "_MIN_TILE_K", keys)
-    monkeypatch.setattr(tile_path, "_TILE_ELEMS", budget or rows * keys)
+    monkeypatch.setattr(torch_tiles, "_MAX_TILE_Q", rows)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_Q", rows)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_K", keys)
+    monkeypatch.setattr(torch_tiles, "_TILE_ELEMS", budget or rows * keys)
 
 
 @pytest.fixture(autouse=True)
@@ -269,13 +269,13 @@ def test_broadcast_bias_gradient_matches_reference(tile_path):
 
 def _count_tiles(monkeypatch, **kw):
     calls = []
-    original = tile_path.Tiles.scores
+    original = torch_tiles.Tiles.scores
 
     def spy(self, qb, a, b, c, d, cls, *args, **extra):
         calls.append(cls)
         return original(self, qb, a, b, c, d, cls, *args, **extra)
 
-    monkeypatch.setattr(tile_path.Tiles, "scores", spy)
+    monkeypatch.setattr(torch_tiles.Tiles, "scores", spy)
     set_tiles(monkeypatch, 64, 64)
     q, k, v = qkv(1, 1, 1, 1024, 1024, 8)
     with kernel.force_path("torch"):
