@@ -232,6 +232,32 @@ def test_meta_tensors_and_op_registration():
     assert out.shape == (2, 4, 7, 5) and lse.shape == (2, 4, 7) and out.dtype == torch.float32
 
 
+def test_ops_take_the_spec_by_name():
+    """The schemas name every argument; spec_args builds exactly the shared tail, by name."""
+    q, k, v = qkv(1, 2, 1, 3, 5, 8)
+    names = set(fused_path.spec_args(make_spec(q, k, v), 0, 0))
+    for op, head in ((torch.ops.attnkit_fused.forward, 3), (torch.ops.attnkit_fused.backward, 11),
+                     (torch.ops.attnkit_fused.row_stats, 5)):
+        args = [a.name for a in op.default._schema.arguments]
+        assert set(args[head:]) == names and len(args) == head + len(names), args
+    assert {"causal", "window_left", "window_right", "scale", "softcap", "dropout_p"} <= names
+
+
+def test_the_build_key_hashes_every_source_file(tmp_path, monkeypatch):
+    """A change to any header or source of csrc/ gives another cache directory (a rebuild)."""
+    import shutil
+
+    csrc = tmp_path / "csrc"
+    shutil.copytree(build.CSRC, csrc)
+    monkeypatch.setattr(build, "CSRC", csrc)
+    before = build.build_dir()
+    for name in ("params.h", "row_step.h", "register.cpp"):
+        (csrc / name).write_text((csrc / name).read_text() + "\n// changed\n")
+        after = build.build_dir()
+        assert after != before, name
+        before = after
+
+
 def test_torch_compile_sees_one_operator():
     q, k, v = qkv(1, 2, 1, 8, 20, 16)
     spec = make_spec(q, k, v, causal=True)
