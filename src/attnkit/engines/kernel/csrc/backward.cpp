@@ -162,7 +162,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
 // A float lse carries its rounding and the forward's exp error, so P' rows sum to 1 +- 1e-6, and
 // D = rowsum(dO o O) differs from sum_j P'_ij dP_ij by as much: both showed in dV and dK (the
 // FlashAttention accuracy rule). With these the backward uses P = P'/n and D = c/n, consistent with
-// the P it computes (engines/_kernel.py, exact_rows); at a huge float-mask offset n is S, not 1.
+// the P it computes (engines/kernel/__init__.py, exact_rows); at a huge float-mask offset n is S, not 1.
 template <typename T>
 void row_stats_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                       float* n_out, float* c_out) {
