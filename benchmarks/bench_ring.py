@@ -7,7 +7,7 @@
    localhost). Each rank is its own process, so its peak RSS is the per-rank memory; the
    example also self-checks against ``attnkit.attention`` before the long run.
 2. One ring step, measured on this machine in the same shapes: the local block compute
-   (``_kernel.forward`` on one shard × one shard, full) and the K/V exchange (``batch_isend_irecv``
+   (``kernel.forward`` on one shard × one shard, full) and the K/V exchange (``batch_isend_irecv``
    between 2 gloo processes, the ring's own code path). These feed the paper estimate in
    RESULTS.md (where the ring stops paying off on a real cluster).
 """
@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from attnkit.bench.timing import median_seconds
-from attnkit.engines._kernel import forward as kernel_forward
+from attnkit.engines.kernel import forward as kernel_forward
 from attnkit.spec import AttentionSpec
 
 MiB = 1 << 20

@@ -9,7 +9,7 @@ import torch
 
 import attnkit
 import attnkit.nn.adaptive_span as adaptive_span
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
 from attnkit.nn import AdaptiveSpan, AdaptiveSpanAttention, SegmentMemoryAttention
 from attnkit.nn.adaptive_span import adaptive_span_attention, span_mask
 from conftest import ENGINES, assert_flash_rule, qkv
@@ -64,7 +64,7 @@ def test_span_gradient_matches_float64(engine, path, L, S, G, chunk):
         return [out.detach(), *torch.autograd.grad((out * up.to(dtype)).sum(), ins)]
 
     try:
-        with _kernel.force_path(path):
+        with kernel.force_path(path):
             ours = run(lambda a, b, c, s: adaptive_span_attention(a, b, c, s, RAMP, chunk=chunk, engine=engine), torch.float32)
     except attnkit.AttnkitError as why:
         pytest.skip(f"{engine}: {why}")

@@ -6,7 +6,7 @@ scores that MKL summed in another order for the forward's narrow window tiles th
 backward's 128-key blocks, made each row of P' sum to 1 ± 1e-6, inconsistent with Δ = rowsum(dO ∘ O):
 dV came out 3× the reference engine's error and dK 2×. The backward now rebuilds the forward's own
 weights, exp(s - m) / l from the saved row max and sum, with score products of the same shapes
-(engines/csrc: kMinCols/kMinRows; the PyTorch tiles: no keys-major scores when a backward follows).
+(engines/kernel/csrc/params.h: kMinCols/kMinRows; the PyTorch tiles: no keys-major scores when a backward follows).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
 from attnkit.spec import AttentionSpec
 
 from conftest import err
@@ -27,7 +27,7 @@ FLOOR = 1e-6
 
 def _grads(q, k, v, dout, dtype, engine, path=None, **kw):
     leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    with _kernel.force_path(path) if path else contextlib.nullcontext():
+    with kernel.force_path(path) if path else contextlib.nullcontext():
         out = attnkit.attention(*leaves, engine=engine, **kw)
     return [out.detach(), *torch.autograd.grad(out, leaves, dout.to(dtype))]
 
@@ -76,10 +76,10 @@ def test_backward_weights_are_the_forwards(path, L, S, causal, window, offset):
     bias[:, :, ::3] = offset  # every third row: the whole row shifted by the offset
     spec = AttentionSpec.build(q.requires_grad_(), k, v, causal=causal, window=None if window is None else (window, 0),
                                bias=bias)
-    with _kernel.force_path(path), torch.no_grad():
-        out, lse, m, l = _kernel.forward(q, k, v, spec)
+    with kernel.force_path(path), torch.no_grad():
+        out, lse, m, l = kernel.forward(q, k, v, spec)
         dq, dk, dv, p = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(bias)
-        _kernel.backward(q, k, v, torch.zeros_like(out), m, l, -torch.ones_like(l), spec, dq=dq, dk=dk, dv=dv,
+        kernel.backward(q, k, v, torch.zeros_like(out), m, l, -torch.ones_like(l), spec, dq=dq, dk=dk, dv=dv,
                          d_bias=p)
     seen = l > 0
     assert seen.any() and (p.sum(-1)[~seen] == 0).all()

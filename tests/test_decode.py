@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.engines import _kernel, decode
+from attnkit.engines import kernel, decode
+from attnkit.engines.kernel import tiles as torch_tiles
 
 from conftest import assert_flash_rule, err, general_dispatch, qkv
 
@@ -29,10 +30,10 @@ def tol64(S: int) -> float:
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force many query/key tiles and several thread segments on small inputs."""
-    monkeypatch.setattr(_kernel, "_TILE_ELEMS", 96)
-    monkeypatch.setattr(_kernel, "_MAX_TILE_Q", 3)
-    monkeypatch.setattr(_kernel, "_MIN_TILE_Q", 1)
-    monkeypatch.setattr(_kernel, "_MIN_TILE_K", 1)
+    monkeypatch.setattr(torch_tiles, "_TILE_ELEMS", 96)
+    monkeypatch.setattr(torch_tiles, "_MAX_TILE_Q", 3)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_Q", 1)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_K", 1)
     monkeypatch.setattr(decode, "MIN_SEGMENT", 16)
 
 
@@ -64,7 +65,7 @@ def test_equals_reference_float64(feature, H, G, L, small_tiles):
 @pytest.mark.parametrize("keys_major_rows", [0, 1 << 30], ids=["query_major", "keys_major"])
 def test_both_score_orientations(feature, keys_major_rows, small_tiles, monkeypatch):
     """Scores are computed as K·qᵀ for few packed query rows and q·Kᵀ otherwise; both are exact."""
-    monkeypatch.setattr(_kernel, "_KEYS_MAJOR_ROWS", keys_major_rows)
+    monkeypatch.setattr(torch_tiles, "_KEYS_MAJOR_ROWS", keys_major_rows)
     B, H, G, L, S, D = 2, 8, 2, 7, 61, 9
     g = torch.Generator().manual_seed(len(feature))
     q, k, v = qkv(B, H, G, L, S, D, 5, dtype=torch.float64, seed=2)
@@ -116,7 +117,7 @@ def test_dispatch_picks_decode_for_decoding_shapes():
                dict(bias=torch.zeros(1, 8, 1, 3000, requires_grad=True))):
         assert general_dispatch(q, k, v, **kw).engine == "decode", kw
     q, k, v = qkv(1, 8, 2, 1, 300, 16)  # one block: the fused kernel runs it in one call
-    with _kernel.force_path("torch"):  # ... and on PyTorch tiles the reference engine is quicker
+    with kernel.force_path("torch"):  # ... and on PyTorch tiles the reference engine is quicker
         d = general_dispatch(q, k, v, causal=True)
     assert d.engine == "reference" and "one block" in d.reasons["decode"]
     with pytest.raises(attnkit.AttnkitError, match="decode"):
@@ -214,13 +215,13 @@ def test_garbage_past_kv_lengths_is_ignored(small_tiles):
 def _spy_kernel_calls(monkeypatch) -> list[tuple[int, int]]:
     """Record the key range ``(j0, j0 + S_b)`` of every kernel forward call."""
     calls: list[tuple[int, int]] = []
-    real = _kernel.forward
+    real = kernel.forward
 
     def spy(q, k, v, spec, i0=0, j0=0):
         calls.append((j0, j0 + k.shape[2]))
         return real(q, k, v, spec, i0, j0)
 
-    monkeypatch.setattr(_kernel, "forward", spy)
+    monkeypatch.setattr(kernel, "forward", spy)
     return calls
 
 

@@ -152,9 +152,9 @@ def test_pages_quote_the_runs_their_pictures_come_from():
 @pytest.mark.parametrize("page", ["engines.md", "faq.md"])
 def test_page_examples_print_what_the_page_says(page):
     if page == "engines.md":
-        from attnkit.engines import _fused
+        from attnkit.engines.kernel import build
 
-        why = _fused.build_status()
+        why = build.build_status()
         if why is not None:
             pytest.skip(f"the page shows the fused kernel's explain lines; it is unavailable here: {why}")
     text = (ROOT / "docs" / page).read_text(encoding="utf-8")

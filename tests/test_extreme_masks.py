@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnkit
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
+from attnkit.engines.kernel import tiles as torch_tiles
 
 from conftest import ENGINES, err
 
@@ -30,21 +31,21 @@ F32_MIN, F16_MIN = torch.finfo(torch.float32).min, torch.finfo(torch.float16).mi
 def small_tiles(rows: int = 4, keys: int = 16):
     """Several query and key tiles on the torch path even for small problems (restored after)."""
     names = ("_MAX_TILE_Q", "_MIN_TILE_Q", "_MIN_TILE_K", "_TILE_ELEMS")
-    before = [getattr(_kernel, n) for n in names]
+    before = [getattr(torch_tiles, n) for n in names]
     for n, value in zip(names, (rows, rows, keys, rows * keys)):
-        setattr(_kernel, n, value)
+        setattr(torch_tiles, n, value)
     try:
         yield
     finally:
         for n, value in zip(names, before):
-            setattr(_kernel, n, value)
+            setattr(torch_tiles, n, value)
 
 
 def _grads(q, k, v, mask, dout, dtype, mask_dtype, engine, path=None):
     """(dq, dk, dv, dmask) of ``attention(q, k, v, mask=mask)`` in ``dtype`` on ``engine``."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     m = mask.detach().to(mask_dtype).requires_grad_()
-    with _kernel.force_path(path) if path else contextlib.nullcontext():
+    with kernel.force_path(path) if path else contextlib.nullcontext():
         out = attnkit.attention(*leaves, mask=m, engine=engine)
     grads = torch.autograd.grad(out, [*leaves, m], dout.to(dtype))
     return [g.double() for g in grads]

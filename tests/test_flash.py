@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import attnkit
 from attnkit.spec import AttentionSpec
 from attnkit.dropout import keep_mask
-from attnkit.engines import _kernel, flash
+from attnkit.engines import kernel, flash
+from attnkit.engines.kernel import tiles as torch_tiles
 from attnkit.spec import BlockIndex
 
 from conftest import assert_flash_rule, err, general_dispatch, qkv
@@ -23,10 +24,10 @@ NAN, INF = float("nan"), float("inf")
 
 def set_tiles(monkeypatch, rows: int, keys: int, budget: int | None = None) -> None:
     """Tiles of ``rows`` queries × ``keys`` keys (for B·H·rows·keys <= budget)."""
-    monkeypatch.setattr(_kernel, "_MAX_TILE_Q", rows)
-    monkeypatch.setattr(_kernel, "_MIN_TILE_Q", rows)
-    monkeypatch.setattr(_kernel, "_MIN_TILE_K", keys)
-    monkeypatch.setattr(_kernel, "_TILE_ELEMS", budget or rows * keys)
+    monkeypatch.setattr(torch_tiles, "_MAX_TILE_Q", rows)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_Q", rows)
+    monkeypatch.setattr(torch_tiles, "_MIN_TILE_K", keys)
+    monkeypatch.setattr(torch_tiles, "_TILE_ELEMS", budget or rows * keys)
 
 
 @pytest.fixture(autouse=True)
@@ -39,9 +40,9 @@ def small_tiles(monkeypatch, one_thread):
 @pytest.fixture(params=["torch", "fused"])
 def tile_path(request):
     """Force one tile path for the test; the fused one is skipped (with the reason) when it cannot run."""
-    if request.param == "fused" and _kernel._fused()[0] is None:
-        pytest.skip(f"fused tile path unavailable: {_kernel._fused()[1]}")
-    with _kernel.force_path(request.param):
+    if request.param == "fused" and kernel._fused()[0] is None:
+        pytest.skip(f"fused tile path unavailable: {kernel._fused()[1]}")
+    with kernel.force_path(request.param):
         yield request.param
 
 
@@ -268,16 +269,16 @@ def test_broadcast_bias_gradient_matches_reference(tile_path):
 
 def _count_tiles(monkeypatch, **kw):
     calls = []
-    original = _kernel._Tiles.scores
+    original = torch_tiles.Tiles.scores
 
     def spy(self, qb, a, b, c, d, cls, *args, **extra):
         calls.append(cls)
         return original(self, qb, a, b, c, d, cls, *args, **extra)
 
-    monkeypatch.setattr(_kernel._Tiles, "scores", spy)
+    monkeypatch.setattr(torch_tiles.Tiles, "scores", spy)
     set_tiles(monkeypatch, 64, 64)
     q, k, v = qkv(1, 1, 1, 1024, 1024, 8)
-    with _kernel.force_path("torch"):
+    with kernel.force_path("torch"):
         attnkit.attention(q, k, v, engine="flash", **kw)
     return calls
 
@@ -352,12 +353,12 @@ def test_visible_nonfinite_key_gradients_stay_in_the_rows_that_see_it(tile_path)
 def test_tile_path_choice_and_explain(monkeypatch):
     q, k, v = qkv(1, 2, 2, 8, 8, 8)
     spec = AttentionSpec.build(q, k, v)
-    with _kernel.force_path("torch"):
+    with kernel.force_path("torch"):
         assert flash.describe(spec) == "tile path: torch (forced by force_path('torch'))"
-    monkeypatch.setattr(_kernel, "_fused_state", (None, "not built"))
-    assert _kernel.path(spec) == ("torch", "fused: not built")
+    monkeypatch.setattr(kernel, "_fused_state", (None, "not built"))
+    assert kernel.path(spec) == ("torch", "fused: not built")
     assert flash.describe(spec) == "tile path: torch (fused: not built)"
-    with _kernel.force_path("fused"), pytest.raises(attnkit.AttnkitError, match="not built"):
+    with kernel.force_path("fused"), pytest.raises(attnkit.AttnkitError, match="not built"):
         attnkit.attention(q, k, v, engine="flash")
 
     class Broken:  # a fused module whose check itself fails must not break attention
@@ -365,12 +366,12 @@ def test_tile_path_choice_and_explain(monkeypatch):
         def unsupported(spec):
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(_kernel, "_fused_state", (Broken, ""))
-    name, why = _kernel.path(spec)
+    monkeypatch.setattr(kernel, "_fused_state", (Broken, ""))
+    name, why = kernel.path(spec)
     assert name == "torch" and "boom" in why
     assert torch.isfinite(attnkit.attention(q, k, v, engine="flash")).all()
     with pytest.raises(attnkit.AttnkitError, match="force_path"):
-        _kernel.force_path("cuda").__enter__()
+        kernel.force_path("cuda").__enter__()
 
 
 def test_dispatch_reasons():
@@ -398,10 +399,10 @@ def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
 def test_single_block_problems_run_on_the_fused_kernel_and_reference_only_without_it(monkeypatch):
     set_tiles(monkeypatch, 256, 512, 1 << 20)  # the defaults
     q, k, v = qkv(1, 4, 2, 20, 24, 8)
-    if _kernel.path(AttentionSpec.build(q, k, v))[0] == "fused":
+    if kernel.path(AttentionSpec.build(q, k, v))[0] == "fused":
         d = general_dispatch(q, k, v, causal=True)
         assert d.engine == "flash" and "one block" not in str(d)
-    with _kernel.force_path("torch"):  # tiles in PyTorch: one block gains nothing from tiling
+    with kernel.force_path("torch"):  # tiles in PyTorch: one block gains nothing from tiling
         d = general_dispatch(q, k, v, causal=True)
         assert d.engine == "reference" and "one block" in d.reasons["flash"]
     q, k, v = qkv(1, 4, 2, 600, 700, 8)

@@ -1,8 +1,8 @@
-"""The fused C++ tile path (engines/_fused.py + csrc/flash_attention.cpp) against the float64 reference.
+"""The fused C++ tile path (engines/kernel/fused.py + kernel/csrc/) against the float64 reference.
 
-The kernel is driven directly through the contract's ``forward``/``backward`` (wrapped here in a
-small autograd Function, the way the engines wrap it), so these tests do not depend on path
-selection. Accuracy: FlashAttention's rule — error vs float64 at most twice the error of the
+The kernel is driven through the contract's one autograd function, ``kernel.attend``, with the
+fused path forced (``force_path("fused")``), or through the op wrapper's ``forward``/``backward``
+directly, so these tests do not depend on path selection. Accuracy: FlashAttention's rule — error vs float64 at most twice the error of the
 reference engine run in the same precision.
 """
 
@@ -19,13 +19,14 @@ import torch
 import attnkit
 
 from attnkit.dropout import keep_mask
-from attnkit.engines import _fused, _kernel
+from attnkit.engines import kernel
+from attnkit.engines.kernel import build, fused as fused_path
 from attnkit.spec import AttentionSpec, BlockIndex
 
 from conftest import assert_flash_rule, err, qkv
 from test_flash import _materialize as flash_materialize
 
-_REASON = _fused.build_status()
+_REASON = fused_path.status()
 # CI has a compiler: there a kernel that does not build is a failure of every test here, not a skip.
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 pytestmark = pytest.mark.skipif(_REASON is not None and not IN_CI, reason=f"fused kernel unavailable: {_REASON}")
@@ -45,32 +46,11 @@ def make_spec(q, k, v, **kw):
     return AttentionSpec.build(q, k, v, **{**SPEC_DEFAULTS, **kw})
 
 
-class _Fused(torch.autograd.Function):
-    """Test-side autograd over the contract functions (the engines own the real one)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, spec, float_mask, bias):
-        out, lse, m, l = _fused.forward(q.detach(), k.detach(), v.detach(), spec)
-        ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, m, l, float_mask, bias)
-        return out.to(q.dtype), lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, out, m, l, float_mask, bias = ctx.saved_tensors
-        delta = (dout.float() * out).sum(-1) - (0 if dlse is None else dlse.float())
-        dq, dk, dv = (torch.zeros(t.shape, dtype=torch.float32) for t in (q, k, v))
-        need_fm, need_b = ctx.needs_input_grad[4:6]
-        dfm = torch.zeros(float_mask.shape) if need_fm else None
-        db = torch.zeros(bias.shape) if need_b else None
-        _fused.backward(q, k, v, dout, m, l, delta, ctx.spec, dq=dq, dk=dk, dv=dv, d_float_mask=dfm, d_bias=db)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, dfm, db
-
-
 def fused(q, k, v, **kw):
+    """``(out, lse)`` through the one autograd function, on the fused path."""
     spec = make_spec(q, k, v, **kw)
-    fm = kw.get("mask") if kw.get("mask") is not None and kw["mask"].is_floating_point() else None
-    return _Fused.apply(q, k, v, spec, fm, kw.get("bias"))
+    with kernel.force_path("fused"):
+        return kernel.attend(q, k, v, spec)
 
 
 def materialize(case, B, H, L, S):
@@ -179,19 +159,19 @@ def test_fully_masked_rows_out_zero_lse_neg_inf():
 
 
 def test_key_ranges_with_offsets_merge_to_the_whole():
-    """forward over [i0, i0+Lb) x [j0, j0+Sb) with absolute positions, merged with _kernel.merge: the
+    """forward over [i0, i0+Lb) x [j0, j0+Sb) with absolute positions, merged with kernel.merge: the
     outputs, lse, row maxima (exactly) and row sums of the whole."""
     B, H, G, L, S, D = 2, 4, 2, 50, 900, 16
     q, k, v = qkv(B, H, G, L, S, D, seed=4)
     kw = materialize(dict(mask="float", causal=True, alibi_slopes="alibi", kv_lengths=[800, 600]), B, H, L, S)
     spec = make_spec(q, k, v, **kw)
-    whole = _fused.forward(q, k, v, spec)
+    whole = fused_path.forward(q, k, v, spec)
     rows = []
     for i0, i1 in ((0, 17), (17, 50)):
         acc = None
         for j0, j1 in ((0, 333), (333, 610), (610, 900)):
-            part = _fused.forward(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], spec, i0, j0)
-            acc = part if acc is None else _kernel.merge(acc, part)
+            part = fused_path.forward(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], spec, i0, j0)
+            acc = part if acc is None else kernel.merge(acc, part)
         rows.append(acc)
     out, lse, m, l = (torch.cat([r[n] for r in rows], 2) for n in range(4))
     assert err(out, whole[0]) < 1e-5 and err(lse, whole[1]) < 1e-5
@@ -202,15 +182,15 @@ def test_backward_over_key_ranges_accumulates():
     B, H, G, L, S, D = 1, 2, 1, 40, 300, 16
     q, k, v = qkv(B, H, G, L, S, D, seed=6)
     spec = make_spec(q, k, v, causal=True)
-    out, lse, m, l = _fused.forward(q, k, v, spec)
+    out, lse, m, l = fused_path.forward(q, k, v, spec)
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
     delta = (do * out).sum(-1)
     whole = [torch.zeros(t.shape) for t in (q, k, v)]
-    _fused.backward(q, k, v, do, m, l, delta, spec, dq=whole[0], dk=whole[1], dv=whole[2])
+    fused_path.backward(q, k, v, do, m, l, delta, spec, dq=whole[0], dk=whole[1], dv=whole[2])
     dq, dk, dv = (torch.zeros(t.shape) for t in (q, k, v))
     for j0, j1 in ((0, 100), (100, 300)):
-        _fused.backward(q, k[:, :, j0:j1], v[:, :, j0:j1], do, m, l, delta, spec, 0, j0,
-                        dq=dq, dk=dk[:, :, j0:j1], dv=dv[:, :, j0:j1])
+        fused_path.backward(q, k[:, :, j0:j1], v[:, :, j0:j1], do, m, l, delta, spec, 0, j0,
+                            dq=dq, dk=dk[:, :, j0:j1], dv=dv[:, :, j0:j1])
     for a, b in zip((dq, dk, dv), whole):
         assert err(a, b) < 1e-5
 
@@ -223,7 +203,7 @@ def test_dropout_keep_mask_bitwise_equal():
     k = torch.randn(B, H, S, 8, generator=g)
     v = torch.eye(S).expand(B, H, S, S).contiguous()
     spec = make_spec(q, k, v, dropout_p=p, seed=123456789012345)
-    out = _fused.forward(q, k, v, spec)[0]
+    out = fused_path.forward(q, k, v, spec)[0]
     keep = (out * (1 - p) * S).round()
     expected = keep_mask(spec.seed, p, BlockIndex.ranges(range(B), range(H), range(L), range(S)), H)
     assert torch.equal(keep.bool(), expected)
@@ -248,26 +228,51 @@ def test_meta_tensors_and_op_registration():
     q = torch.empty(2, 4, 7, 16, device="meta")
     k = torch.empty(2, 2, 9, 16, device="meta")
     v = torch.empty(2, 2, 9, 5, device="meta")
-    out, lse, m, l = torch.ops.attnkit_fused.forward(q, k, v, None, None, None, None, None, None,
-                                                     [0, 0, 7, 9, 0, -1, -1, 0, 0], [0.25, 0.0, 0.0])
+    spec = make_spec(torch.zeros(2, 4, 7, 16), torch.zeros(2, 2, 9, 16), torch.zeros(2, 2, 9, 5))
+    out, lse, m, l = torch.ops.attnkit_fused.forward(q, k, v, **fused_path.spec_args(spec, 0, 0))
     assert out.shape == (2, 4, 7, 5) and out.dtype == torch.float32
     assert all(t.shape == (2, 4, 7) and t.dtype == torch.float32 for t in (lse, m, l))
+
+
+def test_ops_take_the_spec_by_name():
+    """The schemas name every argument; spec_args builds exactly the shared tail, by name."""
+    q, k, v = qkv(1, 2, 1, 3, 5, 8)
+    names = set(fused_path.spec_args(make_spec(q, k, v), 0, 0))
+    for op, head in ((torch.ops.attnkit_fused.forward, 3), (torch.ops.attnkit_fused.backward, 12)):
+        args = [a.name for a in op.default._schema.arguments]
+        assert set(args[head:]) == names and len(args) == head + len(names), args
+    assert {"causal", "window_left", "window_right", "scale", "softcap", "dropout_p"} <= names
+
+
+def test_the_build_key_hashes_every_source_file(tmp_path, monkeypatch):
+    """A change to any header or source of csrc/ gives another cache directory (a rebuild)."""
+    import shutil
+
+    csrc = tmp_path / "csrc"
+    shutil.copytree(build.CSRC, csrc)
+    monkeypatch.setattr(build, "CSRC", csrc)
+    before = build.build_dir()
+    for name in ("params.h", "row_step.h", "register.cpp"):
+        (csrc / name).write_text((csrc / name).read_text() + "\n// changed\n")
+        after = build.build_dir()
+        assert after != before, name
+        before = after
 
 
 def test_torch_compile_sees_one_operator():
     q, k, v = qkv(1, 2, 1, 8, 20, 16)
     spec = make_spec(q, k, v, causal=True)
-    compiled = torch.compile(lambda a, b, c: _fused.forward(a, b, c, spec)[0], backend="eager", fullgraph=True)
-    assert err(compiled(q, k, v), _fused.forward(q, k, v, spec)[0]) == 0
+    compiled = torch.compile(lambda a, b, c: fused_path.forward(a, b, c, spec)[0], backend="eager", fullgraph=True)
+    assert err(compiled(q, k, v), fused_path.forward(q, k, v, spec)[0]) == 0
 
 
 def test_unsupported_reasons():
     q, k, v = qkv(1, 2, 1, 4, 6, 8)
     spec = make_spec(q, k, v)
-    assert _fused.unsupported(spec) is None  # K/V that may hold NaN are checked on the result instead
+    assert fused_path.unsupported(spec) is None  # K/V that may hold NaN are checked on the result instead
     spec64 = make_spec(q.double(), k.double(), v.double())
-    assert "float64" in _fused.unsupported(spec64)
-    assert "score_mod" in _fused.unsupported(make_spec(q, k, v, score_mod=lambda s, b, h, i, j: s))
+    assert "float64" in fused_path.unsupported(spec64)
+    assert "score_mod" in fused_path.unsupported(make_spec(q, k, v, score_mod=lambda s, b, h, i, j: s))
 
 
 def _run(code: str, env: dict) -> subprocess.CompletedProcess:
@@ -278,16 +283,16 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_cached_build_loads_without_compiling():
     """A second process finds the cached library: no compile line on stderr."""
-    res = _run("from attnkit.engines import _fused; print(_fused.build_status())", {})
+    res = _run("from attnkit.engines.kernel import build; print(build.build_status())", {})
     assert res.returncode == 0 and res.stdout.strip() == "None", res.stderr
     assert "compiling" not in res.stderr
 
 
 def test_disabled_by_env_falls_back_with_reason():
     code = (
-        "import torch, attnkit; from attnkit.engines import _fused; from attnkit import functional;"
+        "import torch, attnkit; from attnkit.engines.kernel import build; from attnkit import functional;"
         "q = torch.randn(1, 1, 3, 4);"
-        "print(_fused.build_status())"
+        "print(build.build_status())"
     )
     res = _run(code, {"ATTNKIT_NO_FUSED": "1"})
     assert res.returncode == 0 and "ATTNKIT_NO_FUSED" in res.stdout
@@ -295,7 +300,7 @@ def test_disabled_by_env_falls_back_with_reason():
 
 def test_failed_build_reports_first_line(tmp_path):
     """No compiler → a one-line reason, no crash (fresh cache so nothing is found)."""
-    code = "from attnkit.engines import _fused; print(_fused.build_status())"
+    code = "from attnkit.engines.kernel import build; print(build.build_status())"
     res = _run(code, {"ATTNKIT_CACHE": str(tmp_path), "CXX": "no-such-compiler-xyz"})
     assert res.returncode == 0 and "no C++ compiler" in res.stdout, res.stderr
 
@@ -310,7 +315,7 @@ def test_cli_build_reports_cache_and_time(capsys):
 
     assert main(["build"]) == 0
     printed = capsys.readouterr().out
-    assert "already built (cached)" in printed and str(_fused.cache_root()) in printed
+    assert "already built (cached)" in printed and str(build.cache_root()) in printed
 
 
 def test_cli_build_failure_is_one_line_exit_2(tmp_path):
@@ -327,9 +332,7 @@ def test_hidden_garbage_on_the_fused_path_is_caught_and_redone():
     lengths = torch.tensor([700, 301])
     ref = attnkit.attention(q.double(), k.double(), v.double(), kv_lengths=lengths, engine="reference")
     k[1, :, 301:], v[1, :, 301:] = float("nan"), float("inf")
-    from attnkit.engines import _kernel
-
-    with _kernel.force_path("fused"):
+    with kernel.force_path("fused"):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = attnkit.attention(*leaves, kv_lengths=lengths, engine="flash")
         grads = torch.autograd.grad(out.sum(), leaves)
@@ -343,8 +346,6 @@ def test_narrow_bands_use_small_query_blocks_and_stay_exact(window, causal):
     q, k, v = qkv(1, 2, 1, 800, 800, 32, seed=11)
     ref = attnkit.attention(q.double(), k.double(), v.double(), window=window, causal=causal, engine="reference")
     base = attnkit.attention(q, k, v, window=window, causal=causal, engine="reference")
-    from attnkit.engines import _kernel
-
-    with _kernel.force_path("fused"):
+    with kernel.force_path("fused"):
         out = attnkit.attention(q, k, v, window=window, causal=causal, engine="flash")
     assert_flash_rule(out, base, ref)

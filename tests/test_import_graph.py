@@ -7,8 +7,10 @@ ancestor package is not an edge (Python initializes the package first, whoever a
 
 Layers, top to bottom (docs/architecture.md): cli (and the runnable examples) > applications
 (inspect, viz, seq2seq, bench) > modules and adapters (nn, integrations, the package facade) >
-functional > engines > spec and math (spec, dropout, masks, scores, softmax, normalizers, errors,
-the numeric and machine facts). A module may import its own layer or any layer below it.
+functional > engines > the kernel (engines/kernel: the contract, its two backends and the build,
+which no engine module may be imported by) > spec and math (spec, dropout, masks, scores, softmax,
+normalizers, errors, the numeric and machine facts). A module may import its own layer or any layer
+below it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "attnkit"
 
-# (layer, module-name prefixes): a module belongs to the first layer with a matching prefix.
+# (layer, module-name prefixes): a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("attnkit.cli", "attnkit.__main__", "attnkit.examples")),
     ("applications", ("attnkit.inspect", "attnkit.viz", "attnkit.seq2seq", "attnkit.bench")),
     ("modules and adapters", ("attnkit.nn", "attnkit.integrations", "attnkit.kv_cache", "attnkit.keras")),
     ("functional", ("attnkit.functional", "attnkit.distributed")),
     ("engines", ("attnkit.engines",)),
+    ("kernel", ("attnkit.engines.kernel",)),
     ("spec and math", ("attnkit.spec", "attnkit.dropout", "attnkit.masks", "attnkit.scores", "attnkit.softmax",
                        "attnkit.normalizers", "attnkit.errors", "attnkit._numerics", "attnkit._machine",
                        "attnkit._devices", "attnkit._layout")),
@@ -86,10 +89,9 @@ def import_graph() -> dict[str, set[str]]:
 def layer_of(module: str) -> str | None:
     if module == "attnkit":
         return FACADE_LAYER
-    for layer, prefixes in LAYERS:
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return layer
-    return None
+    matches = [(len(p), layer) for layer, prefixes in LAYERS for p in prefixes
+               if module == p or module.startswith(p + ".")]
+    return max(matches)[1] if matches else None
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

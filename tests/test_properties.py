@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 import attnkit
 from attnkit import AttnkitError
-from attnkit.engines import _kernel, decode
+from attnkit.engines import kernel, decode
+from attnkit.engines.kernel import tiles as torch_tiles
 
 from conftest import COMPARED, ENGINES, MIN_COMPARED, err
 
@@ -110,7 +111,7 @@ def _relative_bias(s, b, h, i, j):
 def geometry(engine: str, tiles: tuple[int, int] | None) -> Iterator[None]:
     """Tiny tiles on the PyTorch tile path (several query and key tiles per example), and short
     decode segments (several partials to merge); restored afterwards."""
-    saved = {n: getattr(_kernel, n) for n in ("_MAX_TILE_Q", "_MIN_TILE_Q", "_MIN_TILE_K", "_TILE_ELEMS")}
+    saved = {n: getattr(torch_tiles, n) for n in ("_MAX_TILE_Q", "_MIN_TILE_Q", "_MIN_TILE_K", "_TILE_ELEMS")}
     saved_segment, saved_split = decode.MIN_SEGMENT, decode.split_kv_forward
     try:
         if engine == "decode":
@@ -121,13 +122,13 @@ def geometry(engine: str, tiles: tuple[int, int] | None) -> Iterator[None]:
             yield
             return
         rows, keys = tiles
-        _kernel._MAX_TILE_Q = _kernel._MIN_TILE_Q = rows
-        _kernel._MIN_TILE_K, _kernel._TILE_ELEMS = keys, 1  # the budget never widens a tile past (rows, keys)
-        with _kernel.force_path("torch"):
+        torch_tiles._MAX_TILE_Q = torch_tiles._MIN_TILE_Q = rows
+        torch_tiles._MIN_TILE_K, torch_tiles._TILE_ELEMS = keys, 1  # the budget never widens a tile past (rows, keys)
+        with kernel.force_path("torch"):
             yield
     finally:
         for n, value in saved.items():
-            setattr(_kernel, n, value)
+            setattr(torch_tiles, n, value)
         decode.MIN_SEGMENT, decode.split_kv_forward = saved_segment, saved_split
 
 

@@ -21,7 +21,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import attnkit
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
+from attnkit.engines.kernel import tiles as torch_tiles
 from attnkit.engines.ring import chunk_ids, ring_attention, shard_sequence, unshard_sequence
 
 from conftest import err, qkv
@@ -105,9 +106,9 @@ def _against_reference(rank: int, world: int) -> list[dict]:
     B, H, G, D, E, c = 2, 4, 2, 11, 7, 5
     N = 2 * world * c  # divisible by 2P (zigzag) and P (contiguous)
     report = []
-    default_tiles = _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K
+    default_tiles = torch_tiles._TILE_ELEMS, torch_tiles._MAX_TILE_Q, torch_tiles._MIN_TILE_Q, torch_tiles._MIN_TILE_K
     for n, (dtype, layout, causal, small) in enumerate(CONFIGS):
-        _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = (
+        torch_tiles._TILE_ELEMS, torch_tiles._MAX_TILE_Q, torch_tiles._MIN_TILE_Q, torch_tiles._MIN_TILE_K = (
             (64, 4, 1, 1) if small else default_tiles
         )
         q, k, v = qkv(B, H, G, N, N, D, E, dtype=torch.float64, seed=n)
@@ -161,7 +162,7 @@ def test_ring_equals_reference(world):
 def _gradcheck_single_rank_groups(rank: int, world: int) -> bool:
     """gradcheck the ring's autograd.Function on a one-rank group (every rank its own group)."""
     groups = [dist.new_group([r]) for r in range(world)]
-    _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = 8, 2, 1, 1
+    torch_tiles._TILE_ELEMS, torch_tiles._MAX_TILE_Q, torch_tiles._MIN_TILE_Q, torch_tiles._MIN_TILE_K = 8, 2, 1, 1
     q, k, v = qkv(1, 2, 1, 4, 4, 3, dtype=torch.float64, seed=rank, requires_grad=True)
 
     def f(q, k, v):
@@ -177,7 +178,7 @@ def test_ring_function_gradcheck():
 
 def _dropout_and_bias(rank: int, world: int) -> list[float]:
     """Dropout (the counter hash) and a bias that requires grad: output and every gradient vs the reference."""
-    _kernel._TILE_ELEMS, _kernel._MAX_TILE_Q, _kernel._MIN_TILE_Q, _kernel._MIN_TILE_K = 64, 4, 1, 1
+    torch_tiles._TILE_ELEMS, torch_tiles._MAX_TILE_Q, torch_tiles._MIN_TILE_Q, torch_tiles._MIN_TILE_K = 64, 4, 1, 1
     B, H, G, D, N = 2, 4, 2, 5, 4 * world
     q, k, v = qkv(B, H, G, N, N, D, dtype=torch.float64, seed=3)
     bias = torch.randn(1, H, N, N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))

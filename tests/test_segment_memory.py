@@ -10,7 +10,7 @@ import torch
 import attnkit
 import attnkit.nn.segment_memory as segment_memory
 from attnkit.nn import SegmentMemoryAttention
-from attnkit.engines import _kernel
+from attnkit.engines import kernel
 from conftest import ENGINES, assert_flash_rule
 
 # Every engine, forced; the flash engine also on each tile path (fused C++ kernel, PyTorch tiles).
@@ -96,7 +96,7 @@ def test_gradients_match_float64_on_every_engine(engine, path, seg, G):
         return [out.detach(), *g]
 
     try:
-        with _kernel.force_path(path):
+        with kernel.force_path(path):
             ours = grads(layer32, lambda m, x: run_segments(m, x, seg, engine=engine)[0], torch.float32)
     except attnkit.AttnkitError as why:
         pytest.skip(f"{engine}: {why}")

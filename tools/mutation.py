@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CPP = "src/attnkit/engines/csrc/flash_attention.cpp"
-KERNEL = "src/attnkit/engines/_kernel.py"
+CSRC = "src/attnkit/engines/kernel/csrc/"
+PARAMS, ROW_STEP = CSRC + "params.h", CSRC + "row_step.h"
+FORWARD, BACKWARD = CSRC + "forward.cpp", CSRC + "backward.cpp"
+TILES = "src/attnkit/engines/kernel/tiles.py"
 DECODE = "src/attnkit/engines/decode.py"
 
 # Cheapest first: with -x the first failing file ends the run of a killed mutant early.
@@ -62,55 +64,56 @@ class Mutant:
 
     @property
     def rebuilds(self) -> bool:
-        return self.file.endswith(".cpp")
+        return self.file.endswith((".cpp", ".h"))
 
 
 MUTANTS: list[Mutant] = [
     # ---- the fused C++ kernel
-    Mutant("C1", "C++ forward: a fully masked row is not zeroed (no l == 0 guard: 0/0 = NaN)", CPP,
+    Mutant("C1", "C++ forward: a fully masked row is not zeroed (no l == 0 guard: 0/0 = NaN)", FORWARD,
            "const float inv = l == 0.f ? 0.f : 1.f / l;", "const float inv = 1.f / l;", KERNEL_TESTS),
-    Mutant("C2", "C++: bottom-right causal offset off by one (S - L + 1)", CPP,
+    Mutant("C2", "C++: bottom-right causal offset off by one (S - L + 1)", PARAMS,
            "const int64_t pos = ia + (p.causal == 2 ? 0 : kvl - ql);",
            "const int64_t pos = ia + (p.causal == 2 ? 0 : kvl - ql + 1);", KERNEL_TESTS),
-    Mutant("C3", "C++ backward: dK misses the softmax scale", CPP,
+    Mutant("C3", "C++ backward: dK misses the softmax scale", BACKWARD,
            "gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);",
            "gemm<T>(true, false, cols, p.D, rows, 1.f, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);", KERNEL_TESTS),
-    Mutant("C4", "C++: ALiBi slopes negated in the backward only", CPP,
-           "              at::IntArrayRef ints, at::ArrayRef<double> floats) {\n"
-           "  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats);",
-           "              at::IntArrayRef ints, at::ArrayRef<double> floats) {\n"
+    Mutant("C4", "C++: ALiBi slopes negated in the backward only", BACKWARD,
+           "              ATTNKIT_SPEC_PARAMS) {\n  const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);",
+           "              ATTNKIT_SPEC_PARAMS) {\n"
            "  const std::optional<at::Tensor> neg = alibi_slopes ? std::optional<at::Tensor>(alibi_slopes->neg()) : std::nullopt;\n"
-           "  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, neg, ints, floats);",
+           "  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, neg, i0, j0, L, S, causal,\n"
+           "                               window_left, window_right, seed, dropout_threshold, scale, softcap, dropout_p);",
            KERNEL_TESTS),
-    Mutant("C5", "C++: window right bound `<` for `<=` (one key too few on the right)", CPP,
+    Mutant("C5", "C++: window right bound `<` for `<=` (one key too few on the right)", PARAMS,
            "if (p.wr >= 0 && p.causal == 0) hi = std::min(hi, pos + p.wr + 1);",
            "if (p.wr >= 0 && p.causal == 0) hi = std::min(hi, pos + p.wr);", KERNEL_TESTS),
-    Mutant("C6", "C++ backward: dropout without the 1/(1-p) scale", CPP,
+    Mutant("C6", "C++ backward: dropout without the 1/(1-p) scale", BACKWARD,
            "  std::mutex reduce_lock;\n  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;",
            "  std::mutex reduce_lock;\n  const float keep_scale = 1.f;", KERNEL_TESTS),
-    Mutant("C7", "C++ forward: running sum not rescaled across key blocks", CPP,
+    Mutant("C7", "C++ forward: running sum not rescaled across key blocks", FORWARD,
            "lrow[r] = alpha * lrow[r] + sum;", "lrow[r] = lrow[r] + sum;", KERNEL_TESTS),
-    Mutant("C8", "C++ backward: block skip off by one (a row seeing only a block's first key skips it)", CPP,
+    Mutant("C8", "C++ backward: block skip off by one (a row seeing only a block's first key skips it)", BACKWARD,
            "if (lo < ja + cols && hi > ja && lo < hi", "if (lo < ja + cols && hi > ja + 1 && lo < hi", KERNEL_TESTS),
     # ---- the hot path (issue 18): the op's own pass and checks, and the Python decision
-    Mutant("H1", "C++ forward: a hidden key's P·V is not redone (0·NaN of garbage in a KV cache leaks)", CPP,
+    Mutant("H1", "C++ forward: a hidden key's P·V is not redone (0·NaN of garbage in a KV cache leaks)", FORWARD,
            "const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;",
            "const bool partial = false;", HOT_TESTS),
-    Mutant("H2", "C++ forward: every key block overwrites the output (GEMM beta 0 after the first block too)", CPP,
+    Mutant("H2", "C++ forward: every key block overwrites the output (GEMM beta 0 after the first block too)", FORWARD,
            "first ? 0.f : 1.f, acc, p.E);", "0.f, acc, p.E);", HOT_TESTS),
-    Mutant("H3", "C++ hot path op: kv_lengths above S are not refused", CPP,
+    Mutant("H3", "C++ hot path op: kv_lengths above S are not refused", FORWARD,
            "d[i] >= 0 && d[i] <= n", "d[i] >= 0", HOT_TESTS),
-    Mutant("H4", "hot path: causal='top_left' runs bottom-right aligned", "src/attnkit/engines/hot.py",
-           '_CAUSAL = {"bottom_right": 1, "top_left": 2}', '_CAUSAL = {"bottom_right": 1, "top_left": 1}', HOT_TESTS),
-    Mutant("H5", "C++ forward: plain scores' scale applied twice in the exp pass", CPP,
+    Mutant("H4", "the ops' causal codes: 'top_left' runs bottom-right aligned (hot path and fused tiles)",
+           "src/attnkit/engines/kernel/fused.py", 'CAUSAL = {None: 0, "bottom_right": 1, "top_left": 2}',
+           'CAUSAL = {None: 0, "bottom_right": 1, "top_left": 1}', HOT_TESTS),
+    Mutant("H5", "C++ forward: plain scores' scale applied twice in the exp pass", ROW_STEP,
            "at::vec::fmsub(Vec::loadu(s + j), vscale, vm)", "at::vec::fmsub(Vec::loadu(s + j) * vscale, vscale, vm)",
            HOT_TESTS),
-    # ---- the PyTorch tile path (_kernel)
-    Mutant("T1", "tile path: accumulator not rescaled to the new running max", KERNEL,
+    # ---- the PyTorch tile path (kernel/tiles.py)
+    Mutant("T1", "tile path: accumulator not rescaled to the new running max", TILES,
            "                acc.mul_(alpha.unsqueeze(-1))  # rescale the past to the new max\n", "", TILE_TESTS),
-    Mutant("T2", "tile path backward: dropout dP not divided by 1-p", KERNEL,
+    Mutant("T2", "tile path backward: dropout dP not divided by 1-p", TILES,
            "dp.mul_(keep).div_(1.0 - pd)", "dp.mul_(keep)", TILE_TESTS),
-    Mutant("T3", "tile path: a fully masked row is not zeroed (0/0)", KERNEL,
+    Mutant("T3", "tile path: a fully masked row is not zeroed (0/0)", TILES,
            "norm = state.l.masked_fill(state.l == 0, 1.0).unsqueeze(-1)", "norm = state.l.unsqueeze(-1)", TILE_TESTS),
     # ---- decode, merge, masks, dropout, dispatch, spec, sdpa
     Mutant("D1", "decode: the merge tree drops the unpaired last partial (odd count)", DECODE,
@@ -119,6 +122,9 @@ MUTANTS: list[Mutant] = [
     Mutant("D2", "decode: the last split-KV segment is dropped", DECODE,
            "return _merge_all(list(_pool.map(part, segs)))", "return _merge_all(list(_pool.map(part, segs[:-1])))",
            ("test_decode.py", "test_properties.py")),
+    Mutant("G1", "ring backward: the bias gradient is not summed across ranks (each rank keeps its rows only)",
+           "src/attnkit/engines/ring.py",
+           'ring.all_reduce(d_bias, "sum the bias gradient")', "pass", ("test_ring.py",)),
     Mutant("M1", "merge_partials: half/half weights when one part has lse = -inf", "src/attnkit/softmax.py",
            "d = (lse_a - lse_b).masked_fill(both_empty, 0.0)",
            "d = (lse_a - lse_b).masked_fill((lse_a == NEG_INF) | (lse_b == NEG_INF), 0.0)", MERGE_TESTS),

@@ -24,7 +24,7 @@ from .. import _machine
 
 __all__ = ["cpu_info", "kernel_flags", "header", "CompileTime", "compile_time", "format_compile_time"]
 
-FUSED_MODULE = "attnkit.engines._fused"
+FUSED_MODULE = "attnkit.engines.kernel.build"
 COMPILE_TARGET_S = 60.0
 
 
@@ -47,10 +47,10 @@ def kernel_flags() -> tuple[str, ...]:
 def fused_status() -> str:
     """One phrase on the fused kernel: loaded, why not, or not part of this install."""
     if importlib.util.find_spec(FUSED_MODULE) is None:
-        return "fused kernel not available (no attnkit.engines._fused in this install)"
-    from ..engines import _fused  # type: ignore[attr-defined]
+        return "fused kernel not available (no attnkit.engines.kernel.build in this install)"
+    from ..engines.kernel import build  # type: ignore[attr-defined]
 
-    why = _fused.build_status()
+    why = build.build_status()
     return "fused kernel loaded" if why is None else f"fused kernel not used: {why}"
 
 

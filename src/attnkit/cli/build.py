@@ -11,10 +11,10 @@ __all__ = ["register"]
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from ..engines import _fused
+    from ..engines.kernel import build
 
     try:
-        lib, seconds, compiled = _fused.timed_build(force=args.force)
+        lib, seconds, compiled = build.timed_build(force=args.force)
     except RuntimeError as err:
         raise AttnkitError.build(
             "a C++ compiler and ninja to build the fused kernel",

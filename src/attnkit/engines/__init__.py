@@ -5,9 +5,10 @@
 - ``reference`` (materialized scores, the oracle), ``sdpa`` (torch's fused kernel),
   ``flash`` (tiled FlashAttention-2), ``decode`` (split-KV for few queries): the dispatched engines.
 - ``ring``: ring attention across processes (public in `attnkit.distributed`).
-- ``_kernel``: the one tiled online-softmax kernel (forward and backward over a query range ×
-  key range, its tile geometry, and the choice between the fused C++ path ``_fused`` and the
-  PyTorch tile path), shared by flash, decode and ring.
+- ``kernel``: the one tiled online-softmax kernel, a package: the contract (forward and backward
+  over a query range × key range, ``attend``, the path choice) in ``kernel/__init__``, the PyTorch
+  tile path in ``kernel.tiles``, the fused C++ path in ``kernel.fused`` (op wrapper),
+  ``kernel.build`` (compiler, cache) and ``kernel/csrc/``; shared by flash, decode and ring.
 
 Every engine module has ``NAME``, ``unsupported(spec) -> str | None`` (why it cannot compute a
 spec, or ``None``) and ``run(q, k, v, spec) -> AttentionOutput``. An engine never imports a

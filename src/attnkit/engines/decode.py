@@ -9,10 +9,10 @@ idle when ``B·H`` is small. This engine instead
 2. splits the keys into one contiguous segment per intra-op thread; each thread walks its
    segment in cache-sized tiles with the online softmax and returns a partial
    ``(out, lse, m, l)``;
-3. merges the partials exactly (`attnkit.engines._kernel.merge`: outputs with
-   [`attnkit.merge_partials`][attnkit.softmax.merge_partials], DESIGN.md; row maxima and sums).
+3. merges the partials exactly (`attnkit.engines.kernel.merge`, by row maxima and sums: like
+   [`attnkit.merge_partials`][attnkit.softmax.merge_partials] by lse, DESIGN.md, but exact at any offset).
 
-Every segment is one call of the tiled kernel (`attnkit.engines._kernel`), so masks
+Every segment is one call of the tiled kernel (`attnkit.engines.kernel`), so masks
 (bottom-right causal, windows, ragged ``kv_lengths``, dense boolean masks sliced per tile),
 ALiBi, softcap, float masks/biases, ``score_mod`` and dropout (the counter hash: the same
 entries as every engine) follow the spec exactly. Tiles hidden by the structured masks are
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..spec import AttentionOutput, AttentionSpec
-from . import _kernel
+from . import kernel
 
 NAME = "decode"
 MAX_QUERIES = 16
@@ -56,7 +56,7 @@ def unsupported(spec: AttentionSpec) -> str | None:
 
 def describe(spec: AttentionSpec) -> str:
     """Which tile path the engine runs for ``spec`` and why, e.g. ``"tile path: torch (fused: not built)"``."""
-    return _kernel.describe(spec)
+    return kernel.describe(spec)
 
 
 def _segments(spec: AttentionSpec, workers: int) -> list[tuple[int, int]]:
@@ -67,15 +67,15 @@ def _segments(spec: AttentionSpec, workers: int) -> list[tuple[int, int]]:
     return [(j, min(j + step, S)) for j in range(0, S, step)] if S else []
 
 
-def _merge_all(parts: list[_kernel.Partial]) -> _kernel.Partial:
+def _merge_all(parts: list[kernel.Partial]) -> kernel.Partial:
     """Merge partials pairwise (a balanced tree: log₂ n rounding steps)."""
     while len(parts) > 1:
-        merged = [_kernel.merge(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        merged = [kernel.merge(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
         parts = merged + ([parts[-1]] if len(parts) % 2 else [])
     return parts[0]
 
 
-def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, workers: int | None = None) -> _kernel.Partial:
+def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, workers: int | None = None) -> kernel.Partial:
     """``(out, lse, m, l)`` in the compute dtype: key segments on threads, merged exactly.
 
     ``workers`` defaults to ``torch.get_num_threads()``; torch kernels release the GIL, so the
@@ -89,11 +89,11 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
         workers = 1
     segs = _segments(spec, workers)
     if not segs:
-        return _kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
+        return kernel.forward(q, k[:, :, :0], v[:, :, :0], spec)
 
-    def part(seg: tuple[int, int]) -> _kernel.Partial:
+    def part(seg: tuple[int, int]) -> kernel.Partial:
         j0, j1 = seg
-        return _kernel.forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
+        return kernel.forward(q, k[:, :, j0:j1], v[:, :, j0:j1], spec, 0, j0)
 
     if len(segs) == 1:
         return part(segs[0])
@@ -105,5 +105,5 @@ def split_kv_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, worke
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
     """Attention for ``q (B, H, L≤16, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``; see [`attnkit.attention`][attnkit.functional.attention]."""
     # Split-KV forward; the backward is one kernel call over all keys, as for the flash engine.
-    out, lse = _kernel.attend(q, k, v, spec, split_kv_forward)
+    out, lse = kernel.attend(q, k, v, spec, split_kv_forward)
     return AttentionOutput(out, lse if spec.return_lse else None, None)

@@ -26,7 +26,7 @@ from types import ModuleType
 
 from ..errors import AttnkitError
 from ..spec import AttentionSpec
-from ._kernel import path, single_block
+from .kernel import path, single_block
 
 __all__ = ["ENGINE_ORDER", "Dispatch", "load", "auto_order", "choose"]
 

@@ -1,6 +1,6 @@
 """The flash engine: exact tiled attention with the online softmax (FlashAttention-2 on CPU).
 
-One call of the tiled kernel (`attnkit.engines._kernel`) over all queries and keys: it
+One call of the tiled kernel (`attnkit.engines.kernel`) over all queries and keys: it
 walks query tiles × key tiles with the running ``(m, l)`` state and never holds more than one
 tile of scores, so memory is O(L + S), not O(L·S). The autograd function saves only ``q, k, v,
 out, lse`` (and the float mask / bias when they need a gradient); backward recomputes each tile
@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..spec import AttentionOutput, AttentionSpec
-from . import _kernel
+from . import kernel
 
 NAME = "flash"
 
@@ -32,13 +32,13 @@ def unsupported(spec: AttentionSpec) -> str | None:
 
 def describe(spec: AttentionSpec) -> str:
     """Which tile path the engine runs for ``spec`` and why, e.g. ``"tile path: torch (fused: not built)"``."""
-    return _kernel.describe(spec)
+    return kernel.describe(spec)
 
 
 def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput:
     """Flash attention for ``q (B, H, L, D)``, ``k (B, G, S, D)``, ``v (B, G, S, E)``."""
-    out, lse = _kernel.attend(q, k, v, spec)  # one kernel call over all keys, differentiable
+    out, lse = kernel.attend(q, k, v, spec)  # one kernel call over all keys, differentiable
     weights = None
     if spec.return_weights:  # exact: exp(s - m) / l rebuilt tile by tile in a second pass
-        weights = _kernel.weights(q, k, lse.detach(), spec).to(q.dtype)
+        weights = kernel.weights(q, k, lse.detach(), spec).to(q.dtype)
     return AttentionOutput(out, lse if spec.return_lse else None, weights)

@@ -30,35 +30,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _kernel
+from . import kernel
 from .decode import MIN_SEGMENT
+from .kernel.fused import CAUSAL
 
 __all__ = ["plan", "run", "status", "DETAIL"]
 
 DETAIL = "hot path: one compiled op, torch.ops.attnkit_fused.attention (checks in C++, fused forward kernel)"
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_CAUSAL = {"bottom_right": 1, "top_left": 2}
 # Below the decode engine's split size its threads gain nothing over one kernel call.
 _SPLIT_KV_MIN_KEYS = 2 * MIN_SEGMENT
 
 _op: Any = None  # the loaded op (OpOverload), or None before the first call
 _direct: Any = None  # the same function without the dispatcher (pybind), used outside torch.compile
 _op_status: str | None = None  # None before the first call, "" when loaded, else why not
-_half_gemm = False  # bf16/fp16 tile GEMMs in half precision (read once with the build, see _fused.half_gemm)
+_half_gemm = False  # bf16/fp16 tile GEMMs in half precision (read once with the build, see build.half_gemm)
 
 
 def status() -> str | None:
     """``None`` when the hot path's op is loaded (building the kernel on first call), else why not."""
     global _op, _op_status, _half_gemm, _direct
     if _op_status is None or _op_status:
-        from . import _fused  # the build lives there; imported once the first call needs it
+        from .kernel import build, fused  # loads (or builds) the kernel once the first call needs it
 
-        why = _fused.build_status()
+        why = fused.status()
         if why is None:
             _op, _op_status = torch.ops.attnkit_fused.attention.default, ""
-            _half_gemm = _fused.half_gemm()
-            _direct = _fused.direct_attention() or _op
+            _half_gemm = build.half_gemm()
+            _direct = build.direct_attention() or _op
         else:
             _op_status = why
             return f"fused kernel unavailable: {why}"
@@ -99,8 +99,8 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
         c = 0
     elif causal is True:
         c = 1
-    elif type(causal) is str and causal in _CAUSAL:
-        c = _CAUSAL[causal]
+    elif type(causal) is str and causal in CAUSAL:
+        c = CAUSAL[causal]
     else:
         return "causal is not one of False, True, 'bottom_right', 'top_left'"
     wl = wr = -1
@@ -131,7 +131,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
     if query.dim() == 4 and query.shape[2] <= 16 and key.dim() == 4 and key.shape[2] >= _SPLIT_KV_MIN_KEYS:
         if not torch.compiler.is_compiling() and key.shape[0] * key.shape[1] < torch.get_num_threads():
             return "a decode step over a long cache with fewer (batch, kv head) groups than threads: split-KV"
-    if _kernel._forced == "torch":
+    if kernel._forced == "torch":
         return "the torch tile path is forced (force_path('torch'))"
     if _op_status != "":
         why = status()

@@ -8,8 +8,8 @@ module holds the algorithm, next to the other engines whose block kernel it shar
 ``t`` rank ``r`` holds the shard of rank ``(r - t) mod P``, sends it on to ``r + 1`` and
 receives the next one from ``r - 1`` (non-blocking ``isend``/``irecv``) *while* it
 computes its queries against the shard it holds. Each step yields a partial
-``(out, lse, m, l)``; `attnkit.engines._kernel.merge` merges them exactly (the outputs with
-[`attnkit.merge_partials`][attnkit.softmax.merge_partials]).
+``(out, lse, m, l)``; `attnkit.engines.kernel.merge` merges them exactly (by row maxima and sums,
+like [`attnkit.merge_partials`][attnkit.softmax.merge_partials] by lse, but exact at any offset).
 
 Causal load balance: with contiguous shards, rank ``P-1`` sees every key and rank 0 only
 its own. The zig-zag layout cuts the sequence into ``2P`` chunks and gives rank ``r``
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import partial
 from typing import Iterator, Literal, Sequence
 
 import torch
@@ -46,7 +47,7 @@ from .._numerics import NEG_INF
 from ..errors import AttnkitError
 from ..masks import block_class
 from ..spec import AttentionSpec
-from . import _kernel
+from . import kernel
 
 __all__ = ["ring_attention", "shard_sequence", "unshard_sequence", "gather_sequence", "chunk_ids"]
 
@@ -235,8 +236,10 @@ def _rotate(k: Tensor, v: Tensor, ring: _Ring, what: str) -> Iterator[tuple[int,
             cur = 1 - cur
 
 
-def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: Layout) -> _kernel.Partial:
-    """``(out, lse, m, l)`` of this rank's queries over every shard's keys, merged exactly."""
+def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, *, ring: _Ring,
+                  layout: Layout) -> kernel.Partial:
+    """`kernel.attend`'s forward: this rank's queries against every shard, merged as they arrive
+    (`kernel.merge`: by row maxima and sums, exact at any offset)."""
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
@@ -245,20 +248,22 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _R
            torch.full(rows, NEG_INF, dtype=ct, device=q.device), torch.zeros(rows, dtype=ct, device=q.device))
     for _, src, k_t, v_t in _rotate(k, v, ring, "forward"):
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            part = _kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
-            for t, merged in zip(acc, _kernel.merge(tuple(t[:, :, qs] for t in acc), part)):  # type: ignore[arg-type]
+            part = kernel.forward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], spec, i0, j0)
+            for t, merged in zip(acc, kernel.merge(tuple(t[:, :, qs] for t in acc), part)):  # type: ignore[arg-type]
                 t[:, :, qs] = merged
     return acc
 
 
 def _ring_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, m: Tensor, l: Tensor, dout: Tensor, dlse: Tensor | None,
-    spec: AttentionSpec, ring: _Ring, layout: Layout, d_bias: Tensor | None = None,
+    spec: AttentionSpec, d_extras: dict[str, Tensor | None], *, ring: _Ring, layout: Layout,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """`kernel.attend`'s backward: K/V rotate again, their dK/dV accumulators one step behind."""
+    d_bias = d_extras.get("bias")
     per = len(chunk_ids(0, ring.size, layout))
     cq, ck = q.shape[2] // per, k.shape[2] // per
     ct = spec.compute_dtype
-    delta = _kernel.delta(dout, out, l, dlse)  # rowsum(dO ∘ O) - dlse
+    delta = kernel.delta(dout, out, l, dlse)  # rowsum(dO ∘ O) - dlse
     dq = torch.zeros(q.shape, dtype=ct, device=q.device)
     n = k.numel() + v.numel()
     # dK|dV accumulators, three in turn: one being computed into, one arriving from the previous
@@ -270,8 +275,8 @@ def _ring_backward(
         g = acc[comp].zero_()  # this rank's dK|dV for rank src's shard
         gk, gv = _split_kv(g, k.shape, v.shape)
         for qs, ks, i0, j0 in _pairs(spec, ring, src, layout, cq, ck):
-            _kernel.backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], m[:, :, qs], l[:, :, qs],
-                             delta[:, :, qs], spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks], d_bias=d_bias)
+            kernel.backward(q[:, :, qs], k_t[:, :, ks], v_t[:, :, ks], dout[:, :, qs], m[:, :, qs], l[:, :, qs],
+                            delta[:, :, qs], spec, i0, j0, dq=dq[:, :, qs], dk=gk[:, :, ks], dv=gv[:, :, ks], d_bias=d_bias)
         if ring.size > 1:
             if t > 0:
                 ring.wait(acc_works, f"pass dK/dV accumulators (backward step {t})")
@@ -284,39 +289,24 @@ def _ring_backward(
     if ring.size > 1:
         ring.wait(acc_works, "return dK/dV to their owners")
     dk, dv = _split_kv(acc[receiving if ring.size > 1 else comp], k.shape, v.shape)
+    if d_bias is not None:  # each rank added its queries' rows: the sum is the whole gradient
+        ring.all_reduce(d_bias, "sum the bias gradient")
     return dq, dk, dv
-
-
-class _RingAttention(torch.autograd.Function):
-    """Ring forward; ring backward recomputing probabilities from the saved row maxima and sums."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, ring: _Ring, layout: str,  # type: ignore[override]
-                *bias: Tensor):
-        out, lse, m, l = _ring_forward(q, k, v, spec, ring, layout)  # type: ignore[arg-type]
-        ctx.save_for_backward(q, k, v, out, m, l, *bias)
-        ctx.spec, ctx.ring, ctx.layout = spec, ring, layout
-        return out.to(q.dtype), lse
-
-    @staticmethod
-    def backward(ctx, dout: Tensor, dlse: Tensor | None):  # type: ignore[override]
-        q, k, v, out, m, l, *bias = ctx.saved_tensors
-        need_bias = bool(bias) and ctx.needs_input_grad[6]
-        d_bias = torch.zeros(bias[0].shape, dtype=ctx.spec.compute_dtype, device=q.device) if need_bias else None
-        dq, dk, dv = _ring_backward(q, k, v, out, m, l, dout, dlse, ctx.spec, ctx.ring, ctx.layout, d_bias)
-        grads = [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None]
-        if bias:
-            if d_bias is not None:  # each rank added its queries' rows: the sum is the whole gradient
-                ctx.ring.all_reduce(d_bias, "sum the bias gradient")
-            grads.append(None if d_bias is None else d_bias.to(bias[0].dtype))
-        return tuple(grads)
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def _check_shards(q: Tensor, k: Tensor, causal: bool, layout: str) -> None:
-    """What ring attention adds to the spec builder's checks of the local shards."""
+def _check_shards(q: Tensor, k: Tensor, causal: bool, layout: str, dropout_p: float, seed: int | None) -> None:
+    """What ring attention adds to the spec builder's checks: one sequence sharded the same way
+    on every rank, and one dropout seed for all of them (the spec would draw one per rank)."""
+    if layout not in _LAYOUTS:
+        raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
+    if dropout_p > 0 and seed is None:
+        raise AttnkitError.build(
+            "an int seed (the same on every rank) when dropout_p > 0", f"dropout_p={dropout_p}, seed=None",
+            "pass e.g. dropout_p=0.1, seed=step",
+        )
     if causal and q.shape[2] != k.shape[2]:
         raise AttnkitError.build(
             "query and key shards of equal length for causal ring attention (one sequence)",
@@ -394,35 +384,21 @@ def ring_attention(
             "an initialized torch.distributed process group", "none",
             'launch with torchrun, or call torch.distributed.init_process_group("gloo", timeout=...) first',
         )
-    if layout not in _LAYOUTS:
-        raise AttnkitError.build(f"layout in {_LAYOUTS}", repr(layout), 'use "zigzag" for causal attention')
-    if not 0.0 <= dropout_p < 1.0 or (dropout_p > 0 and seed is None):
-        raise AttnkitError.build(
-            "0 <= dropout_p < 1, with an int seed (the same on every rank) when dropout_p > 0",
-            f"dropout_p={dropout_p}, seed={seed}", "pass e.g. dropout_p=0.1, seed=step",
-        )
     td = timedelta(seconds=timeout) if isinstance(timeout, (int, float)) else timeout
     ring = _Ring(group, td)
     # The local shards are checked like attnkit.attention's tensors; the spec describes the whole sequence.
     spec = AttentionSpec.build(query, key, value, causal=bool(causal), scale=scale, bias=bias, dropout_p=dropout_p,
                                seed=seed, shards=ring.size)
-    _check_shards(query, key, causal, layout)
-    B, H, Lc, D = query.shape
-    G, Sc, E = key.shape[1], key.shape[2], value.shape[3]
+    _check_shards(query, key, causal, layout, dropout_p, seed)
     if check and ring.size > 1:
         dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-        dtype_code = dtypes.index(query.dtype) if query.dtype in dtypes else -1
-        leaves = (query, key, value) + ((bias,) if bias is not None else ())
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
         bias_code = -1 if bias is None else int(bias.requires_grad)
-        meta = [B, H, G, Lc, Sc, D, E, dtype_code, int(causal), _LAYOUTS.index(layout), int(needs_grad),
-                bias_code, int(dropout_p * 2**20), int(seed or 0) & (2**62 - 1)]
+        dtype_code = dtypes.index(spec.dtype) if spec.dtype in dtypes else -1
+        meta = [spec.B, spec.H, spec.G, query.shape[2], key.shape[2], spec.D, spec.E, dtype_code,
+                int(causal), _LAYOUTS.index(layout), int(spec.needs_grad), bias_code, int(spec.dropout_p * 2**20),
+                spec.seed & (2**62 - 1)]
         # requires_grad too: a rank that will not run backward would leave the others waiting in theirs.
         ring.check_same(meta, "[B, H, G, L/P, S/P, D, E, dtype, causal, layout, requires_grad, bias, dropout, seed]")
-    extras = (spec.bias,) if spec.bias is not None else ()
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *extras)):
-        out, lse = _RingAttention.apply(query, key, value, spec, ring, layout, *extras)
-    else:
-        out, lse = _ring_forward(query, key, value, spec, ring, layout)[:2]
-        out = out.to(query.dtype)
+    out, lse = kernel.attend(query, key, value, spec, partial(_ring_forward, ring=ring, layout=layout),
+                             partial(_ring_backward, ring=ring, layout=layout))
     return (out, lse) if return_lse else out

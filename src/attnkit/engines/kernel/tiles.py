@@ -1,22 +1,7 @@
-"""The one tiled attention kernel: the only place in attnkit where score tiles are made.
+"""The PyTorch tile path: the kernel contract (`attnkit.engines.kernel`) in PyTorch ops.
 
-Two functions over a query range × key range of a larger problem (DESIGN.md, "one tiled kernel"):
-
-- `forward` — the online softmax (FlashAttention-2, Algorithm 1) over queries
-  ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)``: ``(out, lse, m, l)`` normalized over the range's visible
-  keys, with each row's max ``m`` and sum ``l`` (``lse = m + log l``);
-- `backward` — recompute ``P = exp(S - m) / l`` from the *final* ``m, l`` and accumulate
-  ``dQ, dK, dV`` (and d(float mask), d(bias)) with ``dS = P ∘ (dP - Δ)`` (Algorithm 2).
-
-The flash engine calls them once over all keys; decode calls `forward` per key segment
-on threads and ring per shard from another rank, both merging with `merge` (by row maxima and sums,
-exact at any offset, like [`attnkit.merge_partials`][attnkit.softmax.merge_partials] by lse).
-Each call runs on one of two tile paths with the same signature: the fused C++ kernel
-(``engines/_fused.py``, compiled on first use) or the PyTorch tile path below. `path` picks
-one and says why, `force_path` overrides it for tests, `describe` is what ``explain``
-prints.
-
-PyTorch tile path, per ``tq × tk`` tile (sizes from `tile_sizes`)::
+It runs what the fused C++ path does not: float64, any device, a ``score_mod`` callable, a
+machine without a compiler. Per ``tq × tk`` tile (sizes from `tile_sizes`)::
 
     s = scale·q·kᵀ                  one baddbmm into a preallocated buffer (no allocation per tile)
     s = score mods, hidden → -inf   attnkit.scores.apply_score_mods, attnkit.masks.visible
@@ -44,23 +29,20 @@ gradient; only then is the range recomputed on the torch path.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from .._numerics import NEG_INF as _NEG_INF, all_finite
-from ..dropout import keep_mask
-from ..errors import AttnkitError
-from ..masks import block_class, visible
-from ..scores import apply_score_mods
-from ..softmax import SoftmaxState
-from ..spec import AttentionSpec, BlockIndex
+from ..._numerics import NEG_INF as _NEG_INF, all_finite
+from ...dropout import keep_mask
+from ...masks import block_class, visible
+from ...scores import apply_score_mods
+from ...softmax import SoftmaxState
+from ...spec import AttentionSpec, BlockIndex
 
-__all__ = ["forward", "backward", "attend", "weights", "delta", "merge", "tile_sizes", "single_block", "path", "force_path",
-           "describe"]
+__all__ = ["Tiles", "tile_sizes", "single_block"]
+
 
 # The one tile rule: about _TILE_ELEMS scores per tile over all B·H heads. 2²⁰ (4 MiB of float32)
 # is the flash engine's measured block (2048 rows × 512 keys; a quiet-window sweep of 512K…8M
@@ -101,244 +83,7 @@ def single_block(spec: AttentionSpec) -> bool:
     return spec.L <= tq and spec.S <= min(tk, _MIN_TILE_K)
 
 
-# --------------------------------------------------------------------------- path selection
-
-_forced: str | None = None
-_fused_state: tuple[object | None, str] | None = None
-
-
-@contextlib.contextmanager
-def force_path(name: str | None) -> Iterator[None]:
-    """Run every kernel call inside the block on ``"fused"``, ``"torch"`` or the automatic choice (``None``).
-
-    Forcing ``"fused"`` on a spec the fused path cannot run raises [`AttnkitError`][attnkit.errors.AttnkitError] with the reason.
-
-    Example:
-        >>> from attnkit.engines import _kernel
-        >>> with _kernel.force_path("torch"):
-        ...     pass
-    """
-    global _forced
-    if name not in ("fused", "torch", None):
-        raise AttnkitError.build('force_path("fused" | "torch" | None)', repr(name), "check the spelling")
-    before, _forced = _forced, name
-    try:
-        yield
-    finally:
-        _forced = before
-
-
-def _fused():
-    """``(module, "")`` if ``engines/_fused.py`` imports, else ``(None, why)``; imported once, lazily."""
-    global _fused_state
-    if _fused_state is None:
-        try:
-            from . import _fused as mod
-        except ModuleNotFoundError as err:
-            _fused_state = (None, "not built" if err.name and err.name.endswith("_fused") else f"missing {err.name}")
-        except Exception as err:  # a broken extension must never break attention: report it, use torch
-            _fused_state = (None, f"import failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
-        else:
-            _fused_state = (mod, "")
-    return _fused_state
-
-
-def path(spec: AttentionSpec) -> tuple[str, str]:
-    """Which tile path runs ``spec``: ``("fused" | "torch", reason)``."""
-    if _forced == "torch":
-        return "torch", "forced by force_path('torch')"
-    mod, why = _fused()
-    if mod is not None:
-        try:
-            why = mod.unsupported(spec)  # type: ignore[attr-defined]
-        except Exception as err:  # same guard as the import: report and fall back
-            why = f"unsupported() raised {type(err).__name__}: {err}"
-    if not why:
-        return "fused", "forced by force_path('fused')" if _forced == "fused" else "fused C++ kernel"
-    if _forced == "fused":
-        raise AttnkitError.build("a spec the fused tile path runs (force_path('fused'))", why, "use force_path('torch') or None")
-    return "torch", f"fused: {why}"
-
-
-def describe(spec: AttentionSpec) -> str:
-    """One line for ``explain``: e.g. ``"tile path: torch (fused: not built)"``."""
-    name, why = path(spec)
-    return f"tile path: {name} ({why})"
-
-
-# --------------------------------------------------------------------------- the two functions
-
-
-Partial = "tuple[Tensor, Tensor, Tensor, Tensor]"  # (out, lse, m, l) of a query range over a key range
-
-
-def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Partial:
-    """Attention of queries ``[i0, i0+Lb)`` over keys ``[j0, j0+Sb)`` of ``spec``'s problem.
-
-    Args:
-        q: ``(B, H, Lb, D)``; k: ``(B, G, Sb, D)``; v: ``(B, G, Sb, E)`` — the range's slices.
-        spec: the whole problem; masks, score mods, ALiBi, dropout use absolute positions.
-        i0, j0: absolute position of the first query and the first key.
-
-    Returns:
-        ``out (B, H, Lb, E)`` normalized over the range's visible keys (dropout:
-        ``Σ p·keep·v / ((1-p)·l)``), and per row ``(B, H, Lb)`` ``lse = m + log l``, the max ``m``
-        of the visible scores and the sum ``l = Σ exp(s - m)``, all in ``spec.compute_dtype``.
-        Rows with no visible key in the range: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
-    """
-    if path(spec)[0] == "fused":
-        # The fused pass keeps hidden keys out of P·V itself (a row that came out non-finite in a tile
-        # where it hides keys is redone over its visible keys), so its result needs no second look.
-        return _fused()[0].forward(q, k, v, spec, i0, j0)  # type: ignore[union-attr]
-    with torch.no_grad():
-        return _Tiles(q, k, v, spec, i0, j0).forward()
-
-
-def backward(
-    q: Tensor, k: Tensor, v: Tensor, dout: Tensor, m: Tensor, l: Tensor, delta: Tensor, spec: AttentionSpec,
-    i0: int = 0, j0: int = 0, *, dq: Tensor, dk: Tensor, dv: Tensor,
-    d_float_mask: Tensor | None = None, d_bias: Tensor | None = None,
-) -> None:
-    """Accumulate this range's gradient contributions in place.
-
-    Args:
-        dout: ``(B, H, Lb, E)`` gradient of the *final* (merged) output of these queries.
-        m, l: ``(B, H, Lb)`` *final* row max and sum (over all keys, as `forward` or `merge` gives
-            them); ``P = exp(s - m) / l`` is then the forward's own weights. Rows with ``l = 0`` add nothing.
-        delta: ``(B, H, Lb)`` ``rowsum(dout ∘ out) - dlse`` with the final ``out`` (see `delta`).
-        dq ``(B, H, Lb, D)``, dk ``(B, G, Sb, D)``, dv ``(B, G, Sb, E)``: accumulators in the compute
-            dtype (views allowed). d_float_mask / d_bias: accumulators of ``spec.float_mask`` /
-            ``spec.bias``'s 4-D shape (gradient = dS summed over broadcast dims), or ``None``.
-    """
-    if path(spec)[0] == "fused":
-        fused = _fused()[0]
-        if not _may_hold_garbage(spec):
-            fused.backward(q, k, v, dout, m, l, delta, spec, i0, j0, dq=dq, dk=dk, dv=dv,  # type: ignore[union-attr]
-                           d_float_mask=d_float_mask, d_bias=d_bias)
-            return
-        # As in forward: compute into fresh buffers, keep them only if every gradient is finite.
-        parts = [torch.zeros_like(t) if t is not None else None for t in (dq, dk, dv, d_float_mask, d_bias)]
-        fused.backward(q, k, v, dout, m, l, delta, spec, i0, j0, dq=parts[0], dk=parts[1], dv=parts[2],  # type: ignore[union-attr]
-                       d_float_mask=parts[3], d_bias=parts[4])
-        if all_finite(*(t for t in parts if t is not None)):
-            for acc, part in zip((dq, dk, dv, d_float_mask, d_bias), parts):
-                if acc is not None:
-                    acc.add_(part)
-            return
-    with torch.no_grad():
-        _Tiles(q, k, v, spec, i0, j0).backward(dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias)
-
-
-def _may_hold_garbage(spec: AttentionSpec) -> bool:
-    """K/V may hold NaN/±inf (or were not checked) and some key may be hidden from some row."""
-    hides = spec.has_structured_mask or spec.mask is not None
-    return spec.kv_nonfinite and hides
-
-
-def delta(dout: Tensor, out: Tensor, l: Tensor, dlse: Tensor | None) -> Tensor:
-    """``Δ = rowsum(dO ∘ O) - dlse`` in ``out``'s (compute) dtype; ``dlse`` ignored on empty rows (``l = 0``).
-
-    A gradient on ``lse`` adds ``P·dlse`` to ``dS`` (``∂lse/∂s = P``), i.e. shifts ``Δ`` by ``-dlse``.
-    """
-    d = (dout.to(out.dtype) * out).sum(-1)
-    if dlse is not None:
-        d = d - dlse.to(d.dtype).masked_fill(l == 0, 0.0)
-    return d
-
-
-# Why the backward takes the row max m and sum l, not lse: P' = exp(s - lse) from a float
-# lse = m + log l carries lse's rounding (|lse|·2⁻²⁴) into every weight of the row, and rows of P'
-# summed to 1 ± 1e-6 while Δ = rowsum(dO ∘ O) came from the forward's own weights: dV and dK broke
-# FlashAttention's accuracy rule on causal+window grid cases (issue 21), and at a huge offset (a float
-# mask of -1e30 on a whole row) log l is lost entirely and P' sums to S. exp(s - m) / l with the
-# forward's m, l and exp is the very P the forward made its output of: rows sum to 1 at any offset.
-
-
-def merge(a: Partial, b: Partial) -> Partial:
-    """Two partials of the same queries over disjoint key ranges → the partial over both.
-
-    ``m = max``, ``l = Σ l·exp(m_part - m)``, ``out = Σ out·l·exp(m_part - m) / l``: exact at any
-    offset (a huge float mask on whole rows), where weights ``exp(lse_part - lse)`` lose ``log l``
-    with ``lse``'s rounding. An empty side (``l = 0``, ``m = -inf``) adds nothing; NaN rows stay NaN.
-    """
-    m = torch.maximum(a[2], b[2])
-    safe = m.masked_fill(m == _NEG_INF, 0.0)  # both empty: exp(-inf - 0) = 0, never exp(nan)
-    wa, wb = a[3] * torch.exp(a[2] - safe), b[3] * torch.exp(b[2] - safe)
-    l = wa + wb
-    inv = l.reciprocal().masked_fill(l == 0, 0.0)
-    out = (a[0] * (wa * inv).unsqueeze(-1)).add_(b[0] * (wb * inv).unsqueeze(-1))
-    lse = torch.where(l > 0, m + torch.log(l), m.masked_fill(l == 0, _NEG_INF))
-    return out, lse, m, l
-
-
-def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
-    """Exact normalized weights ``(B, H, Lb, Sb)`` (compute dtype), rebuilt tile by tile.
-
-    Computed as ``exp(s - m) / l`` from a first pass over the tiles (see ``_Tiles.weights``), so
-    they round like a plain softmax; ``lse`` (the final log-normalizer) is accepted for the
-    contract's signature. Hidden entries and empty rows give 0. Weights are before dropout.
-    Always the PyTorch tile path (the result is L×S anyway).
-    """
-    with torch.no_grad():
-        return _Tiles(q, k, k[..., :0], spec, i0, j0).weights(lse)
-
-
-def _grad_extras(spec: AttentionSpec) -> tuple[list[str], list[Tensor]]:
-    """The float mask / bias tensors (4-D views of the user's) that autograd may differentiate."""
-    names = [n for n in ("float_mask", "bias") if getattr(spec, n) is not None]
-    return names, [getattr(spec, n) for n in names]
-
-
-Forward = Callable[[Tensor, Tensor, Tensor, AttentionSpec], Partial]
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, fwd: Forward | None = None) -> tuple[Tensor, Tensor]:
-    """``(out in q's dtype, lse)`` of the whole problem, differentiable when ``spec.needs_grad``.
-
-    ``fwd(q, k, v, spec) -> (out, lse, m, l)`` computes the forward (default: one `forward` over
-    all keys; the decode engine passes its split-KV forward). The backward is always one kernel
-    `backward` over all keys, recomputing P from the saved ``m`` and ``l``.
-    """
-    fwd = forward if fwd is None else fwd
-    if spec.needs_grad:
-        return _Attend.apply(q, k, v, spec, fwd, *_grad_extras(spec)[1])
-    with torch.no_grad():
-        out, lse = fwd(q, k, v, spec)[:2]
-    return out.to(q.dtype), lse
-
-
-class _Attend(torch.autograd.Function):
-    """Autograd for the flash and decode engines: saves ``q, k, v, out, m, l`` (and a float mask or
-    bias that requires grad), never the probabilities."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, spec: AttentionSpec, fwd: Forward, *extras):  # type: ignore[override]
-        out, lse, m, l = fwd(q, k, v, spec)
-        ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out, m, l, *extras)
-        ctx.set_materialize_grads(False)
-        return out.to(q.dtype), lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):  # type: ignore[override]
-        q, k, v, out, m, l, *extras = ctx.saved_tensors
-        spec: AttentionSpec = ctx.spec
-        dout = torch.zeros_like(out) if dout is None else dout
-        ct = spec.compute_dtype
-        dq, dk, dv = (torch.zeros(t.shape, dtype=ct, device=t.device) for t in (q, k, v))
-        names = _grad_extras(spec)[0]
-        need = ctx.needs_input_grad[5:]
-        d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-        backward(q, k, v, dout, m, l, delta(dout, out, l, dlse), spec, dq=dq, dk=dk, dv=dv,
-                 d_float_mask=d_ex.get("float_mask"), d_bias=d_ex.get("bias"))
-        d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, *d_extras
-
-
-# --------------------------------------------------------------------------- the PyTorch tile path
-
-
-class _Tiles:
+class Tiles:
     """One call's geometry: packed views of q/k/v, the tile grid, scratch buffers, non-finite keys."""
 
     def __init__(self, q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int, j0: int):
@@ -499,7 +244,7 @@ class _Tiles:
 
     # ---- forward
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         spec, ct = self.spec, self.ct
         B, H, E, pd = spec.B, spec.H, self.v3.shape[-1], spec.dropout_p
         out = torch.zeros(B, H, self.Lb, E, dtype=ct, device=self.q5.device)
@@ -645,3 +390,4 @@ def _scatter(dst: Tensor, g: Tensor, i0: int, j0: int) -> None:
     rows = slice(i0, i0 + g.shape[2]) if dst.shape[2] != 1 else slice(None)
     cols = slice(j0, j0 + g.shape[3]) if dst.shape[3] != 1 else slice(None)
     dst[:, :, rows, cols] += g
+

@@ -1,23 +1,16 @@
-"""The fused C++ tile path: ``unsupported``, ``forward``, ``backward`` and the lazy build.
+"""The build of the fused C++ kernel: compiler flags, cache directory, file lock, loading.
 
-The kernel (``csrc/flash_attention.cpp``) is FlashAttention-2 forward and backward over one
-query range × one key range with causal/window/lengths, bool and float masks, biases, ALiBi,
-softcap and dropout fused in the tile. It registers the torch ops
-``torch.ops.attnkit_fused.forward`` / ``.backward`` (with fake kernels, so meta tensors and
-``torch.compile`` see one operator each); autograd stays in the engines, which call
-`forward` and `backward` below (the signatures and contract of
-`attnkit.engines._kernel.forward` / ``backward``, the same as the PyTorch tile path).
-
-Build: compiled on first use with ``torch.utils.cpp_extension`` (ninja), ``-O3 -march=native``,
-cached in ``$ATTNKIT_CACHE`` (default ``~/.cache/attnkit``) under a directory keyed by the torch
-version, the source hash and the CPU flags; one line on stderr while it compiles; a file lock
-keeps two processes from building at once. No compiler, no ninja, a failed build, or
-``ATTNKIT_NO_FUSED=1`` → `unsupported` returns the reason and the PyTorch tile path runs.
-Nothing here runs at ``import attnkit``.
+Compiled on first use with ``torch.utils.cpp_extension`` (ninja) from every ``.cpp`` in ``csrc/``
+into one library, ``-O3 -march=native``, cached in ``$ATTNKIT_CACHE`` (default
+``~/.cache/attnkit``) under a directory keyed by the torch version, the hash of every file in
+``csrc/`` (a changed header rebuilds too) and the CPU flags; one line on stderr while it compiles;
+a file lock keeps two processes from building at once. No compiler, no ninja, a failed build, or
+``ATTNKIT_NO_FUSED=1`` → `build_status` returns the reason and the PyTorch tile path runs.
+Nothing here runs at ``import attnkit``; ``attnkit build`` calls `timed_build`.
 
 Example:
-    >>> from attnkit.engines import _fused
-    >>> reason = _fused.unsupported(spec)   # None → the fused path can run `spec`  # doctest: +SKIP
+    >>> from attnkit.engines.kernel import build
+    >>> reason = build.build_status()   # None → the kernel is loaded  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,16 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
-from .._machine import cpu_info, cpu_vendor
-from ..spec import AttentionSpec
+from ..._machine import cpu_info, cpu_vendor
 
-__all__ = ["unsupported", "forward", "backward", "build", "build_status", "cache_root", "half_gemm"]
+__all__ = ["build", "timed_build", "build_status", "build_dir", "cache_root", "direct_attention", "half_gemm"]
 
-SOURCE = Path(__file__).parent / "csrc" / "flash_attention.cpp"
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_CAUSAL = {None: 0, "bottom_right": 1, "top_left": 2}
+CSRC = Path(__file__).parent / "csrc"
 
 # Build state of this process: None = not tried yet, "" = loaded, else the reason it failed.
 _status: str | None = None
@@ -74,10 +63,11 @@ def _compile_flags(flags: list[str]) -> list[str]:
 
 
 def build_dir() -> Path:
-    """The cache directory of this torch version × kernel source × CPU flags."""
+    """The cache directory of this torch version × kernel sources (every file in ``csrc/``) × CPU flags."""
     flags = _cpu_flags()
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for path in sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h")):
+        key.update(path.name.encode() + b"\0" + path.read_bytes())
     key.update(" ".join(_compile_flags(flags) + flags).encode())
     key.update(f"{torch.__version__} {sys.version_info[:2]}".encode())
     return cache_root() / f"fused-torch{torch.__version__.replace('+', '-')}-{key.hexdigest()[:16]}"
@@ -107,7 +97,7 @@ def _compile(directory: Path) -> None:
         print(f"attnkit: compiling the fused CPU kernel into {directory} (once per machine, under a minute) ...", file=sys.stderr)
         cpp_extension.load(
             name="attnkit_fused",
-            sources=[str(SOURCE)],
+            sources=[str(p) for p in sorted(CSRC.glob("*.cpp"))],
             extra_cflags=_compile_flags(_cpu_flags()),
             extra_ldflags=["-fopenmp"],  # libgomp.so.1: the same soname torch already loaded
             build_directory=str(directory),
@@ -174,7 +164,6 @@ def build(force: bool = False) -> Path:
     if _status != "":
         torch.ops.load_library(str(lib))
         _load_direct(lib)
-        _register_fakes()
         _library, _status = lib, ""
     return lib
 
@@ -215,42 +204,6 @@ def build_status() -> str | None:
     return _status or None
 
 
-def _register_fakes() -> None:
-    """Shape-only kernels so meta tensors and torch.compile can trace the ops."""
-
-    @torch.library.register_fake("attnkit_fused::forward")
-    def _(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, ints, floats):
-        B, H, Lb, _ = q.shape
-        rows = [q.new_empty(B, H, Lb, dtype=torch.float32) for _ in range(3)]
-        return q.new_empty(B, H, Lb, v.shape[-1], dtype=torch.float32), *rows
-
-    @torch.library.register_fake("attnkit_fused::attention")
-    def _(q, k, v, mask, kv_lengths, q_lengths, alibi_slopes, causal, window_left, window_right, scale, softcap,
-          half_gemm):
-        B, H, L, _ = q.shape
-        return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.float32)
-
-    @torch.library.register_fake("attnkit_fused::backward")
-    def _(q, k, v, dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias, *rest):
-        return None
-
-
-# --------------------------------------------------------------------------- the two functions
-
-
-def unsupported(spec: AttentionSpec) -> str | None:
-    """Why the fused path cannot run ``spec`` (``None`` if it can). May build on first call."""
-    if spec.device.type != "cpu":
-        return f"the fused kernel is CPU-only (device {spec.device.type})"
-    if spec.dtype not in _DTYPES:
-        return f"{spec.dtype} runs on the PyTorch tile path (the fused kernel covers float32/bfloat16/float16)"
-    if spec.normalizer != "softmax":
-        return "only the softmax normalizer is fused"
-    if spec.score_mod is not None:
-        return "a Python score_mod callable cannot be fused (use alibi/softcap/bias arguments instead)"
-    return build_status()
-
-
 def half_gemm() -> bool:
     """Whether bf16/fp16 inputs run half-precision tile GEMMs (else they are widened to float32).
 
@@ -264,115 +217,6 @@ def half_gemm() -> bool:
     flags = set(_cpu_flags())
     intel = "GenuineIntel" in cpu_vendor()
     return intel and bool({"amx_bf16", "avx512_bf16"} & flags)
-
-
-def _gemm_dtype(dt: torch.dtype) -> torch.dtype:
-    return dt if dt == torch.float32 or half_gemm() else torch.float32
-
-
-def _as4d(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
-    if t is None:
-        return None
-    t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
-    return t if dtype is None else t.to(dtype)
-
-
-def _args(spec: AttentionSpec, i0: int, j0: int) -> tuple:
-    """The spec flattened for the op: optional tensors, ints, floats."""
-    left, right = spec.window if spec.window is not None else (None, None)
-    threshold = int(round(spec.dropout_p * 2**32)) if spec.dropout_p > 0 else 0
-    lengths = [None if t is None else t.to(torch.int64).contiguous() for t in (spec.kv_lengths, spec.q_lengths)]
-    alibi = None
-    if spec.alibi_slopes is not None:
-        alibi = spec.alibi_slopes.to(torch.float32).expand(spec.B, spec.H).contiguous()
-    ints = [
-        i0,
-        j0,
-        spec.L,
-        spec.S,
-        _CAUSAL[spec.causal],
-        -1 if left is None else left,
-        -1 if right is None else right,
-        spec.seed & (2**63 - 1),
-        threshold,
-    ]
-    floats = [float(spec.scale), float(spec.softcap or 0.0), float(spec.dropout_p)]
-    tensors = (
-        *lengths,
-        _as4d(spec.mask, torch.bool),
-        _as4d(spec.float_mask, torch.float32),
-        _as4d(spec.bias, torch.float32),
-        alibi,
-    )
-    return tensors, ints, floats
-
-
-def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
-            j0: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Queries ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)`` of ``spec``: ``(out (B,H,Lb,E), lse, m, l (B,H,Lb))`` float32.
-
-    ``q (B,H,Lb,D)``, ``k (B,G,Sb,D)``, ``v (B,G,Sb,E)``. ``out`` is normalized over this key
-    range's visible keys; ``m``/``l`` are each row's max and sum (``lse = m + log l``); rows that see
-    none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
-    """
-    tensors, ints, floats = _args(spec, i0, j0)
-    dt = _gemm_dtype(q.dtype)
-    return torch.ops.attnkit_fused.forward(
-        q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), *tensors, ints, floats
-    )
-
-
-def backward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    dout: Tensor,
-    m: Tensor,
-    l: Tensor,
-    delta: Tensor,
-    spec: AttentionSpec,
-    i0: int = 0,
-    j0: int = 0,
-    *,
-    dq: Tensor,
-    dk: Tensor,
-    dv: Tensor,
-    d_float_mask: Tensor | None = None,
-    d_bias: Tensor | None = None,
-) -> None:
-    """Accumulate this block's gradients into ``dq``, ``dk``, ``dv`` (and ``d_float_mask``/``d_bias``).
-
-    ``m``/``l``/``delta`` are the FINAL per-row max, sum and ``rowsum(dO∘O) − dlse`` of these
-    queries; rows with ``l = 0`` contribute nothing.
-    """
-    tensors, ints, floats = _args(spec, i0, j0)
-    dt = _gemm_dtype(q.dtype)
-    f32 = torch.float32
-
-    def target(t: Tensor | None) -> Tensor | None:
-        # The kernel writes contiguous float32 4-D tensors; anything else goes through a temp.
-        if t is None:
-            return None
-        return t if t.dtype == f32 and t.is_contiguous() and t.dim() == 4 else torch.zeros(_as4d(t).shape, dtype=f32)
-
-    grads = (dq, dk, dv, d_float_mask, d_bias)
-    outs = [target(t) for t in grads]
-    torch.ops.attnkit_fused.backward(
-        q.to(dt).contiguous(),
-        k.to(dt).contiguous(),
-        v.to(dt).contiguous(),
-        dout.to(dt).contiguous(),
-        m.to(f32).contiguous(),
-        l.to(f32).contiguous(),
-        delta.to(f32).contiguous(),
-        *outs,
-        *tensors,
-        ints,
-        floats,
-    )
-    for given, used in zip(grads, outs):
-        if given is not None and used is not given:
-            given += used.view(given.shape).to(given.dtype)
 
 
 def timed_build(force: bool = False) -> tuple[Path, float, bool]:

@@ -1,0 +1,192 @@
+// FlashAttention-2 backward (Algorithm 2) over one query range x one key range, from the forward's
+// row maxima and sums.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+
+#include "gemm.h"
+#include "ops.h"
+#include "parallel.h"
+#include "params.h"
+#include "row_step.h"
+
+namespace attnkit_fused {
+namespace {
+
+// ============================================================================= backward
+// Whether some row of the query block [m0, m0+rows) (l: this head's row sums) sees a key of the
+// absolute range [ja, ja+cols) and saw anything at all: the backward skips the block otherwise.
+inline bool block_sees_keys(const Params& p, int64_t b, const float* l, int64_t m0, int64_t rows, int64_t ja,
+                            int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t lo, hi;
+    row_range(p, b, p.i0 + m0 + r, lo, hi);
+    if (lo < ja + cols && hi > ja && lo < hi && l[m0 + r] != 0.f) return true;
+  }
+  return false;
+}
+
+template <typename T>
+void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* m_in,
+                     const float* l_in, const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
+  const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
+  const int64_t bq_max = bq + kMinRows - 1, bk_max = bk + kMinCols - 1;  // with a joined remainder
+  const int64_t k_blocks = block_count(p.Sb, bk, kMinCols), q_blocks = block_count(p.Lb, bq, kMinRows);
+  constexpr bool half = !std::is_same_v<T, float>;
+  // Scratch per chunk of work (one chunk per thread): P, dP (bq x bk), softcap derivative,
+  // dK/dV accumulators, column keys.
+  const int64_t per_thread = 3 * bq_max * bk_max + round16(bk_max * p.D) + round16(bk_max * p.E) + bk_max;
+  // dQ gathers contributions from every key block, and float-mask / bias gradients sum over
+  // broadcast dims that several work items share: each chunk accumulates privately and adds
+  // its copy to the caller's tensors under a lock at the end.
+  const int64_t dq_numel = p.B * p.H * p.Lb * p.D;
+  const at::Tensor* dmask_out[2] = {d_fmask, d_bias};
+  std::mutex reduce_lock;
+  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const bool raw = plain_scores(p);  // the forward's arithmetic for P, so both make the same weights
+
+  WorkQueue work(p.B * p.G * k_blocks);
+  at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
+    SequentialBlas sequential_blas;
+    at::Tensor scratch = scratch_of<float>(per_thread);
+    at::Tensor scratch_half = scratch_of<T>(half ? 2 * bq_max * bk_max : 0);
+    at::Tensor dq_private = at::zeros({dq_numel}, at::kFloat);
+    at::Tensor dmask_private[2];
+    float* pbuf = scratch.data_ptr<float>();
+    float* dpbuf = pbuf + bq_max * bk_max;
+    float* dcap = dpbuf + bq_max * bk_max;
+    float* dk_acc = dcap + bq_max * bk_max;
+    float* dv_acc = dk_acc + round16(bk_max * p.D);
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(dv_acc + round16(bk_max * p.E));
+    T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
+    T* ds_half = half ? p_half + bq_max * bk_max : nullptr;
+    float* dq_t = dq_private.data_ptr<float>();
+    float* dm_t[2] = {nullptr, nullptr};
+    Strides4 dm_s[2];
+    for (int w = 0; w < 2; ++w) {
+      if (!dmask_out[w]) continue;
+      dmask_private[w] = at::zeros_like(*dmask_out[w]);
+      dm_t[w] = dmask_private[w].data_ptr<float>(), dm_s[w] = broadcast_strides(*dmask_out[w]);
+    }
+    for (int64_t item; work.next(item);) {
+      const int64_t bg = item / k_blocks, kb = zigzag(item % k_blocks, k_blocks);
+      const int64_t b = bg / p.G, g = bg % p.G;
+      const int64_t n0 = kb * bk, cols = block_len(p.Sb, bk, k_blocks, kb);
+      const int64_t ja = p.j0 + n0;
+      const T* kp = k + (bg * p.Sb + n0) * p.D;
+      const T* vp = v + (bg * p.Sb + n0) * p.E;
+      // Alg. 2 line 6: dK_j = 0, dV_j = 0 (kept in f32 for this key block across the R heads).
+      std::fill(dk_acc, dk_acc + cols * p.D, 0.f);
+      std::fill(dv_acc, dv_acc + cols * p.E, 0.f);
+      if (p.dropout_p > 0.f)
+        for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
+      for (int64_t r_head = 0; r_head < p.R; ++r_head) {
+        const int64_t h = g * p.R + r_head, bh = b * p.H + h;
+        for (int64_t qb = 0; qb < q_blocks; ++qb) {
+          const int64_t m0 = qb * bq, rows = block_len(p.Lb, bq, q_blocks, qb);
+          // skip query blocks that see none of these keys
+          if (!block_sees_keys(p, b, l_in + bh * p.Lb, m0, rows, ja, cols)) continue;
+          const T* qp = q + (bh * p.Lb + m0) * p.D;
+          const T* dop = dout + (bh * p.Lb + m0) * p.E;
+          // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - m) / l with the forward's final m and l (not
+          // exp(S - L): a float L = m + log l rounds, and at a huge offset loses log l entirely).
+          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp, p.D, 0.f, pbuf, cols);
+          // Alg. 2 line 14: dP = dO V^T.
+          gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, vp, p.E, 0.f, dpbuf, cols);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t ia = p.i0 + m0 + r;
+            float* s = pbuf + r * cols;
+            float* dpr = dpbuf + r * cols;
+            float* dcr = p.softcap != 0.f ? dcap + r * cols : nullptr;
+            const float mr = m_in[bh * p.Lb + m0 + r], lr = l_in[bh * p.Lb + m0 + r];
+            score_row(p, b, h, ia, ja, cols, s, dcr, raw);
+            if (lr == 0.f) {
+              std::fill(s, s + cols, 0.f);  // the row saw nothing: it contributes nothing
+              std::fill(dpr, dpr + cols, 0.f);
+              continue;
+            }
+            // The forward's exp pass and its 1/l: the weights its output was made of, so the rows sum
+            // to 1 and D = rowsum(dO o O) matches them to the output's own rounding.
+            exp_sum_row(s, cols, mr, raw ? p.scale : 1.f);
+            const Vec vinv(1.f / lr);
+            at::vec::map<float>([vinv](Vec x) { return x * vinv; }, s, s, cols);
+            // Alg. 2 line 16: dS = P o (dP - D_i), with dropout dP <- dP o keep / (1-p).
+            const Vec vd(delta[bh * p.Lb + m0 + r]);
+            if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, dpr, cols, keep_scale);
+            at::vec::map2<float>([vd](Vec pp, Vec dd) { return pp * (dd - vd); }, dpr, s, dpr, cols);
+            // dV uses the dropped probabilities: P o keep / (1-p).
+            if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
+            for (int w = 0; w < 2; ++w) {
+              if (!dm_t[w]) continue;
+              float* drow = dm_t[w] + b * dm_s[w].b + h * dm_s[w].h + ia * dm_s[w].i;
+              for (int64_t c = 0; c < cols; ++c) drow[(ja + c) * dm_s[w].j] += dpr[c];
+            }
+            if (dcr) at::vec::map2<float>([](Vec a, Vec c) { return a * c; }, dpr, dpr, dcr, cols);
+          }
+          const float* pm = pbuf;
+          const float* dsm = dpbuf;
+          const T* pm_g;
+          const T* dsm_g;
+          if constexpr (half) {
+            to_gemm_type(pbuf, p_half, rows * cols);
+            to_gemm_type(dpbuf, ds_half, rows * cols);
+            pm_g = p_half, dsm_g = ds_half;
+          } else {
+            pm_g = pm, dsm_g = dsm;
+          }
+          // Alg. 2 line 12: dV_j += P^T dO.
+          gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, p.E, 1.f, dv_acc, p.E);
+          // Alg. 2 line 17: dQ_i += scale dS K_j (f32 accumulator of this thread).
+          gemm<T>(false, false, rows, p.D, cols, p.scale, dsm_g, cols, kp, p.D, 1.f, dq_t + (bh * p.Lb + m0) * p.D,
+                  p.D);
+          // Alg. 2 line 18: dK_j += scale dS^T Q.
+          gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);
+        }
+      }
+      // Alg. 2 line 20: write dK_j, dV_j (accumulated into the caller's tensors).
+      float* dkp = dk + (bg * p.Sb + n0) * p.D;
+      float* dvp = dv + (bg * p.Sb + n0) * p.E;
+      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dkp, dkp, dk_acc, cols * p.D);
+      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dvp, dvp, dv_acc, cols * p.E);
+    }
+    std::lock_guard<std::mutex> guard(reduce_lock);
+    at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dq, dq, dq_t, dq_numel);
+    for (int w = 0; w < 2; ++w)
+      if (dmask_out[w]) dmask_out[w]->add_(dmask_private[w]);
+  });
+}
+
+}  // namespace
+
+void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+              const at::Tensor& m, const at::Tensor& l, const at::Tensor& delta, const at::Tensor& dq,
+              const at::Tensor& dk, const at::Tensor& dv,
+              const std::optional<at::Tensor>& d_float_mask, const std::optional<at::Tensor>& d_bias,
+              ATTNKIT_SPEC_PARAMS) {
+  const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.is_contiguous(), "dout: contiguous, q's dtype");
+  for (const at::Tensor* t : {&m, &l, &delta, &dq, &dk, &dv})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "m/l/delta/dq/dk/dv: contiguous float32");
+  const at::Tensor* dfm = d_float_mask ? &*d_float_mask : nullptr;
+  const at::Tensor* dbi = d_bias ? &*d_bias : nullptr;
+  for (const at::Tensor* t : {dfm, dbi})
+    TORCH_CHECK(!t || (t->scalar_type() == at::kFloat && t->dim() == 4), "d_float_mask/d_bias: 4-D float32");
+  if (p.Lb == 0 || p.Sb == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_backward", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
+    } else {
+      backward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                dout.data_ptr<scalar_t>(), m.data_ptr<float>(), l.data_ptr<float>(), delta.data_ptr<float>(),
+                                dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dfm, dbi);
+    }
+  });
+}
+
+}  // namespace attnkit_fused

@@ -1,0 +1,305 @@
+// FlashAttention-2 forward (Algorithm 1) over one query range x one key range, and the hot path
+// op (attnkit.attention's common call) on the same kernel. Half inputs use half-precision GEMMs
+// (bf16 x bf16 -> f32, fp16 x fp16 -> f32) as SDPA's CPU kernel does.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "gemm.h"
+#include "ops.h"
+#include "parallel.h"
+#include "params.h"
+#include "row_step.h"
+
+namespace attnkit_fused {
+namespace {
+
+// ============================================================================= forward
+// pv = sum over the keys row ia of head h can see of P[j] * V[j] (tile columns [0, n) = absolute
+// keys [ja, ja+n)): the P V product of one row with hidden keys left out, not multiplied by 0.
+template <typename T>
+void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, const float* prob,
+                    const T* v, float* pv) {
+  int64_t lo, hi;
+  row_range(p, b, ia, lo, hi);
+  lo = std::clamp(lo - ja, int64_t(0), n);
+  hi = std::clamp(hi - ja, int64_t(0), n);
+  std::fill(pv, pv + p.E, 0.f);
+  const bool* mrow = p.mask ? p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i : nullptr;
+  for (int64_t j = lo; j < hi; ++j) {
+    if (mrow && !mrow[(ja + j) * p.ms.j]) continue;
+    const float w = prob[j];
+    const T* vj = v + j * p.E;
+    for (int64_t e = 0; e < p.E; ++e) pv[e] += w * static_cast<float>(vj[e]);
+  }
+}
+
+template <typename T>
+void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse, float* m_out,
+                    float* l_out) {
+  int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
+  if (p.wl >= 0 && (p.causal != 0 || p.wr >= 0)) {
+    // A band of `span` keys per row: a block of bq rows computes ~span + bq keys per row, so keep
+    // bq <= span / 4 (waste <= 1.25x); at w = 256 this is 64-row blocks instead of 256 (2x less work).
+    const int64_t span = p.wl + (p.causal != 0 ? 0 : p.wr) + 1;
+    while (bq > kFwdBlockQSmall && bq * 4 > span) bq /= 2;
+  }
+  const int64_t bk = kFwdBlockK;
+  // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
+  // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
+  // (decode): several heads per block, so one pass over K/V serves them all.
+  const int64_t heads_per_block = p.Lb >= bq ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
+  const int64_t blocks_per_head = p.Lb >= bq ? block_count(p.Lb, bq, kMinRows) : 0;
+  const int64_t group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
+  const int64_t rows_max = p.Lb >= bq ? bq + kMinRows - 1 : heads_per_block * p.Lb;
+  const int64_t cols_max = bk + kMinCols - 1;
+  constexpr bool half = !std::is_same_v<T, float>;
+  // Scratch per chunk of work (one chunk per thread): scores (rows x bk), half copy of P,
+  // accumulator, m, l, column keys. Allocated inside the chunk, so nothing depends on thread ids.
+  const int64_t per_thread =
+      round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
+  const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const bool raw = plain_scores(p);
+
+  // Parallel over (batch * kv group, query block); K/V are read in place, never repeated. A problem
+  // of a few microseconds (an L=16 encoder call) runs on the calling thread: an OpenMP fork/join
+  // costs about as much, and on a busy machine the join waits for a descheduled thread.
+  const double flops = 2.0 * p.B * p.H * p.Lb * p.Sb * (p.D + p.E);
+  WorkQueue work(p.B * p.G * group_blocks, flops < kSerialFlops);
+  at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
+    SequentialBlas sequential_blas;
+    at::Tensor scratch = scratch_of<float>(per_thread);
+    at::Tensor scratch_half = scratch_of<T>(half ? rows_max * cols_max : 0);
+    float* qk = scratch.data_ptr<float>();
+    float* acc = qk + round16(rows_max * cols_max);
+    float* mrow = acc + round16(rows_max * p.E);
+    float* lrow = mrow + round16(rows_max);
+    uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + round16(rows_max));
+    float* pv = reinterpret_cast<float*>(ckeys + cols_max);  // this tile's P V where some row hides a key of it
+    T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
+    for (int64_t item; work.next(item);) {
+      const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
+      const int64_t b = bg / p.G, g = bg % p.G;
+      int64_t pr0, rows;  // packed rows [pr0, pr0 + rows) of this group
+      if (p.Lb >= bq) {
+        const int64_t i = t % blocks_per_head, m = i * bq;
+        pr0 = (t / blocks_per_head) * p.Lb + m, rows = block_len(p.Lb, bq, blocks_per_head, i);
+      } else {
+        pr0 = t * heads_per_block * p.Lb, rows = std::min(heads_per_block, p.R - t * heads_per_block) * p.Lb;
+      }
+      auto head_of = [&](int64_t r) { return g * p.R + (pr0 + r) / p.Lb; };
+      auto query_of = [&](int64_t r) { return p.i0 + (pr0 + r) % p.Lb; };
+      const int64_t row0 = bg * p.R * p.Lb + pr0;  // first row in (B*H*Lb) order
+      const T* qp = q + row0 * p.D;
+      const T* kp = k + bg * p.Sb * p.D;
+      const T* vp = v + bg * p.Sb * p.E;
+      // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
+      int64_t jlo = p.Sb, jhi = 0;
+      int64_t inner_lo = 0, inner_hi = p.Sb;  // keys every row of the tile sees (structurally)
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t lo, hi;
+        row_range(p, b, query_of(r), lo, hi);
+        lo = std::clamp(lo - p.j0, int64_t(0), p.Sb);
+        hi = std::clamp(hi - p.j0, int64_t(0), p.Sb);
+        if (lo < hi) jlo = std::min(jlo, lo), jhi = std::max(jhi, hi);
+        inner_lo = std::max(inner_lo, lo), inner_hi = std::min(inner_hi, hi);
+        mrow[r] = kNegInf;
+        lrow[r] = 0.f;
+      }
+      if (jlo >= jhi) std::fill(acc, acc + rows * p.E, 0.f);  // no key block: the rows stay empty
+      if (jlo < jhi && jhi - jlo < kMinCols) {  // a narrow band: widen it with hidden keys (kMinCols)
+        jhi = std::min(p.Sb, jlo + kMinCols);
+        jlo = std::max<int64_t>(0, jhi - kMinCols);
+      }
+      // Key blocks start at the first key any row sees and stop at the last: a window of w keys
+      // costs ~rows x (w + rows), and the causal diagonal block is trimmed to its visible part.
+      const int64_t key_blocks = block_count(jhi - jlo, bk, kMinCols);
+      for (int64_t kb = 0; kb < key_blocks; ++kb) {
+        const int64_t n0 = jlo + kb * bk, cols = block_len(jhi - jlo, bk, key_blocks, kb);
+        // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
+        const bool first = n0 == jlo;
+        // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
+        gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
+        if (p.dropout_p > 0.f)
+          for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(p.j0 + n0 + c);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t ia = query_of(r), h = head_of(r);
+          float* s = qk + r * cols;
+          // Alg. 1 line 9: m_new = max(m_old, rowmax(S)).
+          const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr, raw);
+          // NaN (from a NaN query) must win over -inf so it stays in its row.
+          const float mnew = std::isnan(smax) ? smax : std::max(mrow[r], smax);
+          if (mnew == kNegInf) {
+            std::fill(s, s + cols, 0.f);  // nothing visible yet: P = 0 (never exp(-inf + inf))
+          } else {
+            // Alg. 1 line 10: P = exp(S - m_new), l = e^{m_old - m_new} l + rowsum(P).
+            const float sum = exp_sum_row(s, cols, mnew, raw ? p.scale : 1.f);
+            const float alpha = std::exp(mrow[r] - mnew);
+            lrow[r] = alpha * lrow[r] + sum;
+            mrow[r] = mnew;
+            if (alpha != 1.f && !first) {
+              // O = diag(e^{m_old - m_new}) O before adding this block's P V.
+              at::vec::map<float>([alpha](Vec x) { return x * Vec(alpha); }, acc + r * p.E, acc + r * p.E, p.E);
+            }
+            // Dropout after the sum: l keeps the undropped normalizer (out = sum p keep v / ((1-p) l)).
+            if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
+          }
+          if constexpr (half) to_gemm_type(s, p_half + r * cols, cols);
+        }
+        // Alg. 1 line 10 (cont.): O += P V_j.
+        const T* pg;
+        if constexpr (half) {
+          pg = p_half;
+        } else {
+          pg = qk;
+        }
+        // A key hidden from a row has P = 0 there, but 0 * NaN = NaN: garbage in V (a KV cache from
+        // torch.empty) would leak through the GEMM. Where some row hides a key of this tile, the
+        // product goes to `pv` first and rows that came out non-finite are redone over their visible
+        // keys only (IEEE arithmetic for those, as in the reference). The cache is read once.
+        const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;
+        if (!partial) {
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, first ? 0.f : 1.f, acc, p.E);
+        } else {
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 0.f, pv, p.E);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* pvr = pv + r * p.E;
+            bool finite = true;
+            for (int64_t e = 0; e < p.E && finite; ++e) finite = std::isfinite(pvr[e]);
+            if (!finite) visible_pv_row(p, b, head_of(r), query_of(r), p.j0 + n0, cols, qk + r * cols,
+                                        vp + n0 * p.E, pvr);
+            if (first) {
+              std::copy(pvr, pvr + p.E, acc + r * p.E);
+            } else {
+              at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, acc + r * p.E, acc + r * p.E, pvr, p.E);
+            }
+          }
+        }
+      }
+      // Alg. 1 lines 12-13: O = diag(l)^-1 O, L = m + log l; rows that saw nothing: O = 0, L = -inf.
+      for (int64_t r = 0; r < rows; ++r) {
+        float* o = out + (row0 + r) * p.E;
+        const float l = lrow[r];
+        const float inv = l == 0.f ? 0.f : 1.f / l;  // NaN rows stay NaN
+        at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
+        lse[row0 + r] = l == 0.f ? kNegInf : mrow[r] + std::log(l);
+        // The row's m and l for the backward, which rebuilds exactly these weights, exp(s - m) * (1/l).
+        if (m_out) m_out[row0 + r] = mrow[r], l_out[row0 + r] = l;
+      }
+    }
+  });
+}
+
+// ============================================================================= the hot path
+// attnkit.attention's common call in one op: arguments checked here, the forward kernel over the
+// whole problem, the result in the input dtype. Every check that fails raises; the Python side then
+// runs the general path, which either computes the call (a case the hot path leaves to it) or
+// raises the AttnkitError with expected/got/fix — so both paths give the same errors.
+at::Tensor lengths_arg(const std::optional<at::Tensor>& t, int64_t B, int64_t n, const char* name) {
+  if (!t) return at::Tensor();
+  TORCH_CHECK(t->device().is_cpu() && t->dim() == 1 && t->size(0) == B, "hot path: ", name, " shape/device");
+  TORCH_CHECK(at::isIntegralType(t->scalar_type(), /*includeBool=*/false), "hot path: ", name, " dtype");
+  at::Tensor c = t->to(at::kLong).contiguous();
+  const int64_t* d = c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B; ++i) TORCH_CHECK(d[i] >= 0 && d[i] <= n, "hot path: ", name, " out of range");
+  return c;
+}
+
+}  // namespace
+
+// ============================================================================= op entry points
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k,
+                                                                   const at::Tensor& v, ATTNKIT_SPEC_PARAMS) {
+  const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
+  auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({p.B, p.H, p.Lb, p.E}, f32);
+  at::Tensor lse = at::empty({p.B, p.H, p.Lb}, f32), m = at::empty_like(lse), l = at::empty_like(lse);
+  if (out.numel() == 0 && lse.numel() == 0) return {out, lse, m, l};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_forward", [&] {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
+    } else {
+      forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                               out.data_ptr<float>(), lse.data_ptr<float>(), m.data_ptr<float>(), l.data_ptr<float>());
+    }
+  });
+  return {out, lse, m, l};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                             const std::optional<at::Tensor>& mask_in,
+                                             const std::optional<at::Tensor>& kv_lengths,
+                                             const std::optional<at::Tensor>& q_lengths,
+                                             const std::optional<at::Tensor>& alibi_slopes, int64_t causal,
+                                             int64_t window_left, int64_t window_right, std::optional<double> scale,
+                                             double softcap, bool half_gemm) {
+  const auto dt = q_in.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, "hot path: dtype");
+  for (const at::Tensor* t : {&q_in, &k_in, &v_in}) {
+    TORCH_CHECK(t->dim() == 4 && t->scalar_type() == dt && t->device().is_cpu() && t->layout() == at::kStrided,
+                "hot path: q/k/v must be 4-D strided CPU tensors of one floating dtype");
+  }
+  const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2), D = q_in.size(3);
+  const int64_t G = k_in.size(1), S = k_in.size(2);
+  TORCH_CHECK(k_in.size(0) == B && k_in.size(3) == D && G > 0 && H % G == 0, "hot path: key shape");
+  TORCH_CHECK(v_in.size(0) == B && v_in.size(1) == G && v_in.size(2) == S, "hot path: value shape");
+  TORCH_CHECK(D > 0 && v_in.size(3) > 0, "hot path: empty head dims");
+  TORCH_CHECK(causal >= 0 && causal <= 2 && window_left >= -1 && window_right >= -1, "hot path: causal/window");
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0.0, "hot path: softcap");
+  const double sc = scale ? *scale : (D > 0 ? 1.0 / std::sqrt(static_cast<double>(D)) : 1.0);
+  TORCH_CHECK(std::isfinite(sc), "hot path: scale");
+
+  std::optional<at::Tensor> bmask, fmask, alibi;
+  if (mask_in) {
+    const at::Tensor& m = *mask_in;
+    TORCH_CHECK(m.device().is_cpu() && m.dim() <= 4, "hot path: mask device/dims");
+    TORCH_CHECK(m.scalar_type() == at::kBool || at::isFloatingType(m.scalar_type()), "hot path: mask dtype");
+    const int64_t full[4] = {B, H, L, S};
+    std::vector<int64_t> shape(4 - m.dim(), 1);
+    for (int64_t d = 0; d < m.dim(); ++d) shape.push_back(m.size(d));
+    for (int d = 0; d < 4; ++d) TORCH_CHECK(shape[d] == 1 || shape[d] == full[d], "hot path: mask shape");
+    at::Tensor m4 = m.reshape(shape);
+    if (m.scalar_type() == at::kBool) {
+      bmask = m4;
+    } else {
+      fmask = m4.to(at::kFloat);  // float32 whatever the inputs: half would round 2049 to 2048
+    }
+  }
+  if (alibi_slopes) {
+    const at::Tensor& a = *alibi_slopes;
+    TORCH_CHECK(a.device().is_cpu() && at::isFloatingType(a.scalar_type()), "hot path: alibi dtype/device");
+    TORCH_CHECK((a.dim() == 1 && a.size(0) == H) || (a.dim() == 2 && a.size(0) == B && a.size(1) == H),
+                "hot path: alibi shape");
+    alibi = a.to(at::kFloat).expand({B, H}).contiguous();
+  }
+  const at::Tensor kvl = lengths_arg(kv_lengths, B, S, "kv_lengths");
+  const at::Tensor ql = lengths_arg(q_lengths, B, L, "q_lengths");
+  const bool widen = dt != at::kFloat && !half_gemm;
+  const at::Tensor q = widen ? q_in.to(at::kFloat).contiguous() : q_in.contiguous();
+  const at::Tensor k = widen ? k_in.to(at::kFloat).contiguous() : k_in.contiguous();
+  const at::Tensor v = widen ? v_in.to(at::kFloat).contiguous() : v_in.contiguous();
+  const Params p = make_params(q, k, v, kvl.defined() ? std::optional<at::Tensor>(kvl) : std::nullopt,
+                               ql.defined() ? std::optional<at::Tensor>(ql) : std::nullopt, bmask, fmask,
+                               /*bias=*/std::nullopt, alibi, /*i0=*/0, /*j0=*/0, L, S, causal, window_left,
+                               window_right, /*seed=*/0, /*dropout_threshold=*/0, sc, softcap, /*dropout_p=*/0.0);
+  const int64_t E = v.size(3);
+  at::Tensor out = at::empty({B, H, L, E}, q.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({B, H, L}, q.options().dtype(at::kFloat));
+  if (out.numel() != 0 || lse.numel() != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                 out.data_ptr<float>(), lse.data_ptr<float>(), nullptr, nullptr);
+      }
+    });
+  }
+  return {dt == at::kFloat ? out : out.to(dt), lse};
+}
+}  // namespace attnkit_fused

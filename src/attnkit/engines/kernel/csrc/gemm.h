@@ -1,0 +1,100 @@
+// BLAS glue: the tile GEMMs in float32 or half precision, and the scratch they write into.
+//
+// SDPA's kernel calls at::native::cpublas::gemm, which is not exported from libtorch_cpu;
+// it forwards fp32 to MKL's sgemm_ and bf16/fp16 to MKL's cblas_gemm_{bf16bf16,f16f16}f32, which
+// ARE exported, so we call those (weak symbols) and fall back to at::mm on torch builds without MKL.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/functional.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace attnkit_fused {
+
+// ----------------------------------------------------------------------------- GEMM
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void cblas_gemm_bf16bf16f32(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int,
+                            float, float*, int) __attribute__((weak));
+void cblas_gemm_f16f16f32(int, int, int, int, int, int, float, const uint16_t*, int, const uint16_t*, int,
+                          float, float*, int) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // the C interface (by value)
+}
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+template <typename T>
+at::Tensor as_matrix(const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+  // Row-major (rows x cols) with leading dim ld, or its transpose when `trans`.
+  auto t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1},
+                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  return trans ? t.t() : t;
+}
+
+// Row-major C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C  (C float32).
+template <typename T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_ != nullptr) {
+      // Column-major BLAS computes C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+      const int m = N, n = M, k = K, la = ldb, lb = lda, lc = ldc;
+      const char fa = tb ? 'T' : 'N', fb = ta ? 'T' : 'N';
+      sgemm_(&fa, &fb, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+      return;
+    }
+  } else if constexpr (std::is_same_v<T, at::BFloat16>) {
+    if (cblas_gemm_bf16bf16f32 != nullptr) {
+      cblas_gemm_bf16bf16f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, M, N, K, alpha,
+                             reinterpret_cast<const uint16_t*>(A), lda, reinterpret_cast<const uint16_t*>(B), ldb,
+                             beta, C, ldc);
+      return;
+    }
+  } else {
+    if (cblas_gemm_f16f16f32 != nullptr) {
+      cblas_gemm_f16f16f32(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, M, N, K, alpha,
+                           reinterpret_cast<const uint16_t*>(A), lda, reinterpret_cast<const uint16_t*>(B), ldb,
+                           beta, C, ldc);
+      return;
+    }
+  }
+  // No MKL in this torch build: the same product through ATen (slower, same numbers in fp32).
+  auto a = as_matrix(A, M, K, lda, ta).to(at::kFloat);
+  auto b = as_matrix(B, K, N, ldb, tb).to(at::kFloat);
+  auto c = as_matrix(C, M, N, ldc, false);
+  auto prod = at::mm(a, b);
+  if (beta == 0.f) {
+    c.copy_(prod.mul_(alpha));
+  } else {
+    c.mul_(beta).add_(prod, alpha);
+  }
+}
+
+// Tile GEMMs are small and already run one per thread: MKL must not fork its own OpenMP team
+// per call (each fork/join waits at a barrier — seconds under load when a thread is descheduled).
+struct SequentialBlas {
+  int previous = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+};
+
+// 64-byte aligned scratch (MKL's packing routines are markedly slower on unaligned tiles).
+template <typename T>
+at::Tensor scratch_of(int64_t n) {
+  return at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+template <typename T>
+inline void to_gemm_type(const float* src, T* dst, int64_t n) {
+  if constexpr (!std::is_same_v<T, float>) at::vec::convert(src, dst, n);
+}
+
+}  // namespace attnkit_fused

@@ -1,0 +1,174 @@
+// The problem of one kernel call: its arguments by name, the parameter struct, which keys a row
+// sees (causal / window / lengths), the dropout hash and the block sizes.
+//
+// Contract (the forward/backward of engines/kernel/__init__.py, called through engines/kernel/fused.py):
+//   forward(q (B,H,Lb,D), k (B,G,Sb,D), v (B,G,Sb,E), ...) -> out (B,H,Lb,E) f32, lse, m, l (B,H,Lb) f32
+//     queries are the absolute rows [i0, i0+Lb), keys the absolute columns [j0, j0+Sb) of an
+//     (L, S) problem; masks/biases are indexed with absolute positions through broadcast strides.
+//   backward(..., dout, m, l, delta, dq, dk, dv, d_float_mask?, d_bias?) accumulates in place; m and l
+//     are the forward's row max and row sum (the final ones of these queries), lse = m + log l.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+
+// Every op's description of the problem, by name: the tail of the forward / backward
+// schemas (register.cpp), the C++ parameters of those ops, and the names they pass on. The three
+// lists below must agree; engines/kernel/fused.py (`spec_args`) builds the arguments by name.
+//   i0, j0: absolute first query / key of this call; L, S: the whole problem's lengths;
+//   causal: 0 none, 1 bottom_right, 2 top_left; window_left/right: -1 = unbounded;
+//   seed, dropout_threshold: keep an entry iff its counter hash >= the threshold (p * 2^32);
+//   scale; softcap (0 = none); dropout_p.
+#define ATTNKIT_SPEC_SCHEMA                                                                                          \
+  "Tensor? kv_lengths, Tensor? q_lengths, Tensor? mask, Tensor? float_mask, Tensor? bias, Tensor? alibi_slopes, "    \
+  "int i0, int j0, int L, int S, int causal, int window_left, int window_right, int seed, int dropout_threshold, " \
+  "float scale, float softcap, float dropout_p"
+#define ATTNKIT_SPEC_PARAMS                                                                                       \
+  const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& q_lengths,                          \
+      const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& float_mask,                           \
+      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& alibi_slopes, int64_t i0, int64_t j0, \
+      int64_t L, int64_t S, int64_t causal, int64_t window_left, int64_t window_right, int64_t seed,               \
+      int64_t dropout_threshold, double scale, double softcap, double dropout_p
+#define ATTNKIT_SPEC_ARGS                                                                                          \
+  kv_lengths, q_lengths, mask, float_mask, bias, alibi_slopes, i0, j0, L, S, causal, window_left, window_right, seed, \
+      dropout_threshold, scale, softcap, dropout_p
+
+namespace attnkit_fused {
+
+// ----------------------------------------------------------------------------- block sizes
+// Forward query blocks as SDPA (256 / 64 / 32 rows for Lb >= 768 / >= 192 / else), keys 512.
+constexpr int64_t kFwdBlockQLarge = 256;
+constexpr int64_t kFwdBlockQMid = 64;
+constexpr int64_t kFwdBlockQSmall = 32;
+constexpr int64_t kFwdBlockK = 512;
+// Backward: parallel over (batch*kv-group, key block); small key blocks give B=1 H=1 work
+// to every core, the query blocks are walked inside.
+constexpr int64_t kBwdBlockQ = 64;
+constexpr int64_t kBwdBlockK = 128;
+// Forward problems below this many flops run on one thread (see forward_kernel).
+constexpr double kSerialFlops = 1 << 18;
+// MKL computes a product whose output has fewer than 16 columns or 4 rows with other kernels, which
+// sum the dot products in another order (up to 1e-6 apart in the scores; tests/test_backward_rule.py
+// checks the result). The backward rebuilds the forward's weights exp(s - m) / l from its own
+// products of the same q and k, so both must be the same numbers: no score product is narrower
+// than this unless the whole range is, a short last block joins the one before it, and the
+// forward widens a narrow band with hidden keys.
+constexpr int64_t kMinCols = 16, kMinRows = 4;
+
+// Blocks of `size` over n items, a last remainder shorter than `min_tail` joined to the block before.
+inline int64_t block_count(int64_t n, int64_t size, int64_t min_tail) {
+  const int64_t full = n / size;
+  return full == 0 ? (n > 0 ? 1 : 0) : full + (n % size >= min_tail ? 1 : 0);
+}
+// Length of block i of `count` such blocks (the last one takes what is left).
+inline int64_t block_len(int64_t n, int64_t size, int64_t count, int64_t i) {
+  return i + 1 < count ? size : n - i * size;
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+using Vec = at::vec::Vectorized<float>;
+
+// ----------------------------------------------------------------------------- dropout
+// Port of attnkit/dropout.py: the same counter hash, so keep masks are bit-identical.
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x21F0AAADu;
+  x ^= x >> 15;
+  x *= 0x735A2D97u;
+  return x ^ (x >> 15);
+}
+inline uint32_t col_key(int64_t j) { return mix32(static_cast<uint32_t>(j) * 0x2545F491u); }
+
+// ----------------------------------------------------------------------------- parameters
+struct Strides4 {
+  int64_t b = 0, h = 0, i = 0, j = 0;
+};
+
+inline Strides4 broadcast_strides(const at::Tensor& t) {
+  // Size-1 dims broadcast: stride 0.
+  Strides4 s;
+  s.b = t.size(0) == 1 ? 0 : t.stride(0);
+  s.h = t.size(1) == 1 ? 0 : t.stride(1);
+  s.i = t.size(2) == 1 ? 0 : t.stride(2);
+  s.j = t.size(3) == 1 ? 0 : t.stride(3);
+  return s;
+}
+
+struct Params {
+  int64_t B, H, G, R, Lb, Sb, D, E;
+  int64_t i0, j0, L, S;
+  float scale;
+  int64_t causal;  // 0 none, 1 bottom_right, 2 top_left
+  int64_t wl, wr;  // window sides, -1 = unbounded
+  const int64_t* kv_len = nullptr;
+  const int64_t* q_len = nullptr;
+  const bool* mask = nullptr;
+  Strides4 ms;
+  const float* fmask = nullptr;
+  Strides4 fs;
+  const float* bias = nullptr;
+  Strides4 bs;
+  const float* alibi = nullptr;  // (B, H) contiguous
+  float softcap = 0.f;           // 0 = none
+  float dropout_p = 0.f;
+  int64_t threshold = 0;  // keep iff hash >= threshold
+  uint32_t base_key = 0;  // mix32 of the seed
+};
+
+inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, ATTNKIT_SPEC_PARAMS) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
+  Params p;
+  p.B = q.size(0), p.H = q.size(1), p.Lb = q.size(2), p.D = q.size(3);
+  p.G = k.size(1), p.Sb = k.size(2), p.E = v.size(3);
+  TORCH_CHECK(p.G > 0 && p.H % p.G == 0, "H must be a multiple of G");
+  p.R = p.H / p.G;
+  p.i0 = i0, p.j0 = j0, p.L = L, p.S = S;
+  p.causal = causal, p.wl = window_left, p.wr = window_right;
+  const uint64_t seed64 = static_cast<uint64_t>(seed);
+  p.threshold = dropout_threshold;
+  p.base_key = mix32(static_cast<uint32_t>(seed64 & 0xFFFFFFFFu) ^ static_cast<uint32_t>((seed64 >> 32) & 0xFFFFFFFFu));
+  p.scale = static_cast<float>(scale);
+  p.softcap = static_cast<float>(softcap);
+  p.dropout_p = static_cast<float>(dropout_p);
+  if (kv_lengths) p.kv_len = kv_lengths->data_ptr<int64_t>();
+  if (q_lengths) p.q_len = q_lengths->data_ptr<int64_t>();
+  if (mask) p.mask = mask->data_ptr<bool>(), p.ms = broadcast_strides(*mask);
+  if (float_mask) p.fmask = float_mask->data_ptr<float>(), p.fs = broadcast_strides(*float_mask);
+  if (bias) p.bias = bias->data_ptr<float>(), p.bs = broadcast_strides(*bias);
+  if (alibi_slopes) p.alibi = alibi_slopes->data_ptr<float>();
+  return p;
+}
+
+// Visible absolute keys [lo, hi) of absolute query row ia in batch b from the structured masks
+// (attnkit.masks.visible): aligned position pos = ia + offset, offset = 0 (top_left) or
+// kv_len - q_len (bottom_right; S - L without lengths).
+inline void row_range(const Params& p, int64_t b, int64_t ia, int64_t& lo, int64_t& hi) {
+  const int64_t kvl = p.kv_len ? p.kv_len[b] : p.S;
+  const int64_t ql = p.q_len ? p.q_len[b] : p.L;
+  lo = 0, hi = p.S;
+  if (p.q_len && ia >= ql) {
+    hi = 0;
+    return;
+  }
+  if (p.kv_len) hi = std::min(hi, kvl);
+  if (p.causal != 0 || p.wl >= 0 || p.wr >= 0) {
+    const int64_t pos = ia + (p.causal == 2 ? 0 : kvl - ql);
+    if (p.causal != 0) hi = std::min(hi, pos + 1);
+    if (p.wl >= 0) lo = std::max(lo, pos - p.wl);
+    if (p.wr >= 0 && p.causal == 0) hi = std::min(hi, pos + p.wr + 1);
+  }
+  hi = std::max(hi, lo);
+}
+
+inline int64_t align_offset(const Params& p, int64_t b) {
+  if (p.causal == 2) return 0;
+  return (p.kv_len ? p.kv_len[b] : p.S) - (p.q_len ? p.q_len[b] : p.L);
+}
+
+}  // namespace attnkit_fused

@@ -1,0 +1,137 @@
+// The online-softmax row step: one row of a score tile made final (scale, softcap, ALiBi, float
+// mask, bias, hidden keys = -inf) with its max, the exp-and-sum pass, and dropout on a row.
+// Score of (b, h, i, j), in attnkit.scores order:
+//   s = scale*q.k -> softcap c*tanh(s/c) -> + alibi -slope*|p-j| -> + float_mask + bias
+//   -> hidden (causal / window / lengths / bool mask) = -inf.
+// Softmax state and accumulation are float32 whatever the input type.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+
+#include "params.h"
+
+namespace attnkit_fused {
+
+inline Vec load_strided(const float* base, int64_t stride, int64_t count) {
+  if (stride == 1) return Vec::loadu(base, count);
+  if (stride == 0) return Vec(*base);
+  __at_align__ float tmp[Vec::size()] = {};
+  for (int64_t t = 0; t < count; ++t) tmp[t] = base[t * stride];
+  return Vec::loadu(tmp);
+}
+
+// Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
+// final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
+// visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
+// `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule.
+// Scores that are the scaled products alone (no softcap, ALiBi, masks or biases; scale > 0): their
+// max is the raw products' max times the scale, so the forward leaves the products raw and applies
+// the scale inside the exp pass (exp_sum_row) — one store per score less than scaling first.
+inline bool plain_scores(const Params& p) {
+  return p.softcap == 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask && p.scale > 0.f;
+}
+
+inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
+                       float* dcap, bool raw = false) {
+  int64_t lo, hi;
+  row_range(p, b, ia, lo, hi);
+  lo = std::clamp(lo - ja, int64_t(0), n);
+  hi = std::clamp(hi - ja, int64_t(0), n);
+  std::fill(s, s + lo, kNegInf);
+  std::fill(s + hi, s + n, kNegInf);
+  if (dcap) {  // hidden keys: zero derivative (never 0 * garbage in the chain rule)
+    std::fill(dcap, dcap + lo, 0.f);
+    std::fill(dcap + std::max(lo, hi), dcap + n, 0.f);
+  }
+  if (lo >= hi) return kNegInf;
+  const int64_t VS = Vec::size();
+  if (raw) {  // plain_scores(p): the max of the raw products, scaled (NaN-propagating like the rest)
+    Vec rmax(kNegInf);
+    int64_t j = lo;
+    for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
+    float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, rmax);
+    for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
+    return m * p.scale;
+  }
+  const Vec vscale(p.scale), vninf(kNegInf);
+  Vec vmax(kNegInf);
+  const bool cap = p.softcap != 0.f;
+  const float slope = p.alibi ? p.alibi[b * p.H + h] : 0.f;
+  const float pos = static_cast<float>(ia + align_offset(p, b));
+  const float* frow = p.fmask ? p.fmask + b * p.fs.b + h * p.fs.h + ia * p.fs.i : nullptr;
+  const float* brow = p.bias ? p.bias + b * p.bs.b + h * p.bs.h + ia * p.bs.i : nullptr;
+  // Key positions of the current vector, stepped by VS (Vec::arange builds its lanes one by one:
+  // per vector it made ALiBi cost 1.35x a plain forward). Exact for positions below 2^24.
+  Vec cols = p.alibi ? Vec::arange(static_cast<float>(ja + lo), 1.f) : Vec(0.f);
+  const Vec step(static_cast<float>(VS));
+  for (int64_t j = lo; j < hi; j += VS) {
+    const int64_t cnt = std::min(VS, hi - j);
+    Vec x = Vec::loadu(s + j, cnt) * vscale;
+    if (cap) {
+      // tanh(y) = 1 - 2 / (e^{2y} + 1) with the fast exp: Sleef's tanh made softcap cost 1.4x a
+      // plain forward; this form is within a few ulps of 1 in absolute terms (what the scores need).
+      Vec e2 = (x * Vec(2.f / p.softcap)).exp_u20();
+      Vec t = Vec(1.f) - Vec(2.f) / (e2 + Vec(1.f));
+      if (dcap) (Vec(1.f) - t * t).store(dcap + j, cnt);
+      x = t * Vec(p.softcap);
+    }
+    if (p.alibi) {
+      x = x - Vec(slope) * (Vec(pos) - cols).abs();
+      cols = cols + step;
+    }
+    if (frow) x = x + load_strided(frow + (ja + j) * p.fs.j, p.fs.j, cnt);
+    if (brow) x = x + load_strided(brow + (ja + j) * p.bs.j, p.bs.j, cnt);
+    x.store(s + j, cnt);
+    vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
+  }
+  if (p.mask) {
+    const bool* mrow = p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i;
+    vmax = vninf;
+    for (int64_t j = lo; j < hi; ++j) {
+      if (!mrow[(ja + j) * p.ms.j]) s[j] = kNegInf;
+    }
+    for (int64_t j = lo; j < hi; j += VS) {
+      const int64_t cnt = std::min(VS, hi - j);
+      Vec x = Vec::loadu(s + j, cnt);
+      vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
+    }
+  }
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
+}
+
+// s <- exp(scale * s - m), returns the row sum (FA-2 Alg. 1 line 10: P~ and rowsum(P~) in one pass).
+// scale = 1 for finished scores; the forward passes the softmax scale for raw products (plain_scores).
+inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f) {
+  const int64_t VS = Vec::size();
+  const Vec vm(m), vscale(scale);
+  Vec vsum(0.f);
+  int64_t j = 0;
+  for (; j + VS <= n; j += VS) {
+    Vec e = at::vec::fmsub(Vec::loadu(s + j), vscale, vm).exp_u20();
+    e.store(s + j);
+    vsum = vsum + e;
+  }
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
+  for (; j < n; ++j) {
+    s[j] = std::exp(s[j] * scale - m);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
+inline void dropout_row(const Params& p, int64_t b, int64_t h, int64_t ia, const uint32_t* ckeys, float* s,
+                        int64_t n, float keep_scale) {
+  const uint32_t bh = mix32(p.base_key ^ static_cast<uint32_t>(b * p.H + h));
+  const uint32_t rk = mix32(bh ^ static_cast<uint32_t>(ia));
+  const int64_t thr = p.threshold;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool keep = static_cast<int64_t>(mix32(rk ^ ckeys[j])) >= thr;
+    s[j] = keep ? s[j] * keep_scale : 0.f;
+  }
+}
+
+}  // namespace attnkit_fused

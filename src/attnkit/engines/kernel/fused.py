@@ -1,0 +1,181 @@
+"""The fused C++ tile path: the op wrapper (``unsupported``, ``forward``, ``backward``).
+
+The kernel (``csrc/``) is FlashAttention-2 forward and backward over one query range × one key
+range with causal/window/lengths, bool and float masks, biases, ALiBi, softcap and dropout fused
+in the tile. It registers the torch ops ``torch.ops.attnkit_fused.forward`` / ``.backward``
+(with fake kernels, so meta tensors and ``torch.compile`` see one operator each)
+and the hot path's ``.attention``. Autograd stays in `attnkit.engines.kernel` (``attend``), which
+calls the functions below: the contract of `attnkit.engines.kernel.forward` / ``backward``, the
+same as the PyTorch tile path's.
+
+The ops take the problem as **named** arguments (the schema's tail, ``csrc/params.h``
+``ATTNKIT_SPEC_SCHEMA``); `spec_args` is the one place that builds them from a spec. The
+build (compiler, cache, flags, lock) is `attnkit.engines.kernel.build`.
+
+Example:
+    >>> from attnkit.engines.kernel import fused
+    >>> reason = fused.unsupported(spec)   # None → the fused path can run `spec`  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...spec import AttentionSpec
+from .build import build_status, half_gemm
+
+__all__ = ["CAUSAL", "unsupported", "status", "spec_args", "forward", "backward"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CAUSAL = {None: 0, "bottom_right": 1, "top_left": 2}
+"""The ops' ``causal`` codes (``AttentionSpec.causal`` → int); the hot path uses them too."""
+
+_fakes_registered = False
+
+
+def status() -> str | None:
+    """Build/load the kernel on first call (and register the ops' fake kernels); ``None`` when
+    loaded, else why not."""
+    global _fakes_registered
+    why = build_status()
+    if why is None and not _fakes_registered:
+        _register_fakes()
+        _fakes_registered = True
+    return why
+
+
+def _register_fakes() -> None:
+    """Shape-only kernels so meta tensors and torch.compile can trace the ops."""
+
+    @torch.library.register_fake("attnkit_fused::forward")
+    def _(q, k, v, *args, **kwargs):
+        B, H, Lb, _ = q.shape
+        rows = [q.new_empty(B, H, Lb, dtype=torch.float32) for _ in range(3)]
+        return q.new_empty(B, H, Lb, v.shape[-1], dtype=torch.float32), *rows
+
+    @torch.library.register_fake("attnkit_fused::attention")
+    def _(q, k, v, mask, kv_lengths, q_lengths, alibi_slopes, causal, window_left, window_right, scale, softcap,
+          half_gemm):
+        B, H, L, _ = q.shape
+        return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.float32)
+
+    @torch.library.register_fake("attnkit_fused::backward")
+    def _(q, k, v, dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias, *args, **kwargs):
+        return None
+
+
+def unsupported(spec: AttentionSpec) -> str | None:
+    """Why the fused path cannot run ``spec`` (``None`` if it can). May build on first call."""
+    if spec.device.type != "cpu":
+        return f"the fused kernel is CPU-only (device {spec.device.type})"
+    if spec.dtype not in _DTYPES:
+        return f"{spec.dtype} runs on the PyTorch tile path (the fused kernel covers float32/bfloat16/float16)"
+    if spec.normalizer != "softmax":
+        return "only the softmax normalizer is fused"
+    if spec.score_mod is not None:
+        return "a Python score_mod callable cannot be fused (use alibi/softcap/bias arguments instead)"
+    return status()
+
+
+def _gemm_dtype(dt: torch.dtype) -> torch.dtype:
+    return dt if dt == torch.float32 or half_gemm() else torch.float32
+
+
+def _as4d(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
+    if t is None:
+        return None
+    t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    return t if dtype is None else t.to(dtype)
+
+
+def spec_args(spec: AttentionSpec, i0: int, j0: int) -> dict:
+    """The problem of queries ``[i0, ...)`` × keys ``[j0, ...)`` of ``spec`` as the ops' named arguments."""
+    left, right = spec.window if spec.window is not None else (None, None)
+    alibi = None
+    if spec.alibi_slopes is not None:
+        alibi = spec.alibi_slopes.to(torch.float32).expand(spec.B, spec.H).contiguous()
+    return dict(
+        kv_lengths=None if spec.kv_lengths is None else spec.kv_lengths.to(torch.int64).contiguous(),
+        q_lengths=None if spec.q_lengths is None else spec.q_lengths.to(torch.int64).contiguous(),
+        mask=_as4d(spec.mask, torch.bool),
+        float_mask=_as4d(spec.float_mask, torch.float32),
+        bias=_as4d(spec.bias, torch.float32),
+        alibi_slopes=alibi,
+        i0=i0,
+        j0=j0,
+        L=spec.L,
+        S=spec.S,
+        causal=CAUSAL[spec.causal],
+        window_left=-1 if left is None else left,
+        window_right=-1 if right is None else right,
+        seed=spec.seed & (2**63 - 1),
+        dropout_threshold=int(round(spec.dropout_p * 2**32)) if spec.dropout_p > 0 else 0,
+        scale=float(spec.scale),
+        softcap=float(spec.softcap or 0.0),
+        dropout_p=float(spec.dropout_p),
+    )
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
+            j0: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Queries ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)`` of ``spec``: ``(out (B,H,Lb,E), lse, m, l (B,H,Lb))`` float32.
+
+    ``q (B,H,Lb,D)``, ``k (B,G,Sb,D)``, ``v (B,G,Sb,E)``. ``out`` is normalized over this key
+    range's visible keys; ``m``/``l`` are each row's max and sum (``lse = m + log l``); rows that see
+    none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
+    """
+    dt = _gemm_dtype(q.dtype)
+    return torch.ops.attnkit_fused.forward(
+        q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), **spec_args(spec, i0, j0)
+    )
+
+
+def backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dout: Tensor,
+    m: Tensor,
+    l: Tensor,
+    delta: Tensor,
+    spec: AttentionSpec,
+    i0: int = 0,
+    j0: int = 0,
+    *,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    d_float_mask: Tensor | None = None,
+    d_bias: Tensor | None = None,
+) -> None:
+    """Accumulate this block's gradients into ``dq``, ``dk``, ``dv`` (and ``d_float_mask``/``d_bias``).
+
+    ``m``/``l``/``delta`` are the FINAL per-row max, sum and ``rowsum(dO∘O) − dlse`` of these
+    queries; rows with ``l = 0`` contribute nothing.
+    """
+    dt = _gemm_dtype(q.dtype)
+    f32 = torch.float32
+
+    def target(t: Tensor | None) -> Tensor | None:
+        # The kernel writes contiguous float32 4-D tensors; anything else goes through a temp.
+        if t is None:
+            return None
+        return t if t.dtype == f32 and t.is_contiguous() and t.dim() == 4 else torch.zeros(_as4d(t).shape, dtype=f32)
+
+    grads = (dq, dk, dv, d_float_mask, d_bias)
+    outs = [target(t) for t in grads]
+    torch.ops.attnkit_fused.backward(
+        q.to(dt).contiguous(),
+        k.to(dt).contiguous(),
+        v.to(dt).contiguous(),
+        dout.to(dt).contiguous(),
+        m.to(f32).contiguous(),
+        l.to(f32).contiguous(),
+        delta.to(f32).contiguous(),
+        *outs,
+        **spec_args(spec, i0, j0),
+    )
+    for given, used in zip(grads, outs):
+        if given is not None and used is not given:
+            given += used.view(given.shape).to(given.dtype)
