@@ -94,6 +94,16 @@ MUTANTS: list[Mutant] = [
            "lrow[r] = alpha * lrow[r] + sum;", "lrow[r] = lrow[r] + sum;", KERNEL_TESTS),
     Mutant("C8", "C++ backward: block skip off by one (a row seeing only a block's first key skips it)", BACKWARD,
            "if (lo < ja + cols && hi > ja && lo < hi", "if (lo < ja + cols && hi > ja + 1 && lo < hi", KERNEL_TESTS),
+    # ---- the exact backward (issue 21): the forward's own weights, from its row maxima and sums
+    Mutant("C9", "C++ backward: P = exp(s - m) without the forward's 1/l (rows sum to l)", BACKWARD,
+           "at::vec::map<float>([vinv](Vec x) { return x * vinv; }, s, s, cols);", "",
+           ("test_backward_rule.py", "test_fused.py")),
+    Mutant("C10", "C++: narrow score products allowed (the forward's band and the backward's blocks sum apart)",
+           PARAMS, "constexpr int64_t kMinCols = 16, kMinRows = 4;", "constexpr int64_t kMinCols = 1, kMinRows = 1;",
+           ("test_backward_rule.py",)),
+    Mutant("M2", "kernel.merge: the second partial's sum not rescaled to the common max", "src/attnkit/engines/kernel/__init__.py",
+           "wa, wb = a[3] * torch.exp(a[2] - safe), b[3] * torch.exp(b[2] - safe)",
+           "wa, wb = a[3] * torch.exp(a[2] - safe), b[3]", ("test_fused.py", "test_decode.py", "test_ring.py")),
     # ---- the hot path (issue 18): the op's own pass and checks, and the Python decision
     Mutant("H1", "C++ forward: a hidden key's P·V is not redone (0·NaN of garbage in a KV cache leaks)", FORWARD,
            "const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;",
@@ -117,8 +127,8 @@ MUTANTS: list[Mutant] = [
            "norm = state.l.masked_fill(state.l == 0, 1.0).unsqueeze(-1)", "norm = state.l.unsqueeze(-1)", TILE_TESTS),
     # ---- decode, merge, masks, dropout, dispatch, spec, sdpa
     Mutant("D1", "decode: the merge tree drops the unpaired last partial (odd count)", DECODE,
-           "parts = [(p.out, p.lse) for p in merged] + ([parts[-1]] if len(parts) % 2 else [])",
-           "parts = [(p.out, p.lse) for p in merged]", ("test_decode.py", "test_properties.py")),
+           "parts = merged + ([parts[-1]] if len(parts) % 2 else [])",
+           "parts = merged", ("test_decode.py", "test_properties.py")),
     Mutant("D2", "decode: the last split-KV segment is dropped", DECODE,
            "return _merge_all(list(_pool.map(part, segs)))", "return _merge_all(list(_pool.map(part, segs[:-1])))",
            ("test_decode.py", "test_properties.py")),
