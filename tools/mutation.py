@@ -96,7 +96,7 @@ MUTANTS: list[Mutant] = [
            "if (lo < ja + cols && hi > ja && lo < hi", "if (lo < ja + cols && hi > ja + 1 && lo < hi", KERNEL_TESTS),
     # ---- the exact backward (issue 21): the forward's own weights, from its row maxima and sums
     Mutant("C9", "C++ backward: P = exp(s - m) without the forward's 1/l (rows sum to l)", BACKWARD,
-           "at::vec::map<float>([vinv](Vec x) { return x * vinv; }, s, s, cols);", "",
+           "exp_sum_row(s, cols, mr, raw ? p.scale : 1.f, 1.f / lr);", "exp_sum_row(s, cols, mr, raw ? p.scale : 1.f);",
            ("test_backward_rule.py", "test_fused.py")),
     Mutant("C10", "C++: narrow score products allowed (the forward's band and the backward's blocks sum apart)",
            PARAMS, "constexpr int64_t kMinCols = 16, kMinRows = 4;", "constexpr int64_t kMinCols = 1, kMinRows = 1;",

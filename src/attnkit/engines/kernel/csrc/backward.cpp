@@ -113,9 +113,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
             }
             // The forward's exp pass and its 1/l: the weights its output was made of, so the rows sum
             // to 1 and D = rowsum(dO o O) matches them to the output's own rounding.
-            exp_sum_row(s, cols, mr, raw ? p.scale : 1.f);
-            const Vec vinv(1.f / lr);
-            at::vec::map<float>([vinv](Vec x) { return x * vinv; }, s, s, cols);
+            exp_sum_row(s, cols, mr, raw ? p.scale : 1.f, 1.f / lr);
             // Alg. 2 line 16: dS = P o (dP - D_i), with dropout dP <- dP o keep / (1-p).
             const Vec vd(delta[bh * p.Lb + m0 + r]);
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, dpr, cols, keep_scale);

@@ -102,24 +102,23 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
 }
 
-// s <- exp(scale * s - m), returns the row sum (FA-2 Alg. 1 line 10: P~ and rowsum(P~) in one pass).
-// scale = 1 for finished scores; the forward passes the softmax scale for raw products (plain_scores).
-inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f) {
+// s <- exp(scale * s - m) * inv, returns the row sum before `inv` (FA-2 Alg. 1 line 10: P~ and
+// rowsum(P~) in one pass). scale = 1 for finished scores; the forward passes the softmax scale for
+// raw products (plain_scores); the backward passes inv = 1/l to rebuild the forward's weights. Every
+// entry, the row's last partial vector too, takes the same fused multiply-subtract and vector exp,
+// so both passes make the same P bit for bit wherever their tiles cut the row.
+inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f, float inv = 1.f) {
   const int64_t VS = Vec::size();
-  const Vec vm(m), vscale(scale);
+  const Vec vm(m), vscale(scale), vinv(inv), zero(0.f);
   Vec vsum(0.f);
-  int64_t j = 0;
-  for (; j + VS <= n; j += VS) {
-    Vec e = at::vec::fmsub(Vec::loadu(s + j), vscale, vm).exp_u20();
-    e.store(s + j);
+  for (int64_t j = 0; j < n; j += VS) {
+    const int64_t cnt = std::min(VS, n - j);
+    Vec e = at::vec::fmsub(Vec::loadu(s + j, cnt), vscale, vm).exp_u20();
+    if (cnt < VS) e = Vec::set(zero, e, cnt);  // lanes past the row add nothing
     vsum = vsum + e;
+    (inv == 1.f ? e : e * vinv).store(s + j, cnt);
   }
-  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
-  for (; j < n; ++j) {
-    s[j] = std::exp(s[j] * scale - m);
-    sum += s[j];
-  }
-  return sum;
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
 }
 
 // Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
