@@ -270,7 +270,9 @@ class _Attend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: AttentionSpec, fwd: Forward, bwd: Backward, *extras):  # type: ignore[override]
         out, lse, m, l = fwd(q, k, v, spec)
-        ctx.spec, ctx.bwd = spec, bwd
+        # The backward rebuilds the forward's weights from m and l: it must run the same tile path
+        # (a test that forces one for the forward gets it for the backward too).
+        ctx.spec, ctx.bwd, ctx.forced = spec, bwd, _forced
         ctx.save_for_backward(q, k, v, out, m, l, *extras)
         ctx.set_materialize_grads(False)
         return out.to(q.dtype), lse
@@ -284,6 +286,7 @@ class _Attend(torch.autograd.Function):
         names = _grad_extras(spec)[0]
         need = ctx.needs_input_grad[6:]
         d_ex = {n: torch.zeros(t.shape, dtype=ct, device=t.device) if r else None for n, t, r in zip(names, extras, need)}
-        dq, dk, dv = ctx.bwd(q, k, v, out, m, l, dout, dlse, spec, d_ex)
+        with force_path(ctx.forced):
+            dq, dk, dv = ctx.bwd(q, k, v, out, m, l, dout, dlse, spec, d_ex)
         d_extras = [None if d is None else d.to(t.dtype) for d, t in zip(d_ex.values(), extras)]
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, *d_extras
