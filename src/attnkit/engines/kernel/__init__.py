@@ -51,6 +51,9 @@ def force_path(name: str | None) -> Iterator[None]:
     """Run every kernel call inside the block on ``"fused"``, ``"torch"`` or the automatic choice (``None``).
 
     Forcing ``"fused"`` on a spec the fused path cannot run raises [`AttnkitError`][attnkit.errors.AttnkitError] with the reason.
+    A backward through `attend` runs on its forward's path even outside the block (it rebuilds the
+    forward's weights from its row maxima and sums, so both must make the same scores). The choice
+    is process-wide while the block runs: for tests and benchmarks, not for concurrent use.
 
     Example:
         >>> from attnkit.engines import kernel
