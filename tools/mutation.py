@@ -116,7 +116,8 @@ MUTANTS: list[Mutant] = [
            "src/attnkit/engines/kernel/fused.py", 'CAUSAL = {None: 0, "bottom_right": 1, "top_left": 2}',
            'CAUSAL = {None: 0, "bottom_right": 1, "top_left": 1}', HOT_TESTS),
     Mutant("H5", "C++ forward: plain scores' scale applied twice in the exp pass", ROW_STEP,
-           "at::vec::fmsub(Vec::loadu(s + j), vscale, vm)", "at::vec::fmsub(Vec::loadu(s + j) * vscale, vscale, vm)",
+           "at::vec::fmsub(Vec::loadu(s + j, cnt), vscale, vm)",
+           "at::vec::fmsub(Vec::loadu(s + j, cnt) * vscale, vscale, vm)",
            HOT_TESTS),
     # ---- the PyTorch tile path (kernel/tiles.py)
     Mutant("T1", "tile path: accumulator not rescaled to the new running max", TILES,
