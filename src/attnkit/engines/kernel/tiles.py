@@ -11,7 +11,8 @@ machine without a compiler. Per ``tq × tk`` tile (sizes from `tile_sizes`)::
 GQA: query head ``h`` reads key/value head ``h // R`` (``R = H/G``); a query tile is packed as
 ``(B·G, R·Lt, D)`` so one batched product serves the ``R`` heads of a group without repeating K/V.
 For few packed rows (decoding) scores are computed keys-major, ``K·qᵀ``, which streams the long
-operand through the GEMM (2× faster at 4 rows, RESULTS.md "Keys-major scores").
+operand through the GEMM (2× faster at 4 rows, RESULTS.md "Keys-major scores") — in inference
+only: a backward rebuilds the forward's weights and must make the same (query-major) scores.
 
 Hidden non-finite keys: a key that is not visible never influences an output or a gradient,
 even if its K/V hold NaN/±inf (a KV cache from ``torch.empty``). Hidden scores are -inf, so
