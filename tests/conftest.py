@@ -65,6 +65,14 @@ def qkv(B, H, G, L, S, D, E=None, *, dtype=torch.float32, seed=0, requires_grad=
     return tuple(t.requires_grad_(requires_grad) for t in (q, k, v))
 
 
+def bad_call(kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """``(query, key, value, options)`` of an `attnkit.attention` call for an error-message test:
+    GQA defaults (2, 4, 6, 8) / (2, 2, 5, 8), with ``kwargs`` replacing a tensor or adding options."""
+    args = dict(query=torch.zeros(2, 4, 6, 8), key=torch.zeros(2, 2, 5, 8), value=torch.zeros(2, 2, 5, 8))
+    args.update({k_: v_ for k_, v_ in kwargs.items() if k_ in args})
+    return args["query"], args["key"], args["value"], {k_: v_ for k_, v_ in kwargs.items() if k_ not in args}
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread, then restore the suite's setting."""

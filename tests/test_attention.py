@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import attnkit
 from attnkit import AttnkitError
 
-from conftest import ENGINES, assert_flash_rule, err, qkv, skip_unless_accepts
+from conftest import ENGINES, assert_flash_rule, bad_call, err, qkv, skip_unless_accepts
 
 SHAPES = [  # B, H, G, L, S, D, E
     (2, 4, 4, 97, 97, 59, 59),
@@ -258,11 +258,9 @@ def test_custom_normalizer_callable():
     ],
 )
 def test_errors_say_expected_got_fix(kwargs, match):
-    args = dict(query=torch.zeros(2, 4, 6, 8), key=torch.zeros(2, 2, 5, 8), value=torch.zeros(2, 2, 5, 8))
-    args.update({k_: v_ for k_, v_ in kwargs.items() if k_ in args})
-    opts = {k_: v_ for k_, v_ in kwargs.items() if k_ not in args}
+    q, k, v, opts = bad_call(kwargs)
     with pytest.raises(AttnkitError, match=match) as info:
-        attnkit.attention(args["query"], args["key"], args["value"], **opts)
+        attnkit.attention(q, k, v, **opts)
     assert "expected" in str(info.value) and "got" in str(info.value) and "fix" in str(info.value)
 
 

@@ -17,7 +17,7 @@ from attnkit import AttnkitError
 from attnkit.engines import hot
 from attnkit.spec import AttentionSpec
 
-from conftest import assert_flash_rule, err, qkv
+from conftest import assert_flash_rule, bad_call, err, qkv
 
 if hot.status() is not None:  # CI has a compiler: there a failed build must fail this module, not skip it
     import os
@@ -195,13 +195,11 @@ BAD = [  # (argument overrides, what the general path's message says)
 
 @pytest.mark.parametrize("kwargs, match", BAD)
 def test_bad_inputs_raise_the_general_paths_error(kwargs, match):
-    args = dict(query=torch.zeros(2, 4, 6, 8), key=torch.zeros(2, 2, 5, 8), value=torch.zeros(2, 2, 5, 8))
-    args.update({k_: v_ for k_, v_ in kwargs.items() if k_ in args})
-    opts = {k_: v_ for k_, v_ in kwargs.items() if k_ not in args}
+    q, k, v, opts = bad_call(kwargs)
     with pytest.raises(AttnkitError, match=match) as general:
-        AttentionSpec.build(args["query"], args["key"], args["value"], **opts)
+        AttentionSpec.build(q, k, v, **opts)
     with pytest.raises(AttnkitError, match=match) as hot_call:
-        attnkit.attention(args["query"], args["key"], args["value"], **opts)
+        attnkit.attention(q, k, v, **opts)
     assert str(hot_call.value) == str(general.value)
 
 

@@ -300,6 +300,25 @@ class SoftmaxState:
         m = torch.maximum(self.m, other.m)
         return SoftmaxState(m, self.l * _rescale(self.m, m) + other.l * _rescale(other.m, m))
 
+    def share(self, merged: "SoftmaxState") -> Tensor:
+        """This part's share of a merged state's normalizer: ``l·exp(m - merged.m) / merged.l``.
+
+        The weight of this part's normalized output in the merged one (row shape; 0 where the
+        merged state is empty). Exact at any offset, where weights ``exp(lse - merged.lse)`` carry
+        ``lse``'s rounding.
+
+        Example:
+            >>> import torch
+            >>> from attnkit import SoftmaxState
+            >>> x = torch.randn(4, 10)
+            >>> a, b = SoftmaxState.empty((4,)), SoftmaxState.empty((4,))
+            >>> _ = a.update(x[:, :3]); _ = b.update(x[:, 3:])
+            >>> ab = a.merge(b)
+            >>> torch.allclose(a.share(ab) + b.share(ab), torch.ones(4))
+            True
+        """
+        return (self.l * _rescale(self.m, merged.m)) * merged.l.reciprocal().masked_fill(merged.l == 0, 0.0)
+
     @property
     def lse(self) -> Tensor:
         """The log normalizer ``m + log l``; ``-inf`` for an empty state."""

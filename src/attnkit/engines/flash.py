@@ -40,5 +40,5 @@ def run(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec) -> AttentionOutput
     out, lse = kernel.attend(q, k, v, spec)  # one kernel call over all keys, differentiable
     weights = None
     if spec.return_weights:  # exact: exp(s - m) / l rebuilt tile by tile in a second pass
-        weights = kernel.weights(q, k, lse.detach(), spec).to(q.dtype)
+        weights = kernel.weights(q, k, spec).to(q.dtype)
     return AttentionOutput(out, lse if spec.return_lse else None, weights)

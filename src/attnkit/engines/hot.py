@@ -32,13 +32,12 @@ from torch import Tensor
 
 from . import kernel
 from .decode import MIN_SEGMENT
-from .kernel.fused import CAUSAL
+from .kernel.fused import CAUSAL, DTYPES
 
 __all__ = ["plan", "run", "status", "DETAIL"]
 
 DETAIL = "hot path: one compiled op, torch.ops.attnkit_fused.attention (checks in C++, fused forward kernel)"
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Below the decode engine's split size its threads gain nothing over one kernel call.
 _SPLIT_KV_MIN_KEYS = 2 * MIN_SEGMENT
 
@@ -78,7 +77,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
         return f"engine={engine!r} is forced"
     if not (isinstance(query, Tensor) and isinstance(key, Tensor) and isinstance(value, Tensor)):
         return "query, key and value are not all tensors"
-    if query.dtype not in _DTYPES:
+    if query.dtype not in DTYPES:
         return f"{query.dtype} inputs (the fused kernel covers float32/bfloat16/float16)"
     if not (query.is_cpu and key.is_cpu and value.is_cpu):
         return f"{query.device.type} tensors (the fused kernel is CPU-only)"
@@ -98,7 +97,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
     if causal is False or causal is None:
         c = 0
     elif causal is True:
-        c = 1
+        c = CAUSAL["bottom_right"]
     elif type(causal) is str and causal in CAUSAL:
         c = CAUSAL[causal]
     else:

@@ -30,8 +30,9 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ..._numerics import NEG_INF as _NEG_INF, all_finite
+from ..._numerics import all_finite
 from ...errors import AttnkitError
+from ...softmax import SoftmaxState
 from ...spec import AttentionSpec
 from .tiles import Tiles, single_block, tile_sizes
 
@@ -197,30 +198,26 @@ def delta(dout: Tensor, out: Tensor, l: Tensor, dlse: Tensor | None) -> Tensor:
 def merge(a: Partial, b: Partial) -> Partial:
     """Two partials of the same queries over disjoint key ranges → the partial over both.
 
-    ``m = max``, ``l = Σ l·exp(m_part - m)``, ``out = Σ out·l·exp(m_part - m) / l``: exact at any
-    offset (a huge float mask on whole rows), where weights ``exp(lse_part - lse)`` lose ``log l``
-    with ``lse``'s rounding. An empty side (``l = 0``, ``m = -inf``) adds nothing; NaN rows stay NaN.
+    The rows' ``(m, l)`` merge as [`SoftmaxState`][attnkit.softmax.SoftmaxState]s, and each output
+    weighs by its `SoftmaxState.share` of the merged sum: exact at any offset (a huge float mask on
+    whole rows), where weights ``exp(lse_part - lse)`` lose ``log l`` with ``lse``'s rounding. An
+    empty side (``l = 0``, ``m = -inf``) adds nothing; NaN rows stay NaN.
     """
-    m = torch.maximum(a[2], b[2])
-    safe = m.masked_fill(m == _NEG_INF, 0.0)  # both empty: exp(-inf - 0) = 0, never exp(nan)
-    wa, wb = a[3] * torch.exp(a[2] - safe), b[3] * torch.exp(b[2] - safe)
-    l = wa + wb
-    inv = l.reciprocal().masked_fill(l == 0, 0.0)
-    out = (a[0] * (wa * inv).unsqueeze(-1)).add_(b[0] * (wb * inv).unsqueeze(-1))
-    lse = torch.where(l > 0, m + torch.log(l), m.masked_fill(l == 0, _NEG_INF))
-    return out, lse, m, l
+    sa, sb = SoftmaxState(a[2], a[3]), SoftmaxState(b[2], b[3])
+    merged = sa.merge(sb)
+    out = (a[0] * sa.share(merged).unsqueeze(-1)).add_(b[0] * sb.share(merged).unsqueeze(-1))
+    return out, merged.lse, merged.m, merged.l
 
 
-def weights(q: Tensor, k: Tensor, lse: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
+def weights(q: Tensor, k: Tensor, spec: AttentionSpec, i0: int = 0, j0: int = 0) -> Tensor:
     """Exact normalized weights ``(B, H, Lb, Sb)`` (compute dtype), rebuilt tile by tile.
 
     Computed as ``exp(s - m) / l`` from a first pass over the tiles (see ``Tiles.weights``), so
-    they round like a plain softmax; ``lse`` (the final log-normalizer) is accepted for the
-    contract's signature. Hidden entries and empty rows give 0. Weights are before dropout.
-    Always the PyTorch tile path (the result is L×S anyway).
+    they round like a plain softmax. Hidden entries and empty rows give 0. Weights are before
+    dropout. Always the PyTorch tile path (the result is L×S anyway).
     """
     with torch.no_grad():
-        return Tiles(q, k, k[..., :0], spec, i0, j0).weights(lse)
+        return Tiles(q, k, k[..., :0], spec, i0, j0).weights()
 
 
 

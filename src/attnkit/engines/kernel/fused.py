@@ -25,9 +25,10 @@ from torch import Tensor
 from ...spec import AttentionSpec
 from .build import build_status, half_gemm
 
-__all__ = ["CAUSAL", "unsupported", "status", "spec_args", "forward", "backward"]
+__all__ = ["CAUSAL", "DTYPES", "unsupported", "status", "spec_args", "forward", "backward"]
 
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""The dtypes the kernel computes (the hot path checks them too)."""
 CAUSAL = {None: 0, "bottom_right": 1, "top_left": 2}
 """The ops' ``causal`` codes (``AttentionSpec.causal`` → int); the hot path uses them too."""
 
@@ -69,7 +70,7 @@ def unsupported(spec: AttentionSpec) -> str | None:
     """Why the fused path cannot run ``spec`` (``None`` if it can). May build on first call."""
     if spec.device.type != "cpu":
         return f"the fused kernel is CPU-only (device {spec.device.type})"
-    if spec.dtype not in _DTYPES:
+    if spec.dtype not in DTYPES:
         return f"{spec.dtype} runs on the PyTorch tile path (the fused kernel covers float32/bfloat16/float16)"
     if spec.normalizer != "softmax":
         return "only the softmax normalizer is fused"

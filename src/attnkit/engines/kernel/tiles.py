@@ -360,7 +360,7 @@ class Tiles:
 
     # ---- weights
 
-    def weights(self, lse: Tensor) -> Tensor:
+    def weights(self) -> Tensor:
         """Normalized weights, two passes over the tiles: the rows' running ``(m, l)`` first, then
         ``exp(s - m) / l`` — rounded like a plain softmax. ``exp(s - lse)`` would carry ``lse``'s own
         rounding (``|lse|·eps``, and whatever path computed it) into every weight."""
