@@ -101,9 +101,9 @@ MUTANTS: list[Mutant] = [
     Mutant("C10", "C++: narrow score products allowed (the forward's band and the backward's blocks sum apart)",
            PARAMS, "constexpr int64_t kMinCols = 16, kMinRows = 4;", "constexpr int64_t kMinCols = 1, kMinRows = 1;",
            ("test_backward_rule.py",)),
-    Mutant("M2", "kernel.merge: the second partial's sum not rescaled to the common max", "src/attnkit/engines/kernel/__init__.py",
-           "wa, wb = a[3] * torch.exp(a[2] - safe), b[3] * torch.exp(b[2] - safe)",
-           "wa, wb = a[3] * torch.exp(a[2] - safe), b[3]", ("test_fused.py", "test_decode.py", "test_ring.py")),
+    Mutant("M2", "SoftmaxState.share (kernel.merge's weights): a part's sum not rescaled to the merged max",
+           "src/attnkit/softmax.py", "return (self.l * _rescale(self.m, merged.m)) * merged.l",
+           "return self.l * merged.l", ("test_fused.py", "test_decode.py", "test_ring.py")),
     # ---- the hot path (issue 18): the op's own pass and checks, and the Python decision
     Mutant("H1", "C++ forward: a hidden key's P·V is not redone (0·NaN of garbage in a KV cache leaks)", FORWARD,
            "const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;",
