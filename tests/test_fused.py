@@ -135,9 +135,12 @@ def test_decode_shapes_pack_query_heads(case):
 @pytest.mark.parametrize("case", [dict(), dict(causal=True), dict(mask="float", window=(40, 3)),
                                   dict(alibi_slopes="alibi", softcap=5.0, kv_lengths=[60, 17])], ids=str)
 @pytest.mark.parametrize("half_gemm", ["1", "0"], ids=["half-gemm", "f32-gemm"])
-def test_half_precision(dtype, case, half_gemm, monkeypatch):
+@pytest.mark.parametrize("D", [59, 64], ids=["D59", "D64"])
+def test_half_precision(dtype, case, half_gemm, D, monkeypatch):
+    """Half inputs: f32 GEMMs (widened), half GEMMs through MKL, or — where the CPU multiplies the
+    dtype natively and D is even — the VNNI products (csrc/gemm.h; S odd pairs the last key with zeros)."""
     monkeypatch.setenv("ATTNKIT_FUSED_HALF_GEMM", half_gemm)
-    B, H, G, L, S, D = 2, 4, 2, 97, 130, 59
+    B, H, G, L, S = 2, 4, 2, 97, 131
     q, k, v = qkv(B, H, G, L, S, D, seed=3)
     check_all(q, k, v, materialize(case, B, H, L, S), dtype)
 
@@ -257,6 +260,24 @@ def test_the_build_key_hashes_every_source_file(tmp_path, monkeypatch):
         after = build.build_dir()
         assert after != before, name
         before = after
+
+
+def test_the_tile_rule_is_compiled_in_from_blocks_py(monkeypatch):
+    """csrc/ writes no tile size: params.h takes each from blocks.py's -D defines, and a changed
+    rule is another cache directory (a rebuild)."""
+    import re
+
+    from attnkit.engines.kernel import blocks
+
+    params = (build.CSRC / "params.h").read_text()
+    for flag in blocks.defines():
+        name = flag[2:].split("=")[0]
+        assert flag in build._compile_flags(build._cpu_flags()) and name in params, name
+    # no literal block size left in the C++ (only the -D names define them)
+    assert not re.search(r"k(Fwd|Bwd)Block\w* = \d", params) and "kMinCols = 16" not in params
+    before = build.build_dir()
+    monkeypatch.setattr(blocks, "KEY_TILE", blocks.KEY_TILE * 2)
+    assert build.build_dir() != before
 
 
 def test_torch_compile_sees_one_operator():

@@ -94,13 +94,16 @@ def test_hot_path_half_precision_follows_the_flash_rule(dtype, option):
     assert_flash_rule(ours, base, ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("where", ["kv_lengths", "causal", "bool_mask", "window"])
-def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_rows(where):
+def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_rows(where, dtype):
     # A KV cache from torch.empty holds anything: NaN/inf in keys a row cannot see must not leak into
     # that row through the P·V product (0·NaN) — the kernel's pass keeps them out, with no scan of
     # K/V first. The garbage sits inside the key range the tile reads (rows of one tile see it or not).
+    # bf16 (even D): where the CPU has native bf16 products, keys are paired from an even key, so a
+    # window starting at an odd key pairs its first key with a hidden one (garbage included).
     B, H, G, L, S, D = 2, 4, 2, 40, 40, 16
-    q, k, v = qkv(B, H, G, L, S, D, seed=9)
+    q, k, v = qkv(B, H, G, L, S, D, seed=9, dtype=dtype)
     k, v = k.clone(), v.clone()
     bad = slice(30, 33)
     k[:, :, bad] = float("inf")
@@ -114,11 +117,36 @@ def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_
     ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
     nan_rows = torch.isnan(ref).any(-1)
     assert (~nan_rows).any() and torch.equal(torch.isnan(out).any(-1), nan_rows)
-    assert err(out, ref) < 1e-5  # NaN in the same places, the rest exact
+    if dtype == torch.float32:
+        assert err(out, ref) < 1e-5  # NaN in the same places, the rest exact
+    else:
+        base = attnkit.attention(q, k, v, **kw, engine="reference")
+        assert_flash_rule(out[~nan_rows], base[~nan_rows], ref[~nan_rows])
     if where == "bool_mask":
         assert not nan_rows.any()
     if where in ("causal", "kv_lengths"):
         assert not nan_rows[..., :30].any() and nan_rows[1, :, 30:].all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("L", [1, 5, 40])
+def test_a_cache_of_odd_length_never_reads_the_garbage_after_it(dtype, L):
+    # Rows see every key up to an odd length, so no structural mask marks the tile partial; where
+    # the CPU has native bf16 products the last visible key is paired with the first hidden one.
+    B, H, G, S, D = 2, 4, 2, 48, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=10, dtype=dtype)
+    lengths = torch.tensor([29, 17])
+    k, v = k.clone(), v.clone()
+    for b, n in enumerate(lengths.tolist()):
+        k[b, :, n:], v[b, :, n:] = float("inf"), float("nan")
+    assert type(hot.plan(q, k, v, kv_lengths=lengths)) is tuple
+    out = attnkit.attention(q, k, v, kv_lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        qb, kb, vb = q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n]
+        ref = attnkit.attention(qb.double(), kb.double(), vb.double(), engine="reference")
+        base = attnkit.attention(qb, kb, vb, engine="reference")
+        assert not torch.isnan(out[b]).any()
+        assert_flash_rule(out[b:b + 1], base, ref)
 
 
 def test_nan_query_rows_stay_in_their_rows():

@@ -41,6 +41,7 @@ CSRC = "src/attnkit/engines/kernel/csrc/"
 PARAMS, ROW_STEP = CSRC + "params.h", CSRC + "row_step.h"
 FORWARD, BACKWARD = CSRC + "forward.cpp", CSRC + "backward.cpp"
 TILES = "src/attnkit/engines/kernel/tiles.py"
+BLOCKS = "src/attnkit/engines/kernel/blocks.py"  # the tile rule (compiled into the C++ as -D defines)
 DECODE = "src/attnkit/engines/decode.py"
 
 # Cheapest first: with -x the first failing file ends the run of a killed mutant early.
@@ -99,7 +100,7 @@ MUTANTS: list[Mutant] = [
            "exp_sum_row(s, cols, mr, raw ? p.scale : 1.f, 1.f / lr);", "exp_sum_row(s, cols, mr, raw ? p.scale : 1.f);",
            ("test_backward_rule.py", "test_fused.py")),
     Mutant("C10", "C++: narrow score products allowed (the forward's band and the backward's blocks sum apart)",
-           PARAMS, "constexpr int64_t kMinCols = 16, kMinRows = 4;", "constexpr int64_t kMinCols = 1, kMinRows = 1;",
+           BLOCKS, "MIN_PRODUCT_COLS, MIN_PRODUCT_ROWS = 16, 4", "MIN_PRODUCT_COLS, MIN_PRODUCT_ROWS = 1, 1",
            ("test_backward_rule.py",)),
     Mutant("M2", "SoftmaxState.share (kernel.merge's weights): a part's sum not rescaled to the merged max",
            "src/attnkit/softmax.py", "return (self.l * _rescale(self.m, merged.m)) * merged.l",
@@ -118,6 +119,11 @@ MUTANTS: list[Mutant] = [
     Mutant("H5", "C++ forward: plain scores' scale applied twice in the exp pass", ROW_STEP,
            "at::vec::fmsub(Vec::loadu(s + j, cnt), vscale, vm)",
            "at::vec::fmsub(Vec::loadu(s + j, cnt) * vscale, vscale, vm)",
+           HOT_TESTS),
+    # ---- native half products (VNNI pairs; compiled in only where the CPU has avx512_bf16 / amx_bf16)
+    Mutant("V1", "C++ forward: the key a VNNI pair adds after an odd cache length is not treated as hidden "
+           "(0 * its garbage leaks; killed only where bf16 is native)", FORWARD,
+           "const bool padded = a0 < n0 || (a1 > n0 + cols && n0 + cols < p.Sb);", "const bool padded = false;",
            HOT_TESTS),
     # ---- the PyTorch tile path (kernel/tiles.py)
     Mutant("T1", "tile path: accumulator not rescaled to the new running max", TILES,

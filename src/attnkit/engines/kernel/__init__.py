@@ -17,9 +17,10 @@ larger problem:
 Each call runs on one of two backends with the same signature: the fused C++ kernel
 (`attnkit.engines.kernel.fused`, built by `attnkit.engines.kernel.build`) or the PyTorch tile
 path (`attnkit.engines.kernel.tiles`). `path` picks one and says why, `force_path` overrides it
-for tests, `describe` is what ``explain`` prints. Each backend tiles for its own cost: the C++
-kernel in cache-sized blocks per thread (``csrc/params.h``), the PyTorch path in large batched
-tiles (`tile_sizes`); tiling never changes which keys a row sees, only the rounding order.
+for tests, `describe` is what ``explain`` prints. One tile rule (`attnkit.engines.kernel.blocks`)
+sizes both: the C++ kernel applies it per head in cache-sized blocks per thread (compiled in as
+``-D`` defines), the PyTorch path over all heads in large batched tiles (`tile_sizes`); tiling
+never changes which keys a row sees, only the rounding order.
 """
 
 from __future__ import annotations

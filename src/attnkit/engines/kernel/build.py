@@ -3,7 +3,8 @@
 Compiled on first use with ``torch.utils.cpp_extension`` (ninja) from every ``.cpp`` in ``csrc/``
 into one library, ``-O3 -march=native``, cached in ``$ATTNKIT_CACHE`` (default
 ``~/.cache/attnkit``) under a directory keyed by the torch version, the hash of every file in
-``csrc/`` (a changed header rebuilds too) and the CPU flags; one line on stderr while it compiles;
+``csrc/`` (a changed header rebuilds too), the compiler flags (the tile rule of `blocks` among
+them) and the CPU flags; one line on stderr while it compiles;
 a file lock keeps two processes from building at once. No compiler, no ninja, a failed build, or
 ``ATTNKIT_NO_FUSED=1`` → `build_status` returns the reason and the PyTorch tile path runs.
 Nothing here runs at ``import attnkit``; ``attnkit build`` calls `timed_build`.
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -26,10 +28,14 @@ from pathlib import Path
 import torch
 
 from ..._machine import cpu_info, cpu_vendor
+from . import blocks
 
 __all__ = ["build", "timed_build", "build_status", "build_dir", "cache_root", "direct_attention", "half_gemm"]
 
 CSRC = Path(__file__).parent / "csrc"
+# CPU flags of native half-precision dot products (AMX tiles, AVX512 bf16/fp16 dot products).
+NATIVE_BF16 = frozenset({"amx_bf16", "avx512_bf16"})
+NATIVE_FP16 = frozenset({"amx_fp16", "avx512_fp16"})
 
 # Build state of this process: None = not tried yet, "" = loaded, else the reason it failed.
 _status: str | None = None
@@ -50,11 +56,14 @@ def _cpu_flags() -> list[str]:
 
 
 def _compile_flags(flags: list[str]) -> list[str]:
-    """-O3 -march=native plus the ATen vector width the CPU supports (Vectorized<float> reads it)."""
+    """-O3 -march=native, the tile rule (`blocks.defines`) and the ATen vector width the CPU supports."""
     have = set(flags)
     # -fopenmp: at::parallel_for is a header template over `#pragma omp parallel` in OpenMP builds
     # of torch; without the flag it silently runs serially (measured: half the speed on 2 cores).
-    cflags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
+    cflags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", *blocks.defines()]
+    # Native bf16 / fp16 tile products through oneDNN's brgemm (csrc/gemm.h) where the CPU has them.
+    cflags.append(f"-DATTNKIT_NATIVE_BF16={int(bool(NATIVE_BF16 & have))}")
+    cflags.append(f"-DATTNKIT_NATIVE_FP16={int(bool(NATIVE_FP16 & have))}")
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= have:
         cflags += ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     elif {"avx2", "fma"} <= have:
@@ -204,19 +213,27 @@ def build_status() -> str | None:
     return _status or None
 
 
-def half_gemm() -> bool:
-    """Whether bf16/fp16 inputs run half-precision tile GEMMs (else they are widened to float32).
+def half_gemm(dtype: torch.dtype, backward: bool = False) -> bool:
+    """Whether ``dtype`` (bf16 / fp16) inputs run half-precision tile GEMMs (else they are widened to float32).
 
-    MKL's ``cblas_gemm_{bf16bf16,f16f16}f32`` is fast where it has native kernels (Intel CPUs with
-    AMX or AVX512-BF16); on other CPUs it emulates them at fp32 speed and, measured on an AMD EPYC,
-    forks an OpenMP team per call (10-40x slower). ``ATTNKIT_FUSED_HALF_GEMM=1/0`` overrides.
+    The forward is native where the CPU multiplies ``dtype`` itself (`NATIVE_BF16` / `NATIVE_FP16`
+    flags: oneDNN's brgemm, compiled in). MKL's ``cblas_gemm_{bf16bf16,f16f16}f32`` (the backward's
+    half GEMM) is fast where it has native kernels (Intel CPUs with AMX or AVX512-BF16); on other
+    CPUs it emulates them at fp32 speed and, measured on an AMD EPYC, forks an OpenMP team per call
+    (10-40x slower). ``ATTNKIT_FUSED_HALF_GEMM=1/0`` overrides both.
     """
     forced = os.environ.get("ATTNKIT_FUSED_HALF_GEMM", "")
     if forced in ("0", "1"):
         return forced == "1"
+    return _half_gemm_here(dtype, backward)
+
+
+@functools.lru_cache(maxsize=None)
+def _half_gemm_here(dtype: torch.dtype, backward: bool) -> bool:
     flags = set(_cpu_flags())
-    intel = "GenuineIntel" in cpu_vendor()
-    return intel and bool({"amx_bf16", "avx512_bf16"} & flags)
+    if not backward and (NATIVE_BF16 if dtype == torch.bfloat16 else NATIVE_FP16) & flags:
+        return True
+    return "GenuineIntel" in cpu_vendor() and bool(NATIVE_BF16 & flags)
 
 
 def timed_build(force: bool = False) -> tuple[Path, float, bool]:

@@ -79,8 +79,8 @@ def unsupported(spec: AttentionSpec) -> str | None:
     return status()
 
 
-def _gemm_dtype(dt: torch.dtype) -> torch.dtype:
-    return dt if dt == torch.float32 or half_gemm() else torch.float32
+def _gemm_dtype(dt: torch.dtype, backward: bool = False) -> torch.dtype:
+    return dt if dt == torch.float32 or half_gemm(dt, backward) else torch.float32
 
 
 def _as4d(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
@@ -155,7 +155,7 @@ def backward(
     ``m``/``l``/``delta`` are the FINAL per-row max, sum and ``rowsum(dO∘O) − dlse`` of these
     queries; rows with ``l = 0`` contribute nothing.
     """
-    dt = _gemm_dtype(q.dtype)
+    dt = _gemm_dtype(q.dtype, backward=True)
     f32 = torch.float32
 
     def target(t: Tensor | None) -> Tensor | None:

@@ -41,37 +41,34 @@ from ...masks import block_class, visible
 from ...scores import apply_score_mods
 from ...softmax import SoftmaxState
 from ...spec import AttentionSpec, BlockIndex
+from . import blocks
 
 __all__ = ["Tiles", "tile_sizes", "single_block"]
 
 
-# The one tile rule: about _TILE_ELEMS scores per tile over all B·H heads. 2²⁰ (4 MiB of float32)
-# is the flash engine's measured block (2048 rows × 512 keys; a quiet-window sweep of 512K…8M
-# elements was flat, RESULTS.md), so B·H = 8 keeps its 256 × 512 tiles; _blocks' 2¹⁸ was best on
-# one 8192² block with 1 thread, but 4× more tiles cost Python time when B·H is large (measured
-# here: B·H = 256, L = 512 forward 3.1 s vs 1.2 s, on a busy machine). A large B·H shrinks the
-# query tile down to _MIN_TILE_Q (Python overhead per tile), never the key tile below _MIN_TILE_K.
-_TILE_ELEMS = 1 << 20
-_MAX_TILE_Q = 256
-_MIN_TILE_Q = 16
-_MIN_TILE_K = 512
+# The tile rule is blocks.py (both backends). The torch tiles read it through these names, which
+# tests shrink to force many tiles on small problems.
+_TILE_ELEMS = blocks.TORCH_TILE_ELEMS
+_MAX_TILE_Q = blocks.QUERY_TILE
+_MIN_TILE_Q = blocks.TORCH_MIN_QUERY_TILE
+_MIN_TILE_K = blocks.KEY_TILE
 # Packed query rows (R·Lt) up to which forward scores are computed keys-major.
 _KEYS_MAJOR_ROWS = 64
 
 
 def tile_sizes(spec: AttentionSpec, Lb: int, Sb: int) -> tuple[int, int]:
-    """Query and key tile lengths ``(tq, tk)`` for a ``Lb × Sb`` range of ``spec``'s problem.
+    """Query and key tile lengths ``(tq, tk)`` of the torch tiles for a ``Lb × Sb`` range of ``spec``.
 
-    About ``_TILE_ELEMS`` scores per tile; a narrow causal/window band caps the key tile near the
-    band width (and the query tile at the key tile) so the computed area stays O(L·w).
+    `blocks`' rule at the torch path's grain: about ``TORCH_TILE_ELEMS`` scores per tile over all
+    ``B·H`` heads; a band of ``span`` keys per row caps the key tile near the band width (at least
+    ``TORCH_MIN_BAND_KEY_TILE``) and the query tile at the key tile, so the computed area stays O(L·w).
     """
     bh = max(1, spec.B * spec.H)
     tq = max(1, min(Lb, _MAX_TILE_Q, max(_MIN_TILE_Q, _TILE_ELEMS // (bh * _MIN_TILE_K))))
     tk = max(1, min(Sb, max(_MIN_TILE_K, _TILE_ELEMS // (bh * tq))))
-    w = spec.window
-    if w is not None and w[0] is not None and (spec.causal or w[1] is not None):
-        span = w[0] + (0 if spec.causal else w[1]) + 1
-        tk = max(1, min(tk, max(64, 1 << (span - 1).bit_length())))
+    span = blocks.band_span(spec.window, spec.causal)
+    if span is not None:
+        tk = max(1, min(tk, max(blocks.TORCH_MIN_BAND_KEY_TILE, 1 << (span - 1).bit_length())))
         tq = max(1, min(tq, tk))
     return tq, tk
 

@@ -44,12 +44,12 @@ void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t j
 template <typename T>
 void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse, float* m_out,
                     float* l_out) {
-  int64_t bq = p.Lb >= 768 ? kFwdBlockQLarge : p.Lb >= 192 ? kFwdBlockQMid : kFwdBlockQSmall;
+  int64_t bq = p.Lb >= kLongRange ? kFwdBlockQLarge : p.Lb >= kMidRange ? kFwdBlockQMid : kFwdBlockQSmall;
   if (p.wl >= 0 && (p.causal != 0 || p.wr >= 0)) {
-    // A band of `span` keys per row: a block of bq rows computes ~span + bq keys per row, so keep
-    // bq <= span / 4 (waste <= 1.25x); at w = 256 this is 64-row blocks instead of 256 (2x less work).
+    // A band of `span` keys per row (blocks.band_span): a block of bq rows computes ~span + bq keys
+    // per row, so keep bq <= span / kBandRatio; at w = 256 this is 64-row blocks instead of 256.
     const int64_t span = p.wl + (p.causal != 0 ? 0 : p.wr) + 1;
-    while (bq > kFwdBlockQSmall && bq * 4 > span) bq /= 2;
+    while (bq > kFwdBlockQSmall && bq * kBandRatio > span) bq /= 2;
   }
   const int64_t bk = kFwdBlockK;
   // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
@@ -61,6 +61,26 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   const int64_t rows_max = p.Lb >= bq ? bq + kMinRows - 1 : heads_per_block * p.Lb;
   const int64_t cols_max = bk + kMinCols - 1;
   constexpr bool half = !std::is_same_v<T, float>;
+  const double flops = 2.0 * p.B * p.H * p.Lb * p.Sb * (p.D + p.E);
+  // Native half products (gemm.h): K^T and V of every (batch, kv head) packed once into VNNI pairs,
+  // [D/2][Sb][2] and [Sp/2][E][2] (an odd last key paired with zeros).
+  const bool vnni = native_half<T>() && p.D % 2 == 0;
+  const int64_t Sp = p.Sb + (p.Sb & 1), k_pack = p.D * p.Sb, kv_pack = k_pack + Sp * p.E;
+  at::Tensor packed = vnni ? scratch_of<T>(p.B * p.G * kv_pack) : at::Tensor();
+  if (vnni) {
+    auto pack = [&](int64_t lo, int64_t hi) {
+      for (int64_t bg = lo; bg < hi; ++bg) {
+        T* dst = packed.data_ptr<T>() + bg * kv_pack;
+        pack_transposed_vnni(k + bg * p.Sb * p.D, p.Sb, p.D, p.D, dst);
+        pack_vnni(v + bg * p.Sb * p.E, p.Sb, p.E, p.E, dst + k_pack);
+      }
+    };
+    if (flops < kSerialFlops) {
+      pack(0, p.B * p.G);
+    } else {
+      at::parallel_for(0, p.B * p.G, 1, pack);
+    }
+  }
   // Scratch per chunk of work (one chunk per thread): scores (rows x bk), half copy of P,
   // accumulator, m, l, column keys. Allocated inside the chunk, so nothing depends on thread ids.
   const int64_t per_thread =
@@ -71,12 +91,12 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // Parallel over (batch * kv group, query block); K/V are read in place, never repeated. A problem
   // of a few microseconds (an L=16 encoder call) runs on the calling thread: an OpenMP fork/join
   // costs about as much, and on a busy machine the join waits for a descheduled thread.
-  const double flops = 2.0 * p.B * p.H * p.Lb * p.Sb * (p.D + p.E);
   WorkQueue work(p.B * p.G * group_blocks, flops < kSerialFlops);
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
+    VnniRelease<T> release{vnni};
     at::Tensor scratch = scratch_of<float>(per_thread);
-    at::Tensor scratch_half = scratch_of<T>(half ? rows_max * cols_max : 0);
+    at::Tensor scratch_half = scratch_of<T>(half ? rows_max * (cols_max + 2) : 0);  // + VNNI pair padding
     float* qk = scratch.data_ptr<float>();
     float* acc = qk + round16(rows_max * cols_max);
     float* mrow = acc + round16(rows_max * p.E);
@@ -100,6 +120,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       const T* qp = q + row0 * p.D;
       const T* kp = k + bg * p.Sb * p.D;
       const T* vp = v + bg * p.Sb * p.E;
+      const T* kpk = vnni ? packed.data_ptr<T>() + bg * kv_pack : nullptr;  // K^T, then V, in VNNI pairs
       // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
       int64_t jlo = p.Sb, jhi = 0;
       int64_t inner_lo = 0, inner_hi = p.Sb;  // keys every row of the tile sees (structurally)
@@ -126,7 +147,15 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
-        gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
+        if (vnni) {
+          gemm_vnni<T>(rows, cols, p.D, qp, p.D, kpk + n0 * 2, p.Sb, qk, cols, false);
+        } else {
+          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
+        }
+        // P V over keys [a0, a1): VNNI pairs start at an even key, so P gets a zero column in front
+        // (an odd n0) or behind (an odd end); the key it pairs with is outside this block.
+        const int64_t a0 = vnni ? n0 - (n0 & 1) : n0, a1 = vnni ? n0 + cols + ((n0 + cols) & 1) : n0 + cols;
+        const int64_t kc = a1 - a0, lead = n0 - a0;
         if (p.dropout_p > 0.f)
           for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(p.j0 + n0 + c);
         for (int64_t r = 0; r < rows; ++r) {
@@ -151,7 +180,12 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             // Dropout after the sum: l keeps the undropped normalizer (out = sum p keep v / ((1-p) l)).
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
           }
-          if constexpr (half) to_gemm_type(s, p_half + r * cols, cols);
+          if constexpr (half) {
+            T* ph = p_half + r * kc;
+            if (lead) ph[0] = T(0.f);
+            to_gemm_type(s, ph + lead, cols);
+            if (kc > lead + cols) ph[kc - 1] = T(0.f);
+          }
         }
         // Alg. 1 line 10 (cont.): O += P V_j.
         const T* pg;
@@ -164,11 +198,17 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // torch.empty) would leak through the GEMM. Where some row hides a key of this tile, the
         // product goes to `pv` first and rows that came out non-finite are redone over their visible
         // keys only (IEEE arithmetic for those, as in the reference). The cache is read once.
-        const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;
-        if (!partial) {
+        // A VNNI pad key that is a real key of the cache (0 * its garbage) counts as hidden too.
+        const bool padded = a0 < n0 || (a1 > n0 + cols && n0 + cols < p.Sb);
+        const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi || padded;
+        if (vnni) {
+          gemm_vnni<T>(rows, p.E, kc, pg, kc, kpk + k_pack + a0 * p.E, p.E, partial ? pv : acc, p.E, !partial && !first);
+        } else if (!partial) {
           gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, first ? 0.f : 1.f, acc, p.E);
         } else {
           gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 0.f, pv, p.E);
+        }
+        if (partial) {
           for (int64_t r = 0; r < rows; ++r) {
             float* pvr = pv + r * p.E;
             bool finite = true;

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/functional.h>
+#include <ATen/native/CPUBlas.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -70,6 +71,77 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
     c.copy_(prod.mul_(alpha));
   } else {
     c.mul_(beta).add_(prod, alpha);
+  }
+}
+
+// ----------------------------------------------------------------------------- native half GEMM
+// Where the CPU multiplies bf16 (fp16) natively — AMX tiles or AVX512-BF16 dot products
+// (AVX512-FP16 / AMX-FP16) — the tile products go through oneDNN's brgemm ukernel, which ATen
+// exports as at::native::cpublas::brgemm and SDPA's bf16 kernel uses too. build.py compiles it
+// in (-DATTNKIT_NATIVE_BF16 / _FP16) from the CPU flags; elsewhere the products go through MKL
+// above. brgemm takes B in VNNI pairs: B[k][n] at ((k / 2) * ldb + n) * 2 + k % 2.
+#ifndef ATTNKIT_NATIVE_BF16
+#define ATTNKIT_NATIVE_BF16 0
+#endif
+#ifndef ATTNKIT_NATIVE_FP16
+#define ATTNKIT_NATIVE_FP16 0
+#endif
+template <typename T>
+constexpr bool native_half() {
+  if constexpr (std::is_same_v<T, at::BFloat16>) return ATTNKIT_NATIVE_BF16 != 0;
+  if constexpr (std::is_same_v<T, at::Half>) return ATTNKIT_NATIVE_FP16 != 0;
+  return false;
+}
+
+// Row-major C[M,N] (+)= A[M,K] . B[K,N], B in VNNI pairs (K even), C float32.
+template <typename T>
+inline void gemm_vnni(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, float* C,
+                      int64_t ldc, bool accumulate) {
+  if (M == 0 || N == 0) return;
+  if constexpr (native_half<T>()) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, A, B, C, /*is_vnni=*/true);
+  } else {
+    TORCH_CHECK(false, "attnkit: VNNI GEMM without native half support");
+  }
+}
+
+// Releases the brgemm ukernel's hardware state (the AMX tile configuration) when a thread's work ends.
+template <typename T>
+struct VnniRelease {
+  bool used;
+  ~VnniRelease() {
+    if constexpr (native_half<T>()) {
+      if (used) at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+    }
+  }
+};
+
+// The transpose of rows x cols (row-major, leading dim ld; cols even) as a VNNI B operand
+// [cols/2][rows][2]: the B of A . src^T (K^T for the scores Q K^T). A pair is one 32-bit word.
+template <typename T>
+void pack_transposed_vnni(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst) {
+  if constexpr (sizeof(T) == 2) {  // only half types are packed (native_half)
+    const auto* s32 = reinterpret_cast<const uint32_t*>(src);
+    auto* d32 = reinterpret_cast<uint32_t*>(dst);
+    const int64_t pairs = cols / 2, ld32 = ld / 2;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < pairs; ++c) d32[c * rows + r] = s32[r * ld32 + c];
+  }
+}
+
+// rows x cols (row-major, leading dim ld) as a VNNI B operand [ceil(rows/2)][cols][2] (V for P V);
+// an odd last row is paired with zeros.
+template <typename T>
+void pack_vnni(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const T* a = src + r * ld;
+    T* d = dst + r * cols;  // pair r/2 starts at (r/2) * cols * 2
+    if (r + 1 < rows) {
+      const T* b = a + ld;
+      for (int64_t c = 0; c < cols; ++c) d[2 * c] = a[c], d[2 * c + 1] = b[c];
+    } else {
+      for (int64_t c = 0; c < cols; ++c) d[2 * c] = a[c], d[2 * c + 1] = T(0.f);
+    }
   }
 }
 

@@ -41,24 +41,27 @@
 namespace attnkit_fused {
 
 // ----------------------------------------------------------------------------- block sizes
-// Forward query blocks as SDPA (256 / 64 / 32 rows for Lb >= 768 / >= 192 / else), keys 512.
-constexpr int64_t kFwdBlockQLarge = 256;
-constexpr int64_t kFwdBlockQMid = 64;
-constexpr int64_t kFwdBlockQSmall = 32;
-constexpr int64_t kFwdBlockK = 512;
-// Backward: parallel over (batch*kv-group, key block); small key blocks give B=1 H=1 work
-// to every core, the query blocks are walked inside.
-constexpr int64_t kBwdBlockQ = 64;
-constexpr int64_t kBwdBlockK = 128;
-// Forward problems below this many flops run on one thread (see forward_kernel).
+// The tile rule is engines/kernel/blocks.py (both backends); build.py passes it as -D defines, so
+// the sizes below are never written here. What each means is said there.
+#if !defined(ATTNKIT_QUERY_TILE) || !defined(ATTNKIT_MIN_PRODUCT_ROWS)
+#error "build with engines/kernel/build.py: it passes the tile rule of engines/kernel/blocks.py (-DATTNKIT_*)"
+#endif
+constexpr int64_t kFwdBlockQLarge = ATTNKIT_QUERY_TILE;     // rows, Lb >= kLongRange
+constexpr int64_t kFwdBlockQMid = ATTNKIT_QUERY_TILE_MID;   // rows, Lb >= kMidRange
+constexpr int64_t kFwdBlockQSmall = ATTNKIT_QUERY_TILE_SMALL;
+constexpr int64_t kLongRange = ATTNKIT_QUERY_TILE_LONG_RANGE, kMidRange = ATTNKIT_QUERY_TILE_MID_RANGE;
+constexpr int64_t kFwdBlockK = ATTNKIT_KEY_TILE;
+constexpr int64_t kBandRatio = ATTNKIT_BAND_RATIO;
+constexpr int64_t kBwdBlockQ = ATTNKIT_BWD_QUERY_TILE;
+constexpr int64_t kBwdBlockK = ATTNKIT_BWD_KEY_TILE;
+// No score product narrower than this unless the whole range is (MKL sums narrower products with
+// other kernels, in another order; the backward rebuilds the forward's weights from its own
+// products, so both must be the same numbers): a short last block joins the one before it, and
+// the forward widens a narrow band with hidden keys. tests/test_backward_rule.py checks the result.
+constexpr int64_t kMinCols = ATTNKIT_MIN_PRODUCT_COLS, kMinRows = ATTNKIT_MIN_PRODUCT_ROWS;
+// Forward problems below this many flops run on one thread (see forward_kernel): a threading
+// threshold, not a tile size.
 constexpr double kSerialFlops = 1 << 18;
-// MKL computes a product whose output has fewer than 16 columns or 4 rows with other kernels, which
-// sum the dot products in another order (up to 1e-6 apart in the scores; tests/test_backward_rule.py
-// checks the result). The backward rebuilds the forward's weights exp(s - m) / l from its own
-// products of the same q and k, so both must be the same numbers: no score product is narrower
-// than this unless the whole range is, a short last block joins the one before it, and the
-// forward widens a narrow band with hidden keys.
-constexpr int64_t kMinCols = 16, kMinRows = 4;
 
 // Blocks of `size` over n items, a last remainder shorter than `min_tail` joined to the block before.
 inline int64_t block_count(int64_t n, int64_t size, int64_t min_tail) {
