@@ -134,7 +134,7 @@ def test_decode_shapes_pack_query_heads(case):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", [dict(), dict(causal=True), dict(mask="float", window=(40, 3)),
                                   dict(alibi_slopes="alibi", softcap=5.0, kv_lengths=[60, 17])], ids=str)
-@pytest.mark.parametrize("half_gemm", ["1", "0"], ids=["half-gemm", "f32-gemm"])
+@pytest.mark.parametrize("half_gemm", ["1", "0", ""], ids=["half-gemm", "f32-gemm", "machine-choice"])
 @pytest.mark.parametrize("D", [59, 64], ids=["D59", "D64"])
 def test_half_precision(dtype, case, half_gemm, D, monkeypatch):
     """Half inputs: f32 GEMMs (widened), half GEMMs through MKL, or — where the CPU multiplies the
@@ -143,6 +143,19 @@ def test_half_precision(dtype, case, half_gemm, D, monkeypatch):
     B, H, G, L, S = 2, 4, 2, 97, 131
     q, k, v = qkv(B, H, G, L, S, D, seed=3)
     check_all(q, k, v, materialize(case, B, H, L, S), dtype)
+
+
+@pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF])
+def test_half_gemm_modes_pick_the_gemm_dtype(mode, monkeypatch):
+    """HALF_IF_EVEN (native VNNI products, even head dims only) widens odd head dims to float32
+    rather than send them to MKL's emulated half GEMM."""
+    monkeypatch.setattr(fused_path, "half_gemm", lambda dtype: mode)
+    even, odd = torch.zeros(1, 1, 1, 64), torch.zeros(1, 1, 1, 59)
+    half = {build.WIDEN: (False, False), build.HALF_IF_EVEN: (True, False), build.HALF: (True, True)}[mode]
+    for (q, v), want in (((even, even), half[0]), ((even, odd), half[1]), ((odd, even), half[1])):
+        got = fused_path._gemm_dtype(torch.bfloat16, q, v)
+        assert got == (torch.bfloat16 if want else torch.float32), (q.shape, v.shape)
+    assert fused_path._gemm_dtype(torch.float32, odd, odd) == torch.float32
 
 
 @pytest.mark.parametrize("case", [dict(mask="float"), dict(mask="float_cols", bias="bias", causal=True),

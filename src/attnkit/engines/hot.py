@@ -44,19 +44,19 @@ _SPLIT_KV_MIN_KEYS = 2 * MIN_SEGMENT
 _op: Any = None  # the loaded op (OpOverload), or None before the first call
 _direct: Any = None  # the same function without the dispatcher (pybind), used outside torch.compile
 _op_status: str | None = None  # None before the first call, "" when loaded, else why not
-_half_dtypes: frozenset = frozenset()  # dtypes whose tile GEMMs run in half precision (build.half_gemm, read once)
+_half_modes: dict = {}  # dtype -> build.half_gemm's mode (read once with the build; the op takes the number)
 
 
 def status() -> str | None:
     """``None`` when the hot path's op is loaded (building the kernel on first call), else why not."""
-    global _op, _op_status, _half_dtypes, _direct
+    global _op, _op_status, _half_modes, _direct
     if _op_status is None or _op_status:
         from .kernel import build, fused  # loads (or builds) the kernel once the first call needs it
 
         why = fused.status()
         if why is None:
             _op, _op_status = torch.ops.attnkit_fused.attention.default, ""
-            _half_dtypes = frozenset(dt for dt in (torch.bfloat16, torch.float16) if build.half_gemm(dt))
+            _half_modes = {dt: build.half_gemm(dt) for dt in (torch.bfloat16, torch.float16)}
             _direct = build.direct_attention() or _op
         else:
             _op_status = why
@@ -137,7 +137,7 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
         if why is not None:
             return why
     return (query, key, value, mask, kv_lengths, q_lengths, alibi_slopes, c, wl, wr,
-            None if scale is None else float(scale), cap, query.dtype in _half_dtypes)
+            None if scale is None else float(scale), cap, _half_modes.get(query.dtype, 0))
 
 
 def run(args: tuple) -> tuple[Tensor, Tensor] | None:

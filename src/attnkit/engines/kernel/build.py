@@ -213,27 +213,32 @@ def build_status() -> str | None:
     return _status or None
 
 
-def half_gemm(dtype: torch.dtype, backward: bool = False) -> bool:
-    """Whether ``dtype`` (bf16 / fp16) inputs run half-precision tile GEMMs (else they are widened to float32).
+WIDEN, HALF_IF_EVEN, HALF = 0, 1, 2  # half_gemm's modes (the hot path's op takes the number)
 
-    The forward is native where the CPU multiplies ``dtype`` itself (`NATIVE_BF16` / `NATIVE_FP16`
-    flags: oneDNN's brgemm, compiled in). MKL's ``cblas_gemm_{bf16bf16,f16f16}f32`` (the backward's
-    half GEMM) is fast where it has native kernels (Intel CPUs with AMX or AVX512-BF16); on other
-    CPUs it emulates them at fp32 speed and, measured on an AMD EPYC, forks an OpenMP team per call
-    (10-40x slower). ``ATTNKIT_FUSED_HALF_GEMM=1/0`` overrides both.
+
+def half_gemm(dtype: torch.dtype) -> int:
+    """How ``dtype`` (bf16 / fp16) inputs are multiplied: `WIDEN` (to float32), `HALF_IF_EVEN` (in
+    half precision when both head dims are even, else widened) or `HALF` (always in half precision).
+
+    Where the CPU multiplies ``dtype`` itself (`NATIVE_BF16` / `NATIVE_FP16` flags) the tile
+    products go through oneDNN's brgemm in VNNI pairs (compiled in; even head dims). MKL's
+    ``cblas_gemm_{bf16bf16,f16f16}f32`` takes the rest: fast where it has native kernels (Intel
+    CPUs with AMX or AVX512-BF16); elsewhere it emulates them at fp32 speed and, measured on an AMD
+    EPYC, forks an OpenMP team per call (10-40x slower), so odd head dims are widened there.
+    ``ATTNKIT_FUSED_HALF_GEMM=1/0`` forces `HALF` / `WIDEN`.
     """
     forced = os.environ.get("ATTNKIT_FUSED_HALF_GEMM", "")
     if forced in ("0", "1"):
-        return forced == "1"
-    return _half_gemm_here(dtype, backward)
+        return HALF if forced == "1" else WIDEN
+    return _half_gemm_here(dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _half_gemm_here(dtype: torch.dtype, backward: bool) -> bool:
+def _half_gemm_here(dtype: torch.dtype) -> int:
     flags = set(_cpu_flags())
-    if not backward and (NATIVE_BF16 if dtype == torch.bfloat16 else NATIVE_FP16) & flags:
-        return True
-    return "GenuineIntel" in cpu_vendor() and bool(NATIVE_BF16 & flags)
+    if "GenuineIntel" in cpu_vendor() and NATIVE_BF16 & flags:
+        return HALF
+    return HALF_IF_EVEN if (NATIVE_BF16 if dtype == torch.bfloat16 else NATIVE_FP16) & flags else WIDEN
 
 
 def timed_build(force: bool = False) -> tuple[Path, float, bool]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec
-from .build import build_status, half_gemm
+from .build import HALF, HALF_IF_EVEN, build_status, half_gemm
 
 __all__ = ["CAUSAL", "DTYPES", "unsupported", "status", "spec_args", "forward", "backward"]
 
@@ -79,8 +79,13 @@ def unsupported(spec: AttentionSpec) -> str | None:
     return status()
 
 
-def _gemm_dtype(dt: torch.dtype, backward: bool = False) -> torch.dtype:
-    return dt if dt == torch.float32 or half_gemm(dt, backward) else torch.float32
+def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:
+    """The tile GEMMs' input dtype for ``dt`` inputs with head dims ``q``/``v`` (`build.half_gemm`)."""
+    if dt == torch.float32:
+        return dt
+    mode = half_gemm(dt)
+    even = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0
+    return dt if mode == HALF or (mode == HALF_IF_EVEN and even) else torch.float32
 
 
 def _as4d(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
@@ -126,7 +131,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
     range's visible keys; ``m``/``l`` are each row's max and sum (``lse = m + log l``); rows that see
     none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
     """
-    dt = _gemm_dtype(q.dtype)
+    dt = _gemm_dtype(q.dtype, q, v)
     return torch.ops.attnkit_fused.forward(
         q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), **spec_args(spec, i0, j0)
     )
@@ -155,7 +160,7 @@ def backward(
     ``m``/``l``/``delta`` are the FINAL per-row max, sum and ``rowsum(dO∘O) − dlse`` of these
     queries; rows with ``l = 0`` contribute nothing.
     """
-    dt = _gemm_dtype(q.dtype, backward=True)
+    dt = _gemm_dtype(q.dtype, q, v)
     f32 = torch.float32
 
     def target(t: Tensor | None) -> Tensor | None:

@@ -279,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
                                              const std::optional<at::Tensor>& q_lengths,
                                              const std::optional<at::Tensor>& alibi_slopes, int64_t causal,
                                              int64_t window_left, int64_t window_right, std::optional<double> scale,
-                                             double softcap, bool half_gemm) {
+                                             double softcap, int64_t half_gemm) {
   const auto dt = q_in.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, "hot path: dtype");
   for (const at::Tensor* t : {&q_in, &k_in, &v_in}) {
@@ -321,7 +321,8 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   }
   const at::Tensor kvl = lengths_arg(kv_lengths, B, S, "kv_lengths");
   const at::Tensor ql = lengths_arg(q_lengths, B, L, "q_lengths");
-  const bool widen = dt != at::kFloat && !half_gemm;
+  // half_gemm: build.half_gemm's mode, 0 widen, 1 half when both head dims are even, 2 half.
+  const bool widen = dt != at::kFloat && (half_gemm == 0 || (half_gemm == 1 && (D % 2 != 0 || v_in.size(3) % 2 != 0)));
   const at::Tensor q = widen ? q_in.to(at::kFloat).contiguous() : q_in.contiguous();
   const at::Tensor k = widen ? k_in.to(at::kFloat).contiguous() : k_in.contiguous();
   const at::Tensor v = widen ? v_in.to(at::kFloat).contiguous() : v_in.contiguous();

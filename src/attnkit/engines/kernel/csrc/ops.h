@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
                                              const std::optional<at::Tensor>& q_lengths,
                                              const std::optional<at::Tensor>& alibi_slopes, int64_t causal,
                                              int64_t window_left, int64_t window_right, std::optional<double> scale,
-                                             double softcap, bool half_gemm);
+                                             double softcap, int64_t half_gemm);
 // backward.cpp: accumulates dq, dk, dv (and d_float_mask / d_bias) in place.
 void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
               const at::Tensor& m, const at::Tensor& l, const at::Tensor& delta, const at::Tensor& dq,

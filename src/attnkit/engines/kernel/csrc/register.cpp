@@ -18,7 +18,7 @@ TORCH_LIBRARY(attnkit_fused, m) {
   m.def(
       "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? kv_lengths, Tensor? q_lengths, "
       "Tensor? alibi_slopes, int causal, int window_left, int window_right, float? scale, float softcap, "
-      "bool half_gemm) -> (Tensor, Tensor)");
+      "int half_gemm) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attnkit_fused, CPU, m) {
