@@ -39,9 +39,17 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   const int64_t bq_max = bq + kMinRows - 1, bk_max = bk + kMinCols - 1;  // with a joined remainder
   const int64_t k_blocks = block_count(p.Sb, bk, kMinCols), q_blocks = block_count(p.Lb, bq, kMinRows);
   constexpr bool half = !std::is_same_v<T, float>;
+  // Native half products (gemm.h): every B operand in VNNI pairs, every A operand row-major. Per
+  // key block: K^T, V^T (scores, dP) and K (dQ); per query block: Q (dK) and dO (dV); A operands
+  // P^T, dS^T (cols x rows) and dS (rows x cols), an odd reduced dimension padded with zeros.
+  const bool vnni = native_half<T>() && p.D % 2 == 0 && p.E % 2 == 0;
+  const int64_t bq_pad = bq_max + 1, bk_pad = bk_max + 1;  // reduced dimensions rounded up to even
   // Scratch per chunk of work (one chunk per thread): P, dP (bq x bk), softcap derivative,
   // dK/dV accumulators, column keys.
   const int64_t per_thread = 3 * bq_max * bk_max + round16(bk_max * p.D) + round16(bk_max * p.E) + bk_max;
+  // Half scratch: P and dS in the GEMMs' layout (3 with VNNI: P^T, dS^T, dS), then the VNNI packs.
+  const int64_t half_ab = vnni ? 3 * bq_pad * bk_pad : 2 * bq_max * bk_max;
+  const int64_t half_packs = vnni ? bk_pad * (2 * p.D + p.E) + bq_pad * (p.D + p.E) : 0;
   // dQ gathers contributions from every key block, and float-mask / bias gradients sum over
   // broadcast dims that several work items share: each chunk accumulates privately and adds
   // its copy to the caller's tensors under a lock at the end.
@@ -55,7 +63,8 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
     at::Tensor scratch = scratch_of<float>(per_thread);
-    at::Tensor scratch_half = scratch_of<T>(half ? 2 * bq_max * bk_max : 0);
+    VnniRelease<T> release{vnni};
+    at::Tensor scratch_half = scratch_of<T>(half ? half_ab + half_packs : 0);
     at::Tensor dq_private = at::zeros({dq_numel}, at::kFloat);
     at::Tensor dmask_private[2];
     float* pbuf = scratch.data_ptr<float>();
@@ -65,7 +74,13 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
     float* dv_acc = dk_acc + round16(bk_max * p.D);
     uint32_t* ckeys = reinterpret_cast<uint32_t*>(dv_acc + round16(bk_max * p.E));
     T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
-    T* ds_half = half ? p_half + bq_max * bk_max : nullptr;
+    T* ds_half = half ? p_half + (vnni ? bq_pad * bk_pad : bq_max * bk_max) : nullptr;
+    T* dst_half = vnni ? ds_half + bq_pad * bk_pad : nullptr;  // dS^T
+    T* kt_pack = vnni ? p_half + half_ab : nullptr;            // K^T [D/2][cols][2]
+    T* vt_pack = vnni ? kt_pack + bk_pad * p.D : nullptr;      // V^T [E/2][cols][2]
+    T* k_pack = vnni ? vt_pack + bk_pad * p.E : nullptr;       // K [cols/2][D][2]
+    T* q_pack = vnni ? k_pack + bk_pad * p.D : nullptr;        // Q [rows/2][D][2]
+    T* do_pack = vnni ? q_pack + bq_pad * p.D : nullptr;       // dO [rows/2][E][2]
     float* dq_t = dq_private.data_ptr<float>();
     float* dm_t[2] = {nullptr, nullptr};
     Strides4 dm_s[2];
@@ -84,6 +99,12 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
       // Alg. 2 line 6: dK_j = 0, dV_j = 0 (kept in f32 for this key block across the R heads).
       std::fill(dk_acc, dk_acc + cols * p.D, 0.f);
       std::fill(dv_acc, dv_acc + cols * p.E, 0.f);
+      const int64_t cp = cols + (cols & 1);  // cols rounded up to even (VNNI)
+      if (vnni) {
+        pack_transposed_vnni(kp, cols, p.D, p.D, kt_pack);
+        pack_transposed_vnni(vp, cols, p.E, p.E, vt_pack);
+        pack_vnni(kp, cols, p.D, p.D, k_pack);
+      }
       if (p.dropout_p > 0.f)
         for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
       for (int64_t r_head = 0; r_head < p.R; ++r_head) {
@@ -95,10 +116,15 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
           const T* qp = q + (bh * p.Lb + m0) * p.D;
           const T* dop = dout + (bh * p.Lb + m0) * p.E;
           // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - m) / l with the forward's final m and l (not
-          // exp(S - L): a float L = m + log l rounds, and at a huge offset loses log l entirely).
-          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp, p.D, 0.f, pbuf, cols);
-          // Alg. 2 line 14: dP = dO V^T.
-          gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, vp, p.E, 0.f, dpbuf, cols);
+          // exp(S - L): a float L = m + log l rounds, and at a huge offset loses log l entirely);
+          // line 14: dP = dO V^T.
+          if (vnni) {
+            gemm_vnni<T>(rows, cols, p.D, qp, p.D, kt_pack, cols, pbuf, cols, false);
+            gemm_vnni<T>(rows, cols, p.E, dop, p.E, vt_pack, cols, dpbuf, cols, false);
+          } else {
+            gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp, p.D, 0.f, pbuf, cols);
+            gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, vp, p.E, 0.f, dpbuf, cols);
+          }
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t ia = p.i0 + m0 + r;
             float* s = pbuf + r * cols;
@@ -131,6 +157,21 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
           const float* dsm = dpbuf;
           const T* pm_g;
           const T* dsm_g;
+          if (vnni) {
+            const int64_t rp = rows + (rows & 1);
+            half_transposed(pbuf, rows, cols, 1.f, p_half, rp);          // P^T (cols x rp)
+            half_transposed(dpbuf, rows, cols, p.scale, dst_half, rp);   // scale dS^T (cols x rp)
+            to_half_scaled(dpbuf, rows, cols, p.scale, ds_half, cp);     // scale dS (rows x cp)
+            pack_vnni(qp, rows, p.D, p.D, q_pack);
+            pack_vnni(dop, rows, p.E, p.E, do_pack);
+            // Alg. 2 line 12: dV_j += P^T dO.
+            gemm_vnni<T>(cols, p.E, rp, p_half, rp, do_pack, p.E, dv_acc, p.E, true);
+            // Alg. 2 line 17: dQ_i += scale dS K_j.
+            gemm_vnni<T>(rows, p.D, cp, ds_half, cp, k_pack, p.D, dq_t + (bh * p.Lb + m0) * p.D, p.D, true);
+            // Alg. 2 line 18: dK_j += scale dS^T Q.
+            gemm_vnni<T>(cols, p.D, rp, dst_half, rp, q_pack, p.D, dk_acc, p.D, true);
+            continue;
+          }
           if constexpr (half) {
             to_gemm_type(pbuf, p_half, rows * cols);
             to_gemm_type(dpbuf, ds_half, rows * cols);

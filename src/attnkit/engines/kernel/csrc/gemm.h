@@ -145,6 +145,37 @@ void pack_vnni(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst) {
   }
 }
 
+// dst (rows x ldd, half) = scale * src (rows x cols, float32, scaled in place); columns
+// [cols, ldd) are zero (ldd <= cols + 1): the A operand of a VNNI product over an odd cols.
+template <typename T>
+void to_half_scaled(float* src, int64_t rows, int64_t cols, float scale, T* dst, int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* a = src + r * cols;
+    if (scale != 1.f) at::vec::map<float>([scale](at::vec::Vectorized<float> x) { return x * at::vec::Vectorized<float>(scale); }, a, a, cols);
+    at::vec::convert(a, dst + r * ldd, cols);
+    if (ldd > cols) dst[r * ldd + cols] = T(0.f);
+  }
+}
+
+// dst (cols x ldd, half) = scale * src^T (src rows x cols, float32); column `rows` is zero when
+// rows is odd (ldd = rows rounded up to even): the A operand P^T / dS^T of the backward. Two rows
+// at a time, so each store is one 32-bit pair.
+template <typename T>
+void half_transposed(const float* src, int64_t rows, int64_t cols, float scale, T* dst, int64_t ldd) {
+  if constexpr (sizeof(T) == 2) {
+    auto* d32 = reinterpret_cast<uint32_t*>(dst);
+    const int64_t ld32 = ldd / 2;
+    for (int64_t r = 0; r < rows; r += 2) {
+      const float* a = src + r * cols;
+      const float* b = r + 1 < rows ? a + cols : nullptr;
+      for (int64_t c = 0; c < cols; ++c) {
+        T pair[2] = {T(scale * a[c]), T(b ? scale * b[c] : 0.f)};
+        d32[c * ld32 + r / 2] = *reinterpret_cast<const uint32_t*>(pair);
+      }
+    }
+  }
+}
+
 // Tile GEMMs are small and already run one per thread: MKL must not fork its own OpenMP team
 // per call (each fork/join waits at a barrier — seconds under load when a thread is descheduled).
 struct SequentialBlas {
