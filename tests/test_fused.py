@@ -166,6 +166,40 @@ def test_mask_and_bias_gradients(case):
     check_all(q, k, v, materialize(case, B, H, L, S), torch.float32, grads_of_masks=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_transposed_inputs_are_read_in_place_forward_and_backward(dtype):
+    """q/k/v as a model holds them, (B, L, H, D) storage seen as (B, H, L, D): the forward reads them
+    in place, the backward gets contiguous copies; both under the rule, gradients included."""
+    B, H, G, L, S, D = 2, 4, 2, 70, 90, 32
+    q, k, v = qkv(B, H, G, L, S, D, seed=22)
+    views = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
+    assert not views[0].is_contiguous()
+    check_all(*views, materialize(dict(causal=True, mask="float"), B, H, L, S), dtype)
+
+
+def test_a_models_layout_end_to_end_gradients():
+    """As in a Hugging Face layer: q/k/v are (B, L, H, D) storage seen as (B, H, L, D) and the loss
+    reads out.transpose(1, 2), so dO reaches the backward in that layout too; both are read in place."""
+    B, H, G, L, S, D = 2, 4, 2, 50, 50, 16
+    g = torch.Generator().manual_seed(23)
+    base = [torch.randn(B, n, L, D, generator=g, dtype=torch.float64) for n in (H, G, G)]
+    w = torch.randn(B, L, H, D, generator=g, dtype=torch.float64)
+
+    def grads(dtype, path):
+        leaves = [t.transpose(1, 2).contiguous().transpose(1, 2).to(dtype).requires_grad_() for t in base]
+        if path is None:
+            out = attnkit.attention(*leaves, causal=True, engine="reference")
+        else:
+            with kernel.force_path(path):
+                out = kernel.attend(*leaves, make_spec(*leaves, causal=True))[0]
+        loss = (out.transpose(1, 2).contiguous().double() * w).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    ref, base32 = grads(torch.float64, None), grads(torch.float32, None)
+    for ours, b, r in zip(grads(torch.float32, "fused"), base32, ref):
+        assert_flash_rule(ours, b, r)
+
+
 def test_fully_masked_rows_out_zero_lse_neg_inf():
     q, k, v = qkv(2, 2, 1, 9, 40, 8)
     out, lse = fused(q, k, v, kv_lengths=torch.tensor([0, 40]), q_lengths=torch.tensor([9, 4]))

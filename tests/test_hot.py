@@ -149,6 +149,42 @@ def test_a_cache_of_odd_length_never_reads_the_garbage_after_it(dtype, L):
         assert_flash_rule(out[b:b + 1], base, ref)
 
 
+def _layout(t: torch.Tensor, how: str) -> torch.Tensor:
+    """The same values as ``t`` (B, H, L, D) in another storage layout."""
+    B, H, L, D = t.shape
+    if how == "model":  # Hugging Face: (B, L, H, D) storage seen as (B, H, L, D)
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if how == "cache":  # the first L rows of a longer preallocated cache
+        big = torch.full((B, H, L + 7, D), float("nan"), dtype=t.dtype)
+        big[:, :, :L] = t
+        return big[:, :, :L]
+    if how == "odd":  # an odd row stride (copied for 2-byte types, read in place for float32)
+        big = torch.zeros(B, H, L, D + 1, dtype=t.dtype)
+        big[..., :D] = t
+        return big[..., :D]
+    assert how == "columns"  # rows not contiguous: always copied
+    return t.transpose(2, 3).contiguous().transpose(2, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("how", ["model", "cache", "odd", "columns"])
+@pytest.mark.parametrize("L,S,kw", [(1, 300, {}), (7, 40, dict(causal=True)), (64, 64, dict(causal=True)),
+                                    (300, 300, dict(window=(20, 0), causal=True))], ids=str)
+def test_any_layout_gives_the_contiguous_answer(dtype, how, L, S, kw):
+    # The op reads q/k/v in place where rows are contiguous (a model's transposed views, a slice of
+    # a cache) and copies otherwise; GQA packs heads of short ranges into one block.
+    B, H, G, D = 2, 8, 2, 32
+    q, k, v = qkv(B, H, G, L, S, D, seed=21, dtype=dtype)
+    ql, kl, vl = (_layout(t, how) for t in (q, k, v))
+    assert type(hot.plan(ql, kl, vl, **kw)) is tuple
+    out = attnkit.attention(ql, kl, vl, **kw)
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
+    base = attnkit.attention(q, k, v, **kw, engine="reference")
+    assert_flash_rule(out, base, ref)
+    assert torch.equal(out, attnkit.attention(q, k, v, **kw))  # the contiguous call: the same numbers
+    assert out.transpose(1, 2).is_contiguous()  # (B, L, H, E) storage: a model's transpose is free
+
+
 def test_nan_query_rows_stay_in_their_rows():
     q, k, v = qkv(2, 4, 4, 8, 8, 16, seed=1)
     q = q.clone()

@@ -76,11 +76,11 @@ MUTANTS: list[Mutant] = [
            "const int64_t pos = ia + (p.causal == 2 ? 0 : kvl - ql);",
            "const int64_t pos = ia + (p.causal == 2 ? 0 : kvl - ql + 1);", KERNEL_TESTS),
     Mutant("C3", "C++ backward: dK misses the softmax scale", BACKWARD,
-           "gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);",
-           "gemm<T>(true, false, cols, p.D, rows, 1.f, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);", KERNEL_TESTS),
+           "gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.qs.r, 1.f, dk_acc, p.D);",
+           "gemm<T>(true, false, cols, p.D, rows, 1.f, dsm_g, cols, qp, p.qs.r, 1.f, dk_acc, p.D);", KERNEL_TESTS),
     Mutant("C4", "C++: ALiBi slopes negated in the backward only", BACKWARD,
-           "              ATTNKIT_SPEC_PARAMS) {\n  const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);",
-           "              ATTNKIT_SPEC_PARAMS) {\n"
+           "as_rows(dout_in);\n  const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);",
+           "as_rows(dout_in);\n"
            "  const std::optional<at::Tensor> neg = alibi_slopes ? std::optional<at::Tensor>(alibi_slopes->neg()) : std::nullopt;\n"
            "  const Params p = make_params(q, k, v, kv_lengths, q_lengths, mask, float_mask, bias, neg, i0, j0, L, S, causal,\n"
            "                               window_left, window_right, seed, dropout_threshold, scale, softcap, dropout_p);",
@@ -107,8 +107,8 @@ MUTANTS: list[Mutant] = [
            "return self.l * merged.l", ("test_fused.py", "test_decode.py", "test_ring.py")),
     # ---- the hot path (issue 18): the op's own pass and checks, and the Python decision
     Mutant("H1", "C++ forward: a hidden key's P·V is not redone (0·NaN of garbage in a KV cache leaks)", FORWARD,
-           "const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi;",
-           "const bool partial = false;", HOT_TESTS),
+           "const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi || padded;",
+           "const bool partial = padded;", HOT_TESTS),
     Mutant("H2", "C++ forward: every key block overwrites the output (GEMM beta 0 after the first block too)", FORWARD,
            "first ? 0.f : 1.f, acc, p.E);", "0.f, acc, p.E);", HOT_TESTS),
     Mutant("H3", "C++ hot path op: kv_lengths above S are not refused", FORWARD,
@@ -120,6 +120,13 @@ MUTANTS: list[Mutant] = [
            "at::vec::fmsub(Vec::loadu(s + j, cnt), vscale, vm)",
            "at::vec::fmsub(Vec::loadu(s + j, cnt) * vscale, vscale, vm)",
            HOT_TESTS),
+    # ---- layouts read in place (a model's (B, L, H, D) storage)
+    Mutant("L1", "C++ backward: dO's rows taken as contiguous in dV += P^T dO (a model's transposed dO)", BACKWARD,
+           "gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, os.r, 1.f, dv_acc, p.E);",
+           "gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, p.E, 1.f, dv_acc, p.E);", ("test_fused.py",)),
+    Mutant("L2", "C++ forward: q's rows taken as contiguous (a model's (B, L, H, D) storage)", FORWARD,
+           "gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.qs.r, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);",
+           "gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);", HOT_TESTS),
     # ---- native half products (VNNI pairs; compiled in only where the CPU has avx512_bf16 / amx_bf16)
     Mutant("V1", "C++ forward: the key a VNNI pair adds after an odd cache length is not treated as hidden "
            "(0 * its garbage leaks; killed only where bf16 is native)", FORWARD,

@@ -51,15 +51,15 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("attnkit_fused::forward")
     def _(q, k, v, *args, **kwargs):
-        B, H, Lb, _ = q.shape
+        B, H, Lb, _ = q.shape  # out: (B, Lb, H, E) storage seen as (B, H, Lb, E)
         rows = [q.new_empty(B, H, Lb, dtype=torch.float32) for _ in range(3)]
-        return q.new_empty(B, H, Lb, v.shape[-1], dtype=torch.float32), *rows
+        return q.new_empty(B, Lb, H, v.shape[-1], dtype=torch.float32).permute(0, 2, 1, 3), *rows
 
     @torch.library.register_fake("attnkit_fused::attention")
     def _(q, k, v, mask, kv_lengths, q_lengths, alibi_slopes, causal, window_left, window_right, scale, softcap,
           half_gemm):
-        B, H, L, _ = q.shape
-        return q.new_empty(B, H, L, v.shape[-1]), q.new_empty(B, H, L, dtype=torch.float32)
+        B, H, L, _ = q.shape  # the op's output is (B, L, H, E) storage seen as (B, H, L, E)
+        return q.new_empty(B, L, H, v.shape[-1]).permute(0, 2, 1, 3), q.new_empty(B, H, L, dtype=torch.float32)
 
     @torch.library.register_fake("attnkit_fused::backward")
     def _(q, k, v, dout, m, l, delta, dq, dk, dv, d_float_mask, d_bias, *args, **kwargs):
@@ -132,9 +132,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
     none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
     """
     dt = _gemm_dtype(q.dtype, q, v)
-    return torch.ops.attnkit_fused.forward(
-        q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous(), **spec_args(spec, i0, j0)
-    )
+    # The op reads any layout with contiguous rows in place (a model's (B, L, H, D) storage included).
+    return torch.ops.attnkit_fused.forward(q.to(dt), k.to(dt), v.to(dt), **spec_args(spec, i0, j0))
 
 
 def backward(
@@ -172,10 +171,10 @@ def backward(
     grads = (dq, dk, dv, d_float_mask, d_bias)
     outs = [target(t) for t in grads]
     torch.ops.attnkit_fused.backward(
-        q.to(dt).contiguous(),
-        k.to(dt).contiguous(),
-        v.to(dt).contiguous(),
-        dout.to(dt).contiguous(),
+        q.to(dt),  # read in place where rows are contiguous (the op copies anything else)
+        k.to(dt),
+        v.to(dt),
+        dout.to(dt),
         m.to(f32).contiguous(),
         l.to(f32).contiguous(),
         delta.to(f32).contiguous(),

@@ -33,7 +33,8 @@ inline bool block_sees_keys(const Params& p, int64_t b, const float* l, int64_t 
 }
 
 template <typename T>
-void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const float* m_in,
+void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const RowStrides& os,
+                     const float* m_in,
                      const float* l_in, const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
   const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
   const int64_t bq_max = bq + kMinRows - 1, bk_max = bk + kMinCols - 1;  // with a joined remainder
@@ -94,16 +95,16 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
       const int64_t b = bg / p.G, g = bg % p.G;
       const int64_t n0 = kb * bk, cols = block_len(p.Sb, bk, k_blocks, kb);
       const int64_t ja = p.j0 + n0;
-      const T* kp = k + (bg * p.Sb + n0) * p.D;
-      const T* vp = v + (bg * p.Sb + n0) * p.E;
+      const T* kp = k + b * p.ks.b + g * p.ks.h + n0 * p.ks.r;  // q/k/v/dO: any layout with contiguous rows
+      const T* vp = v + b * p.vs.b + g * p.vs.h + n0 * p.vs.r;
       // Alg. 2 line 6: dK_j = 0, dV_j = 0 (kept in f32 for this key block across the R heads).
       std::fill(dk_acc, dk_acc + cols * p.D, 0.f);
       std::fill(dv_acc, dv_acc + cols * p.E, 0.f);
       const int64_t cp = cols + (cols & 1);  // cols rounded up to even (VNNI)
       if (vnni) {
-        pack_transposed_vnni(kp, cols, p.D, p.D, kt_pack);
-        pack_transposed_vnni(vp, cols, p.E, p.E, vt_pack);
-        pack_vnni(kp, cols, p.D, p.D, k_pack);
+        pack_transposed_vnni(kp, cols, p.D, p.ks.r, kt_pack);
+        pack_transposed_vnni(vp, cols, p.E, p.vs.r, vt_pack);
+        pack_vnni(kp, cols, p.D, p.ks.r, k_pack);
       }
       if (p.dropout_p > 0.f)
         for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(ja + c);
@@ -113,17 +114,17 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
           const int64_t m0 = qb * bq, rows = block_len(p.Lb, bq, q_blocks, qb);
           // skip query blocks that see none of these keys
           if (!block_sees_keys(p, b, l_in + bh * p.Lb, m0, rows, ja, cols)) continue;
-          const T* qp = q + (bh * p.Lb + m0) * p.D;
-          const T* dop = dout + (bh * p.Lb + m0) * p.E;
+          const T* qp = q + b * p.qs.b + h * p.qs.h + m0 * p.qs.r;
+          const T* dop = dout + b * os.b + h * os.h + m0 * os.r;
           // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - m) / l with the forward's final m and l (not
           // exp(S - L): a float L = m + log l rounds, and at a huge offset loses log l entirely);
           // line 14: dP = dO V^T.
           if (vnni) {
-            gemm_vnni<T>(rows, cols, p.D, qp, p.D, kt_pack, cols, pbuf, cols, false);
-            gemm_vnni<T>(rows, cols, p.E, dop, p.E, vt_pack, cols, dpbuf, cols, false);
+            gemm_vnni<T>(rows, cols, p.D, qp, p.qs.r, kt_pack, cols, pbuf, cols, false);
+            gemm_vnni<T>(rows, cols, p.E, dop, os.r, vt_pack, cols, dpbuf, cols, false);
           } else {
-            gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp, p.D, 0.f, pbuf, cols);
-            gemm<T>(false, true, rows, cols, p.E, 1.f, dop, p.E, vp, p.E, 0.f, dpbuf, cols);
+            gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.qs.r, kp, p.ks.r, 0.f, pbuf, cols);
+            gemm<T>(false, true, rows, cols, p.E, 1.f, dop, os.r, vp, p.vs.r, 0.f, dpbuf, cols);
           }
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t ia = p.i0 + m0 + r;
@@ -162,8 +163,8 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
             half_transposed(pbuf, rows, cols, 1.f, p_half, rp);          // P^T (cols x rp)
             half_transposed(dpbuf, rows, cols, p.scale, dst_half, rp);   // scale dS^T (cols x rp)
             to_half_scaled(dpbuf, rows, cols, p.scale, ds_half, cp);     // scale dS (rows x cp)
-            pack_vnni(qp, rows, p.D, p.D, q_pack);
-            pack_vnni(dop, rows, p.E, p.E, do_pack);
+            pack_vnni(qp, rows, p.D, p.qs.r, q_pack);
+            pack_vnni(dop, rows, p.E, os.r, do_pack);
             // Alg. 2 line 12: dV_j += P^T dO.
             gemm_vnni<T>(cols, p.E, rp, p_half, rp, do_pack, p.E, dv_acc, p.E, true);
             // Alg. 2 line 17: dQ_i += scale dS K_j.
@@ -180,12 +181,12 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
             pm_g = pm, dsm_g = dsm;
           }
           // Alg. 2 line 12: dV_j += P^T dO.
-          gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, p.E, 1.f, dv_acc, p.E);
+          gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, os.r, 1.f, dv_acc, p.E);
           // Alg. 2 line 17: dQ_i += scale dS K_j (f32 accumulator of this thread).
-          gemm<T>(false, false, rows, p.D, cols, p.scale, dsm_g, cols, kp, p.D, 1.f, dq_t + (bh * p.Lb + m0) * p.D,
+          gemm<T>(false, false, rows, p.D, cols, p.scale, dsm_g, cols, kp, p.ks.r, 1.f, dq_t + (bh * p.Lb + m0) * p.D,
                   p.D);
           // Alg. 2 line 18: dK_j += scale dS^T Q.
-          gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.D, 1.f, dk_acc, p.D);
+          gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.qs.r, 1.f, dk_acc, p.D);
         }
       }
       // Alg. 2 line 20: write dK_j, dV_j (accumulated into the caller's tensors).
@@ -203,13 +204,16 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
 
 }  // namespace
 
-void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+void backward(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& dout_in,
               const at::Tensor& m, const at::Tensor& l, const at::Tensor& delta, const at::Tensor& dq,
               const at::Tensor& dk, const at::Tensor& dv,
               const std::optional<at::Tensor>& d_float_mask, const std::optional<at::Tensor>& d_bias,
               ATTNKIT_SPEC_PARAMS) {
+  // q/k/v/dO are read in place where their rows are contiguous (as_rows): a model's layout needs no copy.
+  const at::Tensor q = as_rows(q_in), k = as_rows(k_in), v = as_rows(v_in), dout = as_rows(dout_in);
   const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
-  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.is_contiguous(), "dout: contiguous, q's dtype");
+  TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.sizes() == at::IntArrayRef({p.B, p.H, p.Lb, p.E}),
+              "dout: q's dtype, shape (B, H, Lb, E)");
   for (const at::Tensor* t : {&m, &l, &delta, &dq, &dk, &dv})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "m/l/delta/dq/dk/dv: contiguous float32");
   const at::Tensor* dfm = d_float_mask ? &*d_float_mask : nullptr;
@@ -222,7 +226,7 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
       TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
     } else {
       backward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                dout.data_ptr<scalar_t>(), m.data_ptr<float>(), l.data_ptr<float>(), delta.data_ptr<float>(),
+                                dout.data_ptr<scalar_t>(), row_strides(dout), m.data_ptr<float>(), l.data_ptr<float>(), delta.data_ptr<float>(),
                                 dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dfm, dbi);
     }
   });

@@ -26,7 +26,7 @@ namespace {
 // keys [ja, ja+n)): the P V product of one row with hidden keys left out, not multiplied by 0.
 template <typename T>
 void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, const float* prob,
-                    const T* v, float* pv) {
+                    const T* v, float* pv) {  // v: key ja's row, rows p.vs.r apart
   int64_t lo, hi;
   row_range(p, b, ia, lo, hi);
   lo = std::clamp(lo - ja, int64_t(0), n);
@@ -36,14 +36,14 @@ void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t j
   for (int64_t j = lo; j < hi; ++j) {
     if (mrow && !mrow[(ja + j) * p.ms.j]) continue;
     const float w = prob[j];
-    const T* vj = v + j * p.E;
+    const T* vj = v + j * p.vs.r;
     for (int64_t e = 0; e < p.E; ++e) pv[e] += w * static_cast<float>(vj[e]);
   }
 }
 
 template <typename T>
-void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, float* lse, float* m_out,
-                    float* l_out) {
+void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, const RowStrides& os, float* lse,
+                    float* m_out, float* l_out) {
   int64_t bq = p.Lb >= kLongRange ? kFwdBlockQLarge : p.Lb >= kMidRange ? kFwdBlockQMid : kFwdBlockQSmall;
   if (p.wl >= 0 && (p.causal != 0 || p.wr >= 0)) {
     // A band of `span` keys per row (blocks.band_span): a block of bq rows computes ~span + bq keys
@@ -71,8 +71,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
     auto pack = [&](int64_t lo, int64_t hi) {
       for (int64_t bg = lo; bg < hi; ++bg) {
         T* dst = packed.data_ptr<T>() + bg * kv_pack;
-        pack_transposed_vnni(k + bg * p.Sb * p.D, p.Sb, p.D, p.D, dst);
-        pack_vnni(v + bg * p.Sb * p.E, p.Sb, p.E, p.E, dst + k_pack);
+        const int64_t b = bg / p.G, g = bg % p.G;
+        pack_transposed_vnni(k + b * p.ks.b + g * p.ks.h, p.Sb, p.D, p.ks.r, dst);
+        pack_vnni(v + b * p.vs.b + g * p.vs.h, p.Sb, p.E, p.vs.r, dst + k_pack);
       }
     };
     if (flops < kSerialFlops) {
@@ -117,9 +118,10 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       auto head_of = [&](int64_t r) { return g * p.R + (pr0 + r) / p.Lb; };
       auto query_of = [&](int64_t r) { return p.i0 + (pr0 + r) % p.Lb; };
       const int64_t row0 = bg * p.R * p.Lb + pr0;  // first row in (B*H*Lb) order
-      const T* qp = q + row0 * p.D;
-      const T* kp = k + bg * p.Sb * p.D;
-      const T* vp = v + bg * p.Sb * p.E;
+      // Packed rows are rows p.qs.r apart, across heads too (the op entry made q so where heads pack).
+      const T* qp = q + b * p.qs.b + (g * p.R + pr0 / p.Lb) * p.qs.h + (pr0 % p.Lb) * p.qs.r;
+      const T* kp = k + b * p.ks.b + g * p.ks.h;
+      const T* vp = v + b * p.vs.b + g * p.vs.h;
       const T* kpk = vnni ? packed.data_ptr<T>() + bg * kv_pack : nullptr;  // K^T, then V, in VNNI pairs
       // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
       int64_t jlo = p.Sb, jhi = 0;
@@ -148,9 +150,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         if (vnni) {
-          gemm_vnni<T>(rows, cols, p.D, qp, p.D, kpk + n0 * 2, p.Sb, qk, cols, false);
+          gemm_vnni<T>(rows, cols, p.D, qp, p.qs.r, kpk + n0 * 2, p.Sb, qk, cols, false);
         } else {
-          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.D, p.D, 0.f, qk, cols);
+          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.qs.r, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);
         }
         // P V over keys [a0, a1): VNNI pairs start at an even key, so P gets a zero column in front
         // (an odd n0) or behind (an odd end); the key it pairs with is outside this block.
@@ -204,9 +206,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         if (vnni) {
           gemm_vnni<T>(rows, p.E, kc, pg, kc, kpk + k_pack + a0 * p.E, p.E, partial ? pv : acc, p.E, !partial && !first);
         } else if (!partial) {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, first ? 0.f : 1.f, acc, p.E);
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.vs.r, p.vs.r, first ? 0.f : 1.f, acc, p.E);
         } else {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.E, p.E, 0.f, pv, p.E);
+          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.vs.r, p.vs.r, 0.f, pv, p.E);
         }
         if (partial) {
           for (int64_t r = 0; r < rows; ++r) {
@@ -214,7 +216,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             bool finite = true;
             for (int64_t e = 0; e < p.E && finite; ++e) finite = std::isfinite(pvr[e]);
             if (!finite) visible_pv_row(p, b, head_of(r), query_of(r), p.j0 + n0, cols, qk + r * cols,
-                                        vp + n0 * p.E, pvr);
+                                        vp + n0 * p.vs.r, pvr);
             if (first) {
               std::copy(pvr, pvr + p.E, acc + r * p.E);
             } else {
@@ -225,7 +227,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       }
       // Alg. 1 lines 12-13: O = diag(l)^-1 O, L = m + log l; rows that saw nothing: O = 0, L = -inf.
       for (int64_t r = 0; r < rows; ++r) {
-        float* o = out + (row0 + r) * p.E;
+        float* o = out + b * os.b + head_of(r) * os.h + (query_of(r) - p.i0) * os.r;
         const float l = lrow[r];
         const float inv = l == 0.f ? 0.f : 1.f / l;  // NaN rows stay NaN
         at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
@@ -254,12 +256,23 @@ at::Tensor lengths_arg(const std::optional<at::Tensor>& t, int64_t B, int64_t n,
 
 }  // namespace
 
+// q as the forward reads it (as_rows): the heads of a range shorter than a query block are packed
+// into one block whose rows must be equally far apart across heads too.
+at::Tensor forward_q(const at::Tensor& q_in) {
+  at::Tensor q = as_rows(q_in);
+  const int64_t H = q.size(1), Lb = q.size(2);
+  return H > 1 && Lb > 1 && Lb < kFwdBlockQLarge && q.stride(1) != Lb * q.stride(2) ? q.contiguous() : q;
+}
+
 // ============================================================================= op entry points
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k,
-                                                                   const at::Tensor& v, ATTNKIT_SPEC_PARAMS) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                                   const at::Tensor& v_in, ATTNKIT_SPEC_PARAMS) {
+  const at::Tensor q = forward_q(q_in), k = as_rows(k_in), v = as_rows(v_in);
   const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
   auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor out = at::empty({p.B, p.H, p.Lb, p.E}, f32);
+  // (B, Lb, H, E) storage seen as (B, H, Lb, E), as the hot path's (a model's transpose is free).
+  at::Tensor out = at::empty({p.B, p.Lb, p.H, p.E}, f32).permute({0, 2, 1, 3});
+  const RowStrides os{p.Lb * p.H * p.E, p.E, p.H * p.E};
   at::Tensor lse = at::empty({p.B, p.H, p.Lb}, f32), m = at::empty_like(lse), l = at::empty_like(lse);
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, m, l};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_forward", [&] {
@@ -267,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Ten
       TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
     } else {
       forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                               out.data_ptr<float>(), lse.data_ptr<float>(), m.data_ptr<float>(), l.data_ptr<float>());
+                               out.data_ptr<float>(), os, lse.data_ptr<float>(), m.data_ptr<float>(), l.data_ptr<float>());
     }
   });
   return {out, lse, m, l};
@@ -323,21 +336,25 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   const at::Tensor ql = lengths_arg(q_lengths, B, L, "q_lengths");
   // half_gemm: build.half_gemm's mode, 0 widen, 1 half when both head dims are even, 2 half.
   const bool widen = dt != at::kFloat && (half_gemm == 0 || (half_gemm == 1 && (D % 2 != 0 || v_in.size(3) % 2 != 0)));
-  const at::Tensor q = widen ? q_in.to(at::kFloat).contiguous() : q_in.contiguous();
-  const at::Tensor k = widen ? k_in.to(at::kFloat).contiguous() : k_in.contiguous();
-  const at::Tensor v = widen ? v_in.to(at::kFloat).contiguous() : v_in.contiguous();
+  // Read in place where the layout allows (as_rows): a model's (B, L, H, D) storage needs no copy.
+  const at::Tensor q = forward_q(widen ? q_in.to(at::kFloat) : q_in);
+  const at::Tensor k = as_rows(widen ? k_in.to(at::kFloat) : k_in);
+  const at::Tensor v = as_rows(widen ? v_in.to(at::kFloat) : v_in);
   const Params p = make_params(q, k, v, kvl.defined() ? std::optional<at::Tensor>(kvl) : std::nullopt,
                                ql.defined() ? std::optional<at::Tensor>(ql) : std::nullopt, bmask, fmask,
                                /*bias=*/std::nullopt, alibi, /*i0=*/0, /*j0=*/0, L, S, causal, window_left,
                                window_right, /*seed=*/0, /*dropout_threshold=*/0, sc, softcap, /*dropout_p=*/0.0);
   const int64_t E = v.size(3);
-  at::Tensor out = at::empty({B, H, L, E}, q.options().dtype(at::kFloat));
+  // The output in (B, L, H, E) storage, returned as a (B, H, L, E) view: a model's
+  // out.transpose(1, 2).contiguous() is then free (SDPA's CPU kernel does the same).
+  at::Tensor out = at::empty({B, L, H, E}, q.options().dtype(at::kFloat)).permute({0, 2, 1, 3});
+  const RowStrides os{L * H * E, E, H * E};
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(at::kFloat));
   if (out.numel() != 0 || lse.numel() != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
         forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                 out.data_ptr<float>(), lse.data_ptr<float>(), nullptr, nullptr);
+                                 out.data_ptr<float>(), os, lse.data_ptr<float>(), nullptr, nullptr);
       }
     });
   }

@@ -102,8 +102,14 @@ inline Strides4 broadcast_strides(const at::Tensor& t) {
   return s;
 }
 
+// Element strides of a (batch, head, row, ·) tensor whose rows are contiguous (`as_rows`).
+struct RowStrides {
+  int64_t b = 0, h = 0, r = 0;
+};
+
 struct Params {
   int64_t B, H, G, R, Lb, Sb, D, E;
+  RowStrides qs, ks, vs;  // q (B,H,Lb,D), k (B,G,Sb,D), v (B,G,Sb,E): any layout with contiguous rows
   int64_t i0, j0, L, S;
   float scale;
   int64_t causal;  // 0 none, 1 bottom_right, 2 top_left
@@ -123,12 +129,38 @@ struct Params {
   uint32_t base_key = 0;  // mix32 of the seed
 };
 
+// t itself when the kernel can read it in place — rows (the last dim) contiguous, row strides no
+// shorter than a row, and for 2-byte types even strides on a 4-byte boundary (VNNI pairs are 32-bit
+// words) — else a contiguous copy. Hugging Face's (B, L, H, D) storage seen as (B, H, L, D) is read
+// in place: no copy of q, k, v per call.
+inline at::Tensor as_rows(const at::Tensor& t) {
+  const int64_t n = t.size(3);
+  const bool pairs = t.element_size() == 2;
+  bool ok = (t.stride(3) == 1 || n <= 1) && (!pairs || reinterpret_cast<uintptr_t>(t.data_ptr()) % 4 == 0);
+  for (int d = 0; d < 3 && ok; ++d)
+    ok = t.size(d) <= 1 || (t.stride(d) >= n && (!pairs || t.stride(d) % 2 == 0));
+  return ok ? t : t.contiguous();
+}
+
+// The row strides of a tensor `as_rows` accepted; a size-1 dim gets the stride a contiguous
+// tensor would have (its stride is arbitrary and never stepped over, but it is a GEMM's lda).
+inline RowStrides row_strides(const at::Tensor& t) {
+  const int64_t n = t.size(3), rows = t.size(2), heads = t.size(1);
+  RowStrides s;
+  s.r = rows > 1 ? t.stride(2) : heads > 1 ? t.stride(1) : n;  // one row: heads are the rows (decode)
+  s.h = heads > 1 ? t.stride(1) : rows * s.r;
+  s.b = t.size(0) > 1 ? t.stride(0) : heads * s.h;
+  return s;
+}
+
 inline Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, ATTNKIT_SPEC_PARAMS) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
+  TORCH_CHECK(as_rows(q).is_same(q) && as_rows(k).is_same(k) && as_rows(v).is_same(v),
+              "q, k, v: rows contiguous (as_rows)");
   Params p;
   p.B = q.size(0), p.H = q.size(1), p.Lb = q.size(2), p.D = q.size(3);
   p.G = k.size(1), p.Sb = k.size(2), p.E = v.size(3);
+  p.qs = row_strides(q), p.ks = row_strides(k), p.vs = row_strides(v);
   TORCH_CHECK(p.G > 0 && p.H % p.G == 0, "H must be a multiple of G");
   p.R = p.H / p.G;
   p.i0 = i0, p.j0 = j0, p.L = L, p.S = S;
