@@ -177,9 +177,11 @@ def test_transposed_inputs_are_read_in_place_forward_and_backward(dtype):
     check_all(*views, materialize(dict(causal=True, mask="float"), B, H, L, S), dtype)
 
 
-def test_a_models_layout_end_to_end_gradients():
+@pytest.mark.parametrize("path", ["fused", "torch"])
+def test_a_models_layout_end_to_end_gradients(path):
     """As in a Hugging Face layer: q/k/v are (B, L, H, D) storage seen as (B, H, L, D) and the loss
-    reads out.transpose(1, 2), so dO reaches the backward in that layout too; both are read in place."""
+    reads out.transpose(1, 2), so dO reaches the backward in that layout too; both are read in place
+    and the gradients come back in q/k/v's layout (autograd passes them on without a copy)."""
     B, H, G, L, S, D = 2, 4, 2, 50, 50, 16
     g = torch.Generator().manual_seed(23)
     base = [torch.randn(B, n, L, D, generator=g, dtype=torch.float64) for n in (H, G, G)]
@@ -196,8 +198,9 @@ def test_a_models_layout_end_to_end_gradients():
         return torch.autograd.grad(loss, leaves)
 
     ref, base32 = grads(torch.float64, None), grads(torch.float32, None)
-    for ours, b, r in zip(grads(torch.float32, "fused"), base32, ref):
+    for ours, b, r in zip(grads(torch.float32, path), base32, ref):
         assert_flash_rule(ours, b, r)
+        assert ours.transpose(1, 2).is_contiguous()
 
 
 def test_fully_masked_rows_out_zero_lse_neg_inf():

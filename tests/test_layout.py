@@ -122,3 +122,19 @@ def test_layout_errors_and_explain():
         attnkit.attention(q[0], q, q, layout="blhd")
     plan = attnkit.explain(q, q, q, layout="blhd", causal=True)
     assert plan.engine == attnkit.explain(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2), causal=True).engine
+
+
+def test_the_finiteness_check_reads_a_models_layout_in_place():
+    # The spec's K/V check (one aminmax per tensor) on (B, L, H, D) storage seen as (B, H, L, D):
+    # permuted back to storage order it is a view, not a copy, and still finds a NaN anywhere.
+    from attnkit._numerics import _storage_order, all_finite
+
+    t = torch.randn(2, 7, 3, 4).transpose(1, 2)  # a model's k
+    assert _storage_order(t).data_ptr() == t.data_ptr() and _storage_order(t).is_contiguous()
+    assert all_finite(t)
+    for where in [(0, 0, 0, 0), (1, 2, 6, 3), (0, 1, 3, 2)]:
+        bad = t.clone().transpose(1, 2).contiguous().transpose(1, 2)
+        bad[where] = float("nan")
+        assert not all_finite(bad)
+    strided = torch.randn(4, 6)[:, ::2]  # no permutation makes it contiguous: checked as it is
+    assert not _storage_order(strided).is_contiguous() and all_finite(strided)

@@ -21,6 +21,16 @@ NEG_INF = float("-inf")
 """The score of a hidden key and the ``lse`` of a row with no visible key."""
 
 
+def _storage_order(t: Tensor) -> Tensor:
+    """``t`` with its dims permuted into storage order when that makes it contiguous (a model's
+    transposed q/k/v), so a whole-tensor reduction reads it in place: ``aminmax`` copies a
+    non-contiguous input first."""
+    if t.is_contiguous():
+        return t
+    p = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return p if p.is_contiguous() else t
+
+
 def all_finite(*ts: Tensor) -> bool:
     """Whether every tensor holds only finite values (no NaN, no ±inf); empty tensors are finite.
 
@@ -30,7 +40,7 @@ def all_finite(*ts: Tensor) -> bool:
     for t in ts:
         if t.numel() == 0:
             continue
-        lo, hi = torch.aminmax(t.detach())
+        lo, hi = torch.aminmax(_storage_order(t.detach()))
         if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             return False
     return True

@@ -239,7 +239,8 @@ def backward_all(q: Tensor, k: Tensor, v: Tensor, out: Tensor, m: Tensor, l: Ten
                  dlse: Tensor | None, spec: AttentionSpec, d_extras: dict[str, Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
     """`attend`'s default backward: one kernel `backward` over all keys, recomputing P from ``m, l``."""
     ct = spec.compute_dtype
-    dq, dk, dv = (torch.zeros(t.shape, dtype=ct, device=t.device) for t in (q, k, v))
+    # In q/k/v's own layout (a model's transposed views), so autograd passes them on without a copy.
+    dq, dk, dv = (torch.zeros_like(t, dtype=ct) for t in (q, k, v))
     backward(q, k, v, dout, m, l, delta(dout, out, l, dlse), spec, dq=dq, dk=dk, dv=dv,
              d_float_mask=d_extras.get("float_mask"), d_bias=d_extras.get("bias"))
     return dq, dk, dv

@@ -88,6 +88,12 @@ def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:
     return dt if mode == HALF or (mode == HALF_IF_EVEN and even) else torch.float32
 
 
+def _row_major(t: Tensor) -> bool:
+    """Rows (the last dim) contiguous and no two rows overlapping: a layout the kernel reads and writes in place."""
+    n = t.shape[-1]
+    return (t.stride(-1) == 1 or n <= 1) and all(size <= 1 or stride >= n for size, stride in zip(t.shape[:-1], t.stride()[:-1]))
+
+
 def _as4d(t: Tensor | None, dtype: torch.dtype | None = None) -> Tensor | None:
     if t is None:
         return None
@@ -162,14 +168,17 @@ def backward(
     dt = _gemm_dtype(q.dtype, q, v)
     f32 = torch.float32
 
-    def target(t: Tensor | None) -> Tensor | None:
-        # The kernel writes contiguous float32 4-D tensors; anything else goes through a temp.
+    def target(t: Tensor | None, like: Tensor | None = None) -> Tensor | None:
+        # The kernel writes float32 4-D tensors, dq/dk/dv in any layout with contiguous rows (that of
+        # q/k/v: a model's transposed views get their gradients without a copy); else through a temp.
         if t is None:
             return None
-        return t if t.dtype == f32 and t.is_contiguous() and t.dim() == 4 else torch.zeros(_as4d(t).shape, dtype=f32)
+        if t.dtype == f32 and t.dim() == 4 and (t.is_contiguous() or (like is not None and _row_major(t))):
+            return t
+        return torch.zeros(_as4d(t).shape, dtype=f32)
 
     grads = (dq, dk, dv, d_float_mask, d_bias)
-    outs = [target(t) for t in grads]
+    outs = [target(t, like) for t, like in zip(grads, (q, k, v, None, None))]
     torch.ops.attnkit_fused.backward(
         q.to(dt),  # read in place where rows are contiguous (the op copies anything else)
         k.to(dt),

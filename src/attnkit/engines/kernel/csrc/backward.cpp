@@ -34,7 +34,7 @@ inline bool block_sees_keys(const Params& p, int64_t b, const float* l, int64_t 
 
 template <typename T>
 void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const T* dout, const RowStrides& os,
-                     const float* m_in,
+                     const RowStrides (&gs)[3], const float* m_in,
                      const float* l_in, const float* delta, float* dq, float* dk, float* dv, const at::Tensor* d_fmask, const at::Tensor* d_bias) {
   const int64_t bq = kBwdBlockQ, bk = kBwdBlockK;
   const int64_t bq_max = bq + kMinRows - 1, bk_max = bk + kMinCols - 1;  // with a joined remainder
@@ -190,13 +190,20 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
         }
       }
       // Alg. 2 line 20: write dK_j, dV_j (accumulated into the caller's tensors).
-      float* dkp = dk + (bg * p.Sb + n0) * p.D;
-      float* dvp = dv + (bg * p.Sb + n0) * p.E;
-      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dkp, dkp, dk_acc, cols * p.D);
-      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dvp, dvp, dv_acc, cols * p.E);
+      // dq/dk/dv: any layout with contiguous rows (gs: their strides), e.g. that of q/k/v.
+      for (int64_t c = 0; c < cols; ++c) {
+        float* dkp = dk + b * gs[1].b + g * gs[1].h + (n0 + c) * gs[1].r;
+        float* dvp = dv + b * gs[2].b + g * gs[2].h + (n0 + c) * gs[2].r;
+        at::vec::map2<float>([](Vec a, Vec x) { return a + x; }, dkp, dkp, dk_acc + c * p.D, p.D);
+        at::vec::map2<float>([](Vec a, Vec x) { return a + x; }, dvp, dvp, dv_acc + c * p.E, p.E);
+      }
     }
     std::lock_guard<std::mutex> guard(reduce_lock);
-    at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, dq, dq, dq_t, dq_numel);
+    for (int64_t bh = 0; bh < p.B * p.H; ++bh)
+      for (int64_t i = 0; i < p.Lb; ++i) {
+        float* row = dq + (bh / p.H) * gs[0].b + (bh % p.H) * gs[0].h + i * gs[0].r;
+        at::vec::map2<float>([](Vec a, Vec x) { return a + x; }, row, row, dq_t + (bh * p.Lb + i) * p.D, p.D);
+      }
     for (int w = 0; w < 2; ++w)
       if (dmask_out[w]) dmask_out[w]->add_(dmask_private[w]);
   });
@@ -214,8 +221,13 @@ void backward(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& 
   const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
   TORCH_CHECK(dout.scalar_type() == q.scalar_type() && dout.sizes() == at::IntArrayRef({p.B, p.H, p.Lb, p.E}),
               "dout: q's dtype, shape (B, H, Lb, E)");
-  for (const at::Tensor* t : {&m, &l, &delta, &dq, &dk, &dv})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "m/l/delta/dq/dk/dv: contiguous float32");
+  for (const at::Tensor* t : {&m, &l, &delta})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "m/l/delta: contiguous float32");
+  for (const at::Tensor* t : {&dq, &dk, &dv})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 4 && as_rows(*t).is_same(*t),
+                "dq/dk/dv: float32, rows contiguous");
+  TORCH_CHECK(dq.sizes() == q.sizes() && dk.sizes() == k.sizes() && dv.sizes() == v.sizes(), "dq/dk/dv: q/k/v's shapes");
+  const RowStrides gs[3] = {row_strides(dq), row_strides(dk), row_strides(dv)};
   const at::Tensor* dfm = d_float_mask ? &*d_float_mask : nullptr;
   const at::Tensor* dbi = d_bias ? &*d_bias : nullptr;
   for (const at::Tensor* t : {dfm, dbi})
@@ -226,7 +238,7 @@ void backward(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& 
       TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
     } else {
       backward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                dout.data_ptr<scalar_t>(), row_strides(dout), m.data_ptr<float>(), l.data_ptr<float>(), delta.data_ptr<float>(),
+                                dout.data_ptr<scalar_t>(), row_strides(dout), gs, m.data_ptr<float>(), l.data_ptr<float>(), delta.data_ptr<float>(),
                                 dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dfm, dbi);
     }
   });

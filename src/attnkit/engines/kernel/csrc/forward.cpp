@@ -257,11 +257,14 @@ at::Tensor lengths_arg(const std::optional<at::Tensor>& t, int64_t B, int64_t n,
 }  // namespace
 
 // q as the forward reads it (as_rows): the heads of a range shorter than a query block are packed
-// into one block whose rows must be equally far apart across heads too.
+// into one block whose rows must be equally far apart across heads too. forward_kernel's query
+// block is at most kFwdBlockQSmall rows for Lb < kMidRange and never more than Lb above, so only
+// ranges shorter than kFwdBlockQSmall pack heads.
 at::Tensor forward_q(const at::Tensor& q_in) {
   at::Tensor q = as_rows(q_in);
   const int64_t H = q.size(1), Lb = q.size(2);
-  return H > 1 && Lb > 1 && Lb < kFwdBlockQLarge && q.stride(1) != Lb * q.stride(2) ? q.contiguous() : q;
+  static_assert(kFwdBlockQSmall <= kMidRange && kFwdBlockQMid <= kMidRange && kFwdBlockQLarge <= kLongRange);
+  return H > 1 && Lb > 1 && Lb < kFwdBlockQSmall && q.stride(1) != Lb * q.stride(2) ? q.contiguous() : q;
 }
 
 // ============================================================================= op entry points
