@@ -274,8 +274,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Ten
   const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
   auto f32 = q.options().dtype(at::kFloat);
   // (B, Lb, H, E) storage seen as (B, H, Lb, E), as the hot path's (a model's transpose is free).
-  at::Tensor out = at::empty({p.B, p.Lb, p.H, p.E}, f32).permute({0, 2, 1, 3});
   const RowStrides os{p.Lb * p.H * p.E, p.E, p.H * p.E};
+  at::Tensor out = at::empty_strided({p.B, p.H, p.Lb, p.E}, {os.b, os.h, os.r, 1}, f32);
   at::Tensor lse = at::empty({p.B, p.H, p.Lb}, f32), m = at::empty_like(lse), l = at::empty_like(lse);
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, m, l};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_forward", [&] {
@@ -350,8 +350,8 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   const int64_t E = v.size(3);
   // The output in (B, L, H, E) storage, returned as a (B, H, L, E) view: a model's
   // out.transpose(1, 2).contiguous() is then free (SDPA's CPU kernel does the same).
-  at::Tensor out = at::empty({B, L, H, E}, q.options().dtype(at::kFloat)).permute({0, 2, 1, 3});
   const RowStrides os{L * H * E, E, H * E};
+  at::Tensor out = at::empty_strided({B, H, L, E}, {os.b, os.h, os.r, 1}, q.options().dtype(at::kFloat));
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(at::kFloat));
   if (out.numel() != 0 || lse.numel() != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
