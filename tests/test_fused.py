@@ -147,12 +147,14 @@ def test_half_precision(dtype, case, half_gemm, D, monkeypatch):
 
 @pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF])
 def test_half_gemm_modes_pick_the_gemm_dtype(mode, monkeypatch):
-    """HALF_IF_EVEN (native VNNI products, even head dims only) widens odd head dims to float32
-    rather than send them to MKL's emulated half GEMM."""
+    """HALF_IF_EVEN (native VNNI products: even head dims, at least a query block of rows) widens odd
+    head dims and decode steps to float32 rather than send them to MKL's emulated half GEMM."""
     monkeypatch.setattr(fused_path, "half_gemm", lambda dtype: mode)
-    even, odd = torch.zeros(1, 1, 1, 64), torch.zeros(1, 1, 1, 59)
+    even, odd = torch.zeros(1, 1, 32, 64), torch.zeros(1, 1, 32, 59)
+    step = torch.zeros(1, 1, 1, 64)  # a decode step: every step's cache length is a new brgemm shape
     half = {build.WIDEN: (False, False), build.HALF_IF_EVEN: (True, False), build.HALF: (True, True)}[mode]
-    for (q, v), want in (((even, even), half[0]), ((even, odd), half[1]), ((odd, even), half[1])):
+    for (q, v), want in (((even, even), half[0]), ((even, odd), half[1]), ((odd, even), half[1]),
+                         ((step, step), half[1])):
         got = fused_path._gemm_dtype(torch.bfloat16, q, v)
         assert got == (torch.bfloat16 if want else torch.float32), (q.shape, v.shape)
     assert fused_path._gemm_dtype(torch.float32, odd, odd) == torch.float32

@@ -218,7 +218,8 @@ WIDEN, HALF_IF_EVEN, HALF = 0, 1, 2  # half_gemm's modes (the hot path's op take
 
 def half_gemm(dtype: torch.dtype) -> int:
     """How ``dtype`` (bf16 / fp16) inputs are multiplied: `WIDEN` (to float32), `HALF_IF_EVEN` (in
-    half precision when both head dims are even, else widened) or `HALF` (always in half precision).
+    half precision when both head dims are even and the query range is at least a query block,
+    ``blocks.QUERY_TILE_SMALL`` rows; else widened) or `HALF` (always in half precision).
 
     Where the CPU multiplies ``dtype`` itself (`NATIVE_BF16` / `NATIVE_FP16` flags) the tile
     products go through oneDNN's brgemm in VNNI pairs (compiled in; even head dims). MKL's

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ...spec import AttentionSpec
+from . import blocks
 from .build import HALF, HALF_IF_EVEN, build_status, half_gemm
 
 __all__ = ["CAUSAL", "DTYPES", "unsupported", "status", "spec_args", "forward", "backward"]
@@ -84,8 +85,10 @@ def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:
     if dt == torch.float32:
         return dt
     mode = half_gemm(dt)
-    even = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0
-    return dt if mode == HALF or (mode == HALF_IF_EVEN and even) else torch.float32
+    # VNNI products need even head dims, and not a range shorter than a query block (a decode
+    # step: brgemm compiles a kernel per shape, and a growing cache is a new shape every step).
+    native = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and q.shape[-2] >= blocks.QUERY_TILE_SMALL
+    return dt if mode == HALF or (mode == HALF_IF_EVEN and native) else torch.float32
 
 
 def _row_major(t: Tensor) -> bool:
