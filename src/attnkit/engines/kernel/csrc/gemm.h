@@ -3,6 +3,8 @@
 // SDPA's kernel calls at::native::cpublas::gemm, which is not exported from libtorch_cpu;
 // it forwards fp32 to MKL's sgemm_ and bf16/fp16 to MKL's cblas_gemm_{bf16bf16,f16f16}f32, which
 // ARE exported, so we call those (weak symbols) and fall back to at::mm on torch builds without MKL.
+// Where the CPU multiplies half types natively, half products go through cpublas::brgemm instead
+// (exported; see "native half GEMM" below).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,6 +12,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace attnkit_fused {
@@ -121,11 +124,8 @@ struct VnniRelease {
 template <typename T>
 void pack_transposed_vnni(const T* src, int64_t rows, int64_t cols, int64_t ld, T* dst) {
   if constexpr (sizeof(T) == 2) {  // only half types are packed (native_half)
-    const auto* s32 = reinterpret_cast<const uint32_t*>(src);
-    auto* d32 = reinterpret_cast<uint32_t*>(dst);
-    const int64_t pairs = cols / 2, ld32 = ld / 2;
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < pairs; ++c) d32[c * rows + r] = s32[r * ld32 + c];
+      for (int64_t c = 0; c < cols; c += 2) std::memcpy(dst + (c * rows + 2 * r), src + r * ld + c, 4);
   }
 }
 
@@ -151,7 +151,8 @@ template <typename T>
 void to_half_scaled(float* src, int64_t rows, int64_t cols, float scale, T* dst, int64_t ldd) {
   for (int64_t r = 0; r < rows; ++r) {
     float* a = src + r * cols;
-    if (scale != 1.f) at::vec::map<float>([scale](at::vec::Vectorized<float> x) { return x * at::vec::Vectorized<float>(scale); }, a, a, cols);
+    using V = at::vec::Vectorized<float>;
+    if (scale != 1.f) at::vec::map<float>([scale](V x) { return x * V(scale); }, a, a, cols);
     at::vec::convert(a, dst + r * ldd, cols);
     if (ldd > cols) dst[r * ldd + cols] = T(0.f);
   }
@@ -163,14 +164,12 @@ void to_half_scaled(float* src, int64_t rows, int64_t cols, float scale, T* dst,
 template <typename T>
 void half_transposed(const float* src, int64_t rows, int64_t cols, float scale, T* dst, int64_t ldd) {
   if constexpr (sizeof(T) == 2) {
-    auto* d32 = reinterpret_cast<uint32_t*>(dst);
-    const int64_t ld32 = ldd / 2;
     for (int64_t r = 0; r < rows; r += 2) {
       const float* a = src + r * cols;
       const float* b = r + 1 < rows ? a + cols : nullptr;
       for (int64_t c = 0; c < cols; ++c) {
-        T pair[2] = {T(scale * a[c]), T(b ? scale * b[c] : 0.f)};
-        d32[c * ld32 + r / 2] = *reinterpret_cast<const uint32_t*>(pair);
+        const T pair[2] = {T(scale * a[c]), T(b ? scale * b[c] : 0.f)};
+        std::memcpy(dst + c * ldd + r, pair, sizeof(pair));  // one 32-bit store
       }
     }
   }
