@@ -171,17 +171,15 @@ def backward(
     dt = _gemm_dtype(q.dtype, q, v)
     f32 = torch.float32
 
-    def target(t: Tensor | None, like: Tensor | None = None) -> Tensor | None:
-        # The kernel writes float32 4-D tensors, dq/dk/dv in any layout with contiguous rows (that of
+    def target(t: Tensor | None) -> Tensor | None:
+        # The kernel writes float32 4-D tensors in any layout with contiguous rows (dq/dk/dv in that of
         # q/k/v: a model's transposed views get their gradients without a copy); else through a temp.
         if t is None:
             return None
-        if t.dtype == f32 and t.dim() == 4 and (t.is_contiguous() or (like is not None and _row_major(t))):
-            return t
-        return torch.zeros(_as4d(t).shape, dtype=f32)
+        return t if t.dtype == f32 and t.dim() == 4 and _row_major(t) else torch.zeros(_as4d(t).shape, dtype=f32)
 
     grads = (dq, dk, dv, d_float_mask, d_bias)
-    outs = [target(t, like) for t, like in zip(grads, (q, k, v, None, None))]
+    outs = [target(t) for t in grads]
     torch.ops.attnkit_fused.backward(
         q.to(dt),  # read in place where rows are contiguous (the op copies anything else)
         k.to(dt),
