@@ -131,6 +131,30 @@ def test_decode_shapes_pack_query_heads(case):
     check_all(q, k, v, materialize(case, B, H, L, S), torch.float32)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "model"])
+@pytest.mark.parametrize("shape, case", [
+    ((2, 8, 2, 48, 80, 32), dict(causal=True, mask="float")),  # 2 heads of 48 rows per 128-row block
+    ((2, 8, 2, 48, 80, 32), dict(q_lengths=[30, 48], kv_lengths=[80, 41], window=(20, 5))),
+    ((1, 1, 1, 128, 128, 16), dict(causal=True)),  # one head: halved so every thread gets a block
+    ((1, 3, 1, 160, 90, 24), dict(alibi_slopes="alibi")),  # 128 + 32 rows
+], ids=["gqa-packed", "gqa-lengths-window", "one-head", "two-blocks"])
+def test_short_ranges_take_whole_heads_per_block(shape, case, layout, threads):
+    """Ranges of 32 to 191 queries: one block per head (up to blocks.QUERY_TILE_SHORT rows), the
+    heads of a GQA group packed where q's layout allows, else one head per block; exact either way
+    and whatever the number of threads (which can halve the block)."""
+    B, H, G, L, S, D = shape
+    q, k, v = qkv(B, H, G, L, S, D, seed=L + H)
+    if layout == "model":
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_all(q, k, v, materialize(case, B, H, L, S), torch.float32)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", [dict(), dict(causal=True), dict(mask="float", window=(40, 3)),
                                   dict(alibi_slopes="alibi", softcap=5.0, kv_lengths=[60, 17])], ids=str)

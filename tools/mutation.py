@@ -127,6 +127,8 @@ MUTANTS: list[Mutant] = [
     Mutant("L2", "C++ forward: q's rows taken as contiguous (a model's (B, L, H, D) storage)", FORWARD,
            "gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.qs.r, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);",
            "gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);", HOT_TESTS),
+    Mutant("P1", "C++ forward: heads of a GQA group packed into one block whatever q's layout (rows not equally apart)",
+           FORWARD, "return p.R > 1 && p.qs.h == p.Lb * p.qs.r;", "return p.R > 1;", ("test_fused.py",)),
     # ---- native half products (VNNI pairs; compiled in only where the CPU has avx512_bf16 / amx_bf16)
     Mutant("V1", "C++ forward: the key a VNNI pair adds after an odd cache length is not treated as hidden "
            "(0 * its garbage leaks; killed only where bf16 is native)", FORWARD,

@@ -11,8 +11,11 @@ rows (a tile of ``t`` rows computes ``span + t`` keys per row, so the waste stay
 backend applies it at its own grain:
 
 - **fused** (per head, one tile per thread, sized for the cache): forward query tiles of
-  `QUERY_TILE` / `QUERY_TILE_MID` / `QUERY_TILE_SMALL` rows for ``Lb ≥ 768 / ≥ 192 / less``
-  (SDPA's rule: enough tiles for every thread on short ranges), keys `KEY_TILE`; backward
+  `QUERY_TILE` / `QUERY_TILE_MID` rows for ``Lb ≥ 768 / ≥ 192`` (SDPA's rule), `QUERY_TILE_SHORT`
+  for shorter ranges of at least `QUERY_TILE_SMALL` rows (a whole head of L = 128 is one tile, not
+  SDPA's four: one pass over its keys; halved while a thread would get no tile), and
+  `QUERY_TILE_SMALL` rows for the shortest (decode), which pack the heads of a GQA group into one
+  tile; keys `KEY_TILE`; backward
   `BWD_QUERY_TILE` × `BWD_KEY_TILE` (parallel over key tiles, so a single head feeds every core).
   No score product is narrower than `MIN_PRODUCT_COLS` keys or `MIN_PRODUCT_ROWS` rows unless the
   whole range is: MKL computes narrower products with other kernels that sum in another order,
@@ -30,13 +33,16 @@ Tiling never changes which keys a row sees, only the order of rounding.
 
 from __future__ import annotations
 
-__all__ = ["QUERY_TILE", "QUERY_TILE_MID", "QUERY_TILE_SMALL", "QUERY_TILE_LONG_RANGE", "QUERY_TILE_MID_RANGE",
+__all__ = ["QUERY_TILE", "QUERY_TILE_MID", "QUERY_TILE_SHORT", "QUERY_TILE_SMALL", "QUERY_TILE_LONG_RANGE", "QUERY_TILE_MID_RANGE",
            "KEY_TILE", "BAND_RATIO", "BWD_QUERY_TILE", "BWD_KEY_TILE", "MIN_PRODUCT_COLS", "MIN_PRODUCT_ROWS",
            "TORCH_TILE_ELEMS", "TORCH_MIN_QUERY_TILE", "TORCH_MIN_BAND_KEY_TILE", "band_span", "defines"]
 
 QUERY_TILE = 256  # most query rows in a tile (both backends)
 QUERY_TILE_MID, QUERY_TILE_SMALL = 64, 32  # fused forward, ranges shorter than:
 QUERY_TILE_LONG_RANGE, QUERY_TILE_MID_RANGE = 768, 192  # ... these many rows
+# Fused forward, ranges of QUERY_TILE_SMALL to QUERY_TILE_MID_RANGE rows. Measured (RESULTS.md, "one
+# tile per short head"): B=8 H=12 L=128 D=64 6% and B=32 H=12 L=64 D=32 14% faster than 32-row tiles.
+QUERY_TILE_SHORT = 128
 KEY_TILE = 512  # keys per tile (fused forward; the torch path's least)
 BAND_RATIO = 4  # a query tile of a band of `span` keys per row: at most span / BAND_RATIO rows
 BWD_QUERY_TILE, BWD_KEY_TILE = 64, 128  # fused backward
@@ -58,6 +64,6 @@ def band_span(window: tuple[int | None, int | None] | None, causal: str | bool |
 
 def defines() -> list[str]:
     """The rule as compiler flags for ``csrc/params.h`` (``-DATTNKIT_<NAME>=<value>``)."""
-    names = ("QUERY_TILE", "QUERY_TILE_MID", "QUERY_TILE_SMALL", "QUERY_TILE_LONG_RANGE", "QUERY_TILE_MID_RANGE",
+    names = ("QUERY_TILE", "QUERY_TILE_MID", "QUERY_TILE_SHORT", "QUERY_TILE_SMALL", "QUERY_TILE_LONG_RANGE", "QUERY_TILE_MID_RANGE",
              "KEY_TILE", "BAND_RATIO", "BWD_QUERY_TILE", "BWD_KEY_TILE", "MIN_PRODUCT_COLS", "MIN_PRODUCT_ROWS")
     return [f"-DATTNKIT_{name}={globals()[name]}" for name in names]

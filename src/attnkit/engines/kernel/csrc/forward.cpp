@@ -41,23 +41,51 @@ void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t j
   }
 }
 
-template <typename T>
-void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, const RowStrides& os, float* lse,
-                    float* m_out, float* l_out) {
-  int64_t bq = p.Lb >= kLongRange ? kFwdBlockQLarge : p.Lb >= kMidRange ? kFwdBlockQMid : kFwdBlockQSmall;
+// Heads of one GQA group go into one query block only where q's rows are equally far apart across
+// heads too (q (B,H,Lb,D) contiguous per head group; forward_q makes q so for the shortest ranges).
+inline bool heads_pack(const Params& p) { return p.R > 1 && p.qs.h == p.Lb * p.qs.r; }
+
+// Query blocks of the forward (blocks.py): `bq` rows per block, and the blocks of one (batch, kv
+// group): blocks of one head (Lb >= bq) or several heads per block (Lb < bq, GQA).
+struct QueryBlocks {
+  int64_t bq, heads_per_block, blocks_per_head, group_blocks;
+  QueryBlocks(const Params& p, int64_t rows) : bq(rows) {
+    heads_per_block = p.Lb >= bq || !heads_pack(p) ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
+    blocks_per_head = p.Lb >= bq ? block_count(p.Lb, bq, kMinRows) : 0;
+    group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
+  }
+};
+
+inline QueryBlocks query_blocks(const Params& p) {
+  int64_t bq = p.Lb >= kLongRange  ? kFwdBlockQLarge
+               : p.Lb >= kMidRange ? kFwdBlockQMid
+               : p.Lb >= kFwdBlockQSmall ? kFwdBlockQShort
+                                         : kFwdBlockQSmall;
   if (p.wl >= 0 && (p.causal != 0 || p.wr >= 0)) {
     // A band of `span` keys per row (blocks.band_span): a block of bq rows computes ~span + bq keys
     // per row, so keep bq <= span / kBandRatio; at w = 256 this is 64-row blocks instead of 256.
     const int64_t span = p.wl + (p.causal != 0 ? 0 : p.wr) + 1;
     while (bq > kFwdBlockQSmall && bq * kBandRatio > span) bq /= 2;
   }
+  QueryBlocks blocks(p, bq);
+  // A short range's whole-head block is halved while some thread would get none (B=1 H=1 L=128).
+  if (bq == kFwdBlockQShort) {
+    const int64_t threads = at::get_num_threads();
+    while (blocks.bq > kFwdBlockQSmall && p.B * p.G * blocks.group_blocks < threads) blocks = QueryBlocks(p, blocks.bq / 2);
+  }
+  return blocks;
+}
+
+template <typename T>
+void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, const RowStrides& os, float* lse,
+                    float* m_out, float* l_out) {
   const int64_t bk = kFwdBlockK;
   // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
   // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
   // (decode): several heads per block, so one pass over K/V serves them all.
-  const int64_t heads_per_block = p.Lb >= bq ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
-  const int64_t blocks_per_head = p.Lb >= bq ? block_count(p.Lb, bq, kMinRows) : 0;
-  const int64_t group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
+  const QueryBlocks qb = query_blocks(p);
+  const int64_t bq = qb.bq, heads_per_block = qb.heads_per_block, blocks_per_head = qb.blocks_per_head;
+  const int64_t group_blocks = qb.group_blocks;
   const int64_t rows_max = p.Lb >= bq ? bq + kMinRows - 1 : heads_per_block * p.Lb;
   const int64_t cols_max = bk + kMinCols - 1;
   constexpr bool half = !std::is_same_v<T, float>;
@@ -259,14 +287,13 @@ at::Tensor lengths_arg(const std::optional<at::Tensor>& t, int64_t B, int64_t n,
 
 }  // namespace
 
-// q as the forward reads it (as_rows): the heads of a range shorter than a query block are packed
-// into one block whose rows must be equally far apart across heads too. forward_kernel's query
-// block is at most kFwdBlockQSmall rows for Lb < kMidRange and never more than Lb above, so only
-// ranges shorter than kFwdBlockQSmall pack heads.
+// q as the forward reads it (as_rows). The heads of a range shorter than kFwdBlockQSmall (decode)
+// must pack into one block (one pass over K/V for a whole GQA group), so their rows must be equally
+// far apart across heads too: copied where not. Longer ranges pack heads only where q is so already
+// (heads_pack); otherwise each head is its own block.
 at::Tensor forward_q(const at::Tensor& q_in) {
   at::Tensor q = as_rows(q_in);
   const int64_t H = q.size(1), Lb = q.size(2);
-  static_assert(kFwdBlockQSmall <= kMidRange && kFwdBlockQMid <= kMidRange && kFwdBlockQLarge <= kLongRange);
   return H > 1 && Lb > 1 && Lb < kFwdBlockQSmall && q.stride(1) != Lb * q.stride(2) ? q.contiguous() : q;
 }
 

@@ -48,7 +48,8 @@ namespace attnkit_fused {
 #endif
 constexpr int64_t kFwdBlockQLarge = ATTNKIT_QUERY_TILE;     // rows, Lb >= kLongRange
 constexpr int64_t kFwdBlockQMid = ATTNKIT_QUERY_TILE_MID;   // rows, Lb >= kMidRange
-constexpr int64_t kFwdBlockQSmall = ATTNKIT_QUERY_TILE_SMALL;
+constexpr int64_t kFwdBlockQShort = ATTNKIT_QUERY_TILE_SHORT;  // rows, kFwdBlockQSmall <= Lb < kMidRange
+constexpr int64_t kFwdBlockQSmall = ATTNKIT_QUERY_TILE_SMALL;  // rows, Lb < kFwdBlockQSmall (heads pack)
 constexpr int64_t kLongRange = ATTNKIT_QUERY_TILE_LONG_RANGE, kMidRange = ATTNKIT_QUERY_TILE_MID_RANGE;
 constexpr int64_t kFwdBlockK = ATTNKIT_KEY_TILE;
 constexpr int64_t kBandRatio = ATTNKIT_BAND_RATIO;
