@@ -383,17 +383,31 @@ def test_dispatch_reasons():
 
 
 def test_auto_dispatch_prefers_sdpa_then_flash_then_reference(monkeypatch):
+    """Tiles in PyTorch: SDPA for what it computes exactly, flash for the rest, then the reference."""
     set_tiles(monkeypatch, 8, 8)  # so these small inputs span several tiles
     q, k, v = qkv(1, 4, 2, 32, 200, 8)  # L > 16: not a decoding shape
-    assert general_dispatch(q, k, v).engine == "sdpa"
-    assert general_dispatch(q, k, v, causal="top_left").engine == "sdpa"
-    d = general_dispatch(q, k, v, causal=True)  # bottom-right with L != S
-    assert d.engine == "flash" and "top-left" in d.reasons["sdpa"]
-    assert general_dispatch(q, k, v, window=(4, 0)).engine == "flash"
-    assert general_dispatch(q, k, v, dropout_p=0.1).engine == "flash"
-    assert general_dispatch(q, k, v, return_weights=True).engine == "flash"
-    d = general_dispatch(q, k, v, normalizer="sigmoid")
-    assert d.engine == "reference" and set(d.reasons) >= {"sdpa", "flash"}
+    with kernel.force_path("torch"):
+        assert general_dispatch(q, k, v).engine == "sdpa"
+        assert general_dispatch(q, k, v, causal="top_left").engine == "sdpa"
+        d = general_dispatch(q, k, v, causal=True)  # bottom-right with L != S
+        assert d.engine == "flash" and "top-left" in d.reasons["sdpa"]
+        assert general_dispatch(q, k, v, window=(4, 0)).engine == "flash"
+        assert general_dispatch(q, k, v, dropout_p=0.1).engine == "flash"
+        assert general_dispatch(q, k, v, return_weights=True).engine == "flash"
+        d = general_dispatch(q, k, v, normalizer="sigmoid")
+        assert d.engine == "reference" and set(d.reasons) >= {"sdpa", "flash"}
+
+
+def test_auto_dispatch_prefers_the_fused_kernel_to_sdpa(monkeypatch):
+    """With the fused kernel, flash runs what SDPA could run too (its training step is faster)."""
+    q, k, v = qkv(1, 4, 2, 32, 200, 8, requires_grad=True)
+    fused = kernel.path(AttentionSpec.build(q, k, v))[0] == "fused"  # CI builds it (test_fused.py)
+    for kw in (dict(), dict(causal="top_left"), dict(mask=torch.ones(32, 200, dtype=torch.bool))):
+        d = general_dispatch(q, k, v, **kw)
+        faster, slower = ("flash", "sdpa") if fused else ("sdpa", "flash")
+        assert d.engine == faster and d.reasons[slower] == f"{faster} is faster for this spec", kw
+    d = general_dispatch(q.double(), k.double(), v.double())  # float64: tiles in PyTorch, SDPA first
+    assert d.engine == "sdpa" and "flash" in d.reasons
 
 
 def test_single_block_problems_run_on_the_fused_kernel_and_reference_only_without_it(monkeypatch):
