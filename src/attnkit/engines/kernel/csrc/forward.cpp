@@ -50,13 +50,15 @@ inline bool heads_pack(const Params& p) { return p.R > 1 && p.qs.h == p.Lb * p.q
 struct QueryBlocks {
   int64_t bq, heads_per_block, blocks_per_head, group_blocks;
   QueryBlocks(const Params& p, int64_t rows) : bq(rows) {
-    heads_per_block = p.Lb >= bq || !heads_pack(p) ? 1 : std::max<int64_t>(1, std::min(p.R, bq / std::max<int64_t>(p.Lb, 1)));
+    const int64_t fit = std::min(p.R, bq / std::max<int64_t>(p.Lb, 1));  // whole heads in bq rows
+    heads_per_block = p.Lb >= bq || !heads_pack(p) ? 1 : std::max<int64_t>(1, fit);
     blocks_per_head = p.Lb >= bq ? block_count(p.Lb, bq, kMinRows) : 0;
     group_blocks = p.Lb >= bq ? p.R * blocks_per_head : (p.R + heads_per_block - 1) / heads_per_block;
   }
 };
 
 inline QueryBlocks query_blocks(const Params& p) {
+  static_assert(kFwdBlockQSmall <= kFwdBlockQShort && kFwdBlockQShort <= kMidRange, "blocks.py: SMALL <= SHORT <= MID_RANGE");
   int64_t bq = p.Lb >= kLongRange  ? kFwdBlockQLarge
                : p.Lb >= kMidRange ? kFwdBlockQMid
                : p.Lb >= kFwdBlockQSmall ? kFwdBlockQShort
@@ -81,8 +83,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
                     float* m_out, float* l_out) {
   const int64_t bk = kFwdBlockK;
   // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
-  // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries
-  // (decode): several heads per block, so one pass over K/V serves them all.
+  // group is one (R*Lb, D) matrix. Long queries: blocks of bq rows inside one head. Short queries:
+  // several heads per block where q's layout allows (heads_pack), so one pass over K/V serves them.
   const QueryBlocks qb = query_blocks(p);
   const int64_t bq = qb.bq, heads_per_block = qb.heads_per_block, blocks_per_head = qb.blocks_per_head;
   const int64_t group_blocks = qb.group_blocks;
