@@ -8,7 +8,8 @@ with ``ATTNKIT_CACHE=/tmp/old_cache`` for the code before) and compare the ratio
     PYTHONPATH=src python benchmarks/bench_short_ranges.py [--rounds 41]
 
 Each row: loops of calls (about 2·10⁷ multiply-adds per loop), attnkit and SDPA alternating which
-goes first, medians of ``--rounds`` loops; ratio = SDPA time / attnkit time.
+goes first, medians of ``--rounds`` loops; ratio = SDPA time / attnkit time. The loop is written here,
+not taken from ``attnkit.bench.timing``: the script must run against older trees too (the A/B).
 """
 
 from __future__ import annotations

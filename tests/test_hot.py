@@ -94,6 +94,23 @@ def test_hot_path_half_precision_follows_the_flash_rule(dtype, option):
     assert_flash_rule(ours, base, ref)
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2], ids=["widen", "half-if-even", "half"])
+def test_the_hot_path_decides_half_products_by_the_forward_ops_rule(mode, monkeypatch):
+    """The op's last argument (1: half-precision products, 0: widened) is `fused._gemm_dtype`'s
+    decision for the same inputs: one rule (fused.half_products) for every entry into the kernel."""
+    from attnkit.engines.kernel import fused
+
+    q, k, v = qkv(1, 2, 2, 40, 50, 32, dtype=torch.bfloat16)
+    assert type(hot.plan(q, k, v)) is tuple  # loads the op (and hot._half_modes)
+    monkeypatch.setitem(hot._half_modes, torch.bfloat16, mode)
+    monkeypatch.setattr(fused, "half_gemm", lambda dtype: mode)
+    for L, D, E in ((40, 32, 32), (40, 31, 32), (40, 32, 33), (1, 32, 32)):  # even, odd D / E, a decode step
+        q, k, v = qkv(1, 2, 2, L, 50, D, E, dtype=torch.bfloat16)
+        plan = hot.plan(q, k, v)
+        assert type(plan) is tuple and plan[-1] == int(fused._gemm_dtype(q.dtype, q, v) == torch.bfloat16), (L, D, E)
+    assert hot.plan(*qkv(1, 2, 2, 40, 50, 32))[-1] == 0  # float32 has nothing to widen
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("where", ["kv_lengths", "causal", "bool_mask", "window"])
 def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_rows(where, dtype):

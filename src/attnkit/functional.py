@@ -90,9 +90,10 @@ def attention(
         ``out`` ``(B, H, L, E)`` in the input dtype, or ``AttentionOutput`` if asked for lse or
         weights. Like SDPA on CPU, the fused kernel returns ``out`` in ``(B, L, H, E)`` storage (a
         model's ``out.transpose(1, 2)`` is then contiguous for free): call ``.contiguous()`` where
-        an API needs a contiguous ``(B, H, L, E)`` tensor. Rows with no visible key give ``out = 0``, ``lse = -inf``, weights 0 and zero
-        gradients. Empty ``L`` or ``S`` are allowed. float16/bfloat16 inputs are normalized
-        and accumulated in float32; float masks and biases keep float32 precision.
+        an API needs a contiguous ``(B, H, L, E)`` tensor. Rows with no visible key give
+        ``out = 0``, ``lse = -inf``, weights 0 and zero gradients. Empty ``L`` or ``S`` are
+        allowed. float16/bfloat16 inputs are normalized and accumulated in float32; float masks
+        and biases keep float32 precision.
         NaN/inf: a NaN in a query row makes that row NaN; a NaN/inf in a *visible* key or value
         reaches the rows that see it (as in plain arithmetic); keys that are not visible
         (masked, past ``kv_lengths``, outside the window or causal band) never influence

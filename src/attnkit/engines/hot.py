@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import kernel
 from .decode import MIN_SEGMENT
-from .kernel.fused import CAUSAL, DTYPES
+from .kernel.fused import CAUSAL, DTYPES, half_products
 
 __all__ = ["plan", "run", "status", "DETAIL"]
 
@@ -44,7 +44,7 @@ _SPLIT_KV_MIN_KEYS = 2 * MIN_SEGMENT
 _op: Any = None  # the loaded op (OpOverload), or None before the first call
 _direct: Any = None  # the same function without the dispatcher (pybind), used outside torch.compile
 _op_status: str | None = None  # None before the first call, "" when loaded, else why not
-_half_modes: dict = {}  # dtype -> build.half_gemm's mode (read once with the build; the op takes the number)
+_half_modes: dict = {}  # dtype -> build.half_gemm's mode (read once with the build, see fused.half_products)
 
 
 def status() -> str | None:
@@ -136,8 +136,11 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
         why = status()
         if why is not None:
             return why
+    # Half inputs: half-precision products or widened (fused.half_products; other ranks: the op refuses).
+    half = query.dtype != torch.float32 and query.dim() == value.dim() == 4 and half_products(
+        _half_modes[query.dtype], query, value)
     return (query, key, value, mask, kv_lengths, q_lengths, alibi_slopes, c, wl, wr,
-            None if scale is None else float(scale), cap, _half_modes.get(query.dtype, 0))
+            None if scale is None else float(scale), cap, int(half))
 
 
 def run(args: tuple) -> tuple[Tensor, Tensor] | None:

@@ -213,7 +213,7 @@ def build_status() -> str | None:
     return _status or None
 
 
-WIDEN, HALF_IF_EVEN, HALF = 0, 1, 2  # half_gemm's modes (the hot path's op takes the number)
+WIDEN, HALF_IF_EVEN, HALF = 0, 1, 2  # half_gemm's modes (fused.half_products applies them)
 
 
 def half_gemm(dtype: torch.dtype) -> int:

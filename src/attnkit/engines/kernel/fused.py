@@ -26,7 +26,7 @@ from ...spec import AttentionSpec
 from . import blocks
 from .build import HALF, HALF_IF_EVEN, build_status, half_gemm
 
-__all__ = ["CAUSAL", "DTYPES", "unsupported", "status", "spec_args", "forward", "backward"]
+__all__ = ["CAUSAL", "DTYPES", "half_products", "unsupported", "status", "spec_args", "forward", "backward"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """The dtypes the kernel computes (the hot path checks them too)."""
@@ -80,15 +80,18 @@ def unsupported(spec: AttentionSpec) -> str | None:
     return status()
 
 
-def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:
-    """The tile GEMMs' input dtype for ``dt`` inputs with head dims ``q``/``v`` (`build.half_gemm`)."""
-    if dt == torch.float32:
-        return dt
-    mode = half_gemm(dt)
+def half_products(mode: int, q: Tensor, v: Tensor) -> bool:
+    """Whether bf16/fp16 ``q``/``v`` multiply in half precision under `build.half_gemm`'s ``mode``
+    (else widened to float32): the one rule, for the forward/backward ops and the hot path's op."""
     # VNNI products need even head dims, and not a range shorter than a query block (a decode
     # step: brgemm compiles a kernel per shape, and a growing cache is a new shape every step).
     native = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and q.shape[-2] >= blocks.QUERY_TILE_SMALL
-    return dt if mode == HALF or (mode == HALF_IF_EVEN and native) else torch.float32
+    return mode == HALF or (mode == HALF_IF_EVEN and native)
+
+
+def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:
+    """The tile GEMMs' input dtype for ``dt`` inputs with head dims ``q``/``v`` (`half_products`)."""
+    return dt if dt == torch.float32 or half_products(half_gemm(dt), q, v) else torch.float32
 
 
 def _row_major(t: Tensor) -> bool:

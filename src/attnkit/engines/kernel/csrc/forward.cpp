@@ -369,9 +369,9 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   }
   const at::Tensor kvl = lengths_arg(kv_lengths, B, S, "kv_lengths");
   const at::Tensor ql = lengths_arg(q_lengths, B, L, "q_lengths");
-  // half_gemm: build.half_gemm's mode, 0 widen, 1 half when both head dims are even, 2 half.
-  const bool widen = dt != at::kFloat && (half_gemm == 0 || (half_gemm == 1 && (D % 2 != 0 || v_in.size(3) % 2 != 0 ||
-                                                                                  L < kFwdBlockQSmall)));
+  // half_gemm: 1 = half-precision tile products, 0 = widen half inputs to float32 (the caller
+  // decides: engines/kernel/fused.py half_products, the rule the forward/backward ops follow too).
+  const bool widen = dt != at::kFloat && half_gemm == 0;
   // Read in place where the layout allows (as_rows): a model's (B, L, H, D) storage needs no copy.
   const at::Tensor q = forward_q(widen ? q_in.to(at::kFloat) : q_in);
   const at::Tensor k = as_rows(widen ? k_in.to(at::kFloat) : k_in);
