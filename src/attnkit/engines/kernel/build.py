@@ -33,9 +33,12 @@ from . import blocks
 __all__ = ["build", "timed_build", "build_status", "build_dir", "cache_root", "direct_attention", "half_gemm"]
 
 CSRC = Path(__file__).parent / "csrc"
-# CPU flags of native half-precision dot products (AMX tiles, AVX512 bf16/fp16 dot products).
+# CPU flags of native half-precision products in VNNI pairs, the B layout brgemm is given (csrc/gemm.h):
+# AMX tiles or AVX512-BF16 dot products for bf16; for fp16 only AMX-FP16 tiles. AVX512-FP16 has no
+# pair layout, and brgemm there misreads pairs (measured on a Xeon with avx512_fp16 and no AMX: fp16
+# results off by ~1; PyTorch's own `could_pack(kHalf)` asks for amx_fp16 too).
 NATIVE_BF16 = frozenset({"amx_bf16", "avx512_bf16"})
-NATIVE_FP16 = frozenset({"amx_fp16", "avx512_fp16"})
+NATIVE_FP16 = frozenset({"amx_fp16"})
 
 # Build state of this process: None = not tried yet, "" = loaded, else the reason it failed.
 _status: str | None = None
