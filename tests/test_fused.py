@@ -169,6 +169,43 @@ def test_half_precision(dtype, case, half_gemm, D, monkeypatch):
     check_all(q, k, v, materialize(case, B, H, L, S), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN], ids=["widen", "half-if-even"])
+@pytest.mark.parametrize("shape", [(2, 8, 2, 1, 600, 64), (2, 8, 2, 5, 301, 59), (2, 4, 4, 3, 77, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_half_decode_steps_widen_their_tiles_in_the_pass(dtype, mode, shape, monkeypatch):
+    """A decode range of half inputs multiplied in float32 (WIDEN, or HALF_IF_EVEN below a query
+    block): the op widens each tile of q, K and V as its pass reads it, not a copy of the cache.
+    Hot path and forward op, contiguous and a model's (B, L, H, D) layout, NaN garbage past
+    kv_lengths: every output under the rule against the float64 oracle."""
+    from attnkit.engines import hot
+
+    B, H, G, L, S, D = shape
+    q, k, v = qkv(B, H, G, L, S, D, seed=S)
+    lengths = torch.tensor([S, S // 3])
+    k[1, :, S // 3:], v[1, :, S // 3:] = float("nan"), float("nan")  # a cache's unwritten tail
+    assert type(hot.plan(q, k, v)) is tuple  # loads the op (and hot._half_modes)
+    monkeypatch.setitem(hot._half_modes, dtype, mode)
+    monkeypatch.setattr(fused_path, "half_gemm", lambda dt: mode)
+    ref = attnkit.attention(q.double(), k.double(), v.double(), kv_lengths=lengths, engine="reference", return_lse=True)
+    base = attnkit.attention(*(t.to(dtype) for t in (q, k, v)), kv_lengths=lengths, engine="reference",
+                             return_lse=True)
+    for layout in ("contiguous", "model"):
+        qh, kh, vh = (t.to(dtype) for t in (q, k, v))
+        if layout == "model":
+            qh, kh, vh = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (qh, kh, vh))
+        plan = hot.plan(qh, kh, vh, kv_lengths=lengths)
+        assert type(plan) is tuple and plan[-1] == 0, plan  # widened: the op's half_gemm argument
+        out, lse = hot.run(plan)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert_flash_rule(out, base.out, ref.out)
+        assert_flash_rule(lse, base.lse, ref.lse)
+        with torch.no_grad():
+            out, lse = fused(qh, kh, vh, kv_lengths=lengths)  # the forward op (general path)
+        assert_flash_rule(out, base.out, ref.out)
+        assert_flash_rule(lse, base.lse, ref.lse)
+
+
 @pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF])
 def test_half_gemm_modes_pick_the_gemm_dtype(mode, monkeypatch):
     """HALF_IF_EVEN (native VNNI products: even head dims, at least a query block of rows) widens odd
@@ -227,6 +264,23 @@ def test_a_models_layout_end_to_end_gradients(path):
     for ours, b, r in zip(grads(torch.float32, path), base32, ref):
         assert_flash_rule(ours, b, r)
         assert ours.transpose(1, 2).is_contiguous()
+
+
+def test_weights_below_the_normal_range_are_flushed_and_the_callers_float_mode_is_kept():
+    """exp() of a score ~90 below its row's max is a denormal float; the kernel's threads flush such
+    results to 0 (an Intel core takes a microcode assist for each one: ALiBi's far keys cost 1.3x),
+    which no float32 sum can see: under the rule against the float64 oracle, gradients included.
+    The calling thread's floating-point mode is restored (it still makes denormals afterwards)."""
+    B, H, G, L, S, D = 1, 2, 2, 40, 300, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=31)
+    fmask = torch.zeros(1, 1, L, S)
+    fmask[..., ::3], fmask[..., 1::7] = -95.0, -88.0  # e^-95 ~ 5e-42, e^-88 ~ 6e-39: below 2^-126
+    check_all(q, k, v, dict(mask=fmask), torch.float32)
+    with torch.inference_mode():
+        out = attnkit.attention(q[:, :, :4], k[:, :, :8], v[:, :, :8], mask=fmask[..., :4, :8])  # hot path, this thread
+    assert torch.isfinite(out).all()
+    tiny = torch.tensor([1e-30]) * torch.tensor([1e-10])
+    assert tiny.item() != 0.0, "the caller's thread was left flushing denormals"
 
 
 def test_fully_masked_rows_out_zero_lse_neg_inf():
@@ -314,12 +368,14 @@ def test_meta_tensors_and_op_registration():
 
 
 def test_ops_take_the_spec_by_name():
-    """The schemas name every argument; spec_args builds exactly the shared tail, by name."""
+    """The schemas name every argument; spec_args builds exactly the shared tail, by name (the
+    forward's own last argument, half_gemm, after it)."""
     q, k, v = qkv(1, 2, 1, 3, 5, 8)
     names = set(fused_path.spec_args(make_spec(q, k, v), 0, 0))
-    for op, head in ((torch.ops.attnkit_fused.forward, 3), (torch.ops.attnkit_fused.backward, 12)):
+    for op, head, tail in ((torch.ops.attnkit_fused.forward, 3, ["half_gemm"]), (torch.ops.attnkit_fused.backward, 12, [])):
         args = [a.name for a in op.default._schema.arguments]
-        assert set(args[head:]) == names and len(args) == head + len(names), args
+        end = len(args) - len(tail)
+        assert set(args[head:end]) == names and end == head + len(names) and args[end:] == tail, args
     assert {"causal", "window_left", "window_right", "scale", "softcap", "dropout_p"} <= names
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = "src/attnkit/engines/kernel/csrc/"
 PARAMS, ROW_STEP = CSRC + "params.h", CSRC + "row_step.h"
-FORWARD, BACKWARD = CSRC + "forward.cpp", CSRC + "backward.cpp"
+FORWARD, BACKWARD, GEMM = CSRC + "forward.cpp", CSRC + "backward.cpp", CSRC + "gemm.h"
 TILES = "src/attnkit/engines/kernel/tiles.py"
 BLOCKS = "src/attnkit/engines/kernel/blocks.py"  # the tile rule (compiled into the C++ as -D defines)
 DECODE = "src/attnkit/engines/decode.py"
@@ -129,6 +129,11 @@ MUTANTS: list[Mutant] = [
            "gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.D, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);", HOT_TESTS),
     Mutant("P1", "C++ forward: heads of a GQA group packed into one block whatever q's layout (rows not equally apart)",
            FORWARD, "return p.R > 1 && p.qs.h == p.Lb * p.qs.r;", "return p.R > 1;", ("test_fused.py",)),
+    Mutant("W1", "C++ forward: a decode step's widened K/V tile read as if its rows were D apart (a model's layout misread)",
+           GEMM, "    const T* a = src + r * ld;\n    float* d", "    const T* a = src + r * cols;\n    float* d", ("test_fused.py",)),
+    Mutant("F1", "C++ kernels: the caller's floating-point mode is left flushing denormals after a call",
+           CSRC + "parallel.h", "~FlushDenormalResults() { _mm_setcsr(previous); }", "~FlushDenormalResults() {}",
+           ("test_fused.py",)),
     # ---- native half products (VNNI pairs; compiled in only where the CPU has avx512_bf16 / amx_bf16)
     Mutant("V1", "C++ forward: the key a VNNI pair adds after an odd cache length is not treated as hidden "
            "(0 * its garbage leaks; killed only where bf16 is native)", FORWARD,

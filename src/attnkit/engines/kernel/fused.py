@@ -143,9 +143,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
     range's visible keys; ``m``/``l`` are each row's max and sum (``lse = m + log l``); rows that see
     none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
     """
-    dt = _gemm_dtype(q.dtype, q, v)
+    half = int(_gemm_dtype(q.dtype, q, v) == q.dtype)  # 0: half inputs widened by the op (per tile for decode)
     # The op reads any layout with contiguous rows in place (a model's (B, L, H, D) storage included).
-    return torch.ops.attnkit_fused.forward(q.to(dt), k.to(dt), v.to(dt), **spec_args(spec, i0, j0))
+    return torch.ops.attnkit_fused.forward(q, k, v, **spec_args(spec, i0, j0), half_gemm=half)
 
 
 def backward(

@@ -63,6 +63,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   WorkQueue work(p.B * p.G * k_blocks);
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
+    FlushDenormalResults flush_denormals;
     at::Tensor scratch = scratch_of<float>(per_thread);
     VnniRelease<T> release{vnni};
     at::Tensor scratch_half = scratch_of<T>(half ? half_ab + half_packs : 0);

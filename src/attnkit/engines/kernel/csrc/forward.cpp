@@ -78,7 +78,9 @@ inline QueryBlocks query_blocks(const Params& p) {
   return blocks;
 }
 
-template <typename T>
+// T: the inputs' dtype; C: the tile products' (T, or float32 for half inputs that are widened: each
+// tile of q, K and V is widened in this pass as it is read, so no widened copy of a cache is made).
+template <typename T, typename C = T>
 void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, const RowStrides& os, float* lse,
                     float* m_out, float* l_out) {
   const int64_t bk = kFwdBlockK;
@@ -90,14 +92,15 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   const int64_t group_blocks = qb.group_blocks;
   const int64_t rows_max = p.Lb >= bq ? bq + kMinRows - 1 : heads_per_block * p.Lb;
   const int64_t cols_max = bk + kMinCols - 1;
-  constexpr bool half = !std::is_same_v<T, float>;
+  constexpr bool half = !std::is_same_v<C, float>;  // half-precision products
+  constexpr bool widen = !std::is_same_v<T, C>;     // half inputs, float32 products
   const double flops = 2.0 * p.B * p.H * p.Lb * p.Sb * (p.D + p.E);
   // Native half products (gemm.h): K^T and V of every (batch, kv head) packed once into VNNI pairs,
   // [D/2][Sb][2] and [Sp/2][E][2] (an odd last key paired with zeros).
   // Not below a query block (decode): brgemm JIT-compiles a kernel per shape and a decode step's
   // growing cache is a new shape every step (measured: 1.08 ms per bf16 step vs 0.21 ms at a fixed
   // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's bf16 GEMM (HALF).
-  const bool vnni = native_half<T>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
+  const bool vnni = native_half<C>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
   const int64_t Sp = p.Sb + (p.Sb & 1), k_pack = p.D * p.Sb, kv_pack = k_pack + Sp * p.E;
   at::Tensor packed = vnni ? scratch_of<T>(p.B * p.G * kv_pack) : at::Tensor();
   if (vnni) {
@@ -128,16 +131,23 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   WorkQueue work(p.B * p.G * group_blocks, flops < kSerialFlops);
   at::parallel_for(0, work.threads(), 1, [&](int64_t, int64_t) {
     SequentialBlas sequential_blas;
+    FlushDenormalResults flush_denormals;
     VnniRelease<T> release{vnni};
     at::Tensor scratch = scratch_of<float>(per_thread);
-    at::Tensor scratch_half = scratch_of<T>(half ? rows_max * (cols_max + 2) : 0);  // + VNNI pair padding
+    at::Tensor scratch_half = scratch_of<C>(half ? rows_max * (cols_max + 2) : 0);  // + VNNI pair padding
+    // Widened tiles: the block's q rows, then one key block of K and of V.
+    const int64_t q_wide_size = round16(rows_max * p.D), k_wide_size = round16(cols_max * p.D);
+    at::Tensor scratch_wide = scratch_of<float>(widen ? q_wide_size + k_wide_size + cols_max * p.E : 0);
+    float* q_wide = widen ? scratch_wide.data_ptr<float>() : nullptr;
+    float* k_wide = widen ? q_wide + q_wide_size : nullptr;
+    float* v_wide = widen ? k_wide + k_wide_size : nullptr;
     float* qk = scratch.data_ptr<float>();
     float* acc = qk + round16(rows_max * cols_max);
     float* mrow = acc + round16(rows_max * p.E);
     float* lrow = mrow + round16(rows_max);
     uint32_t* ckeys = reinterpret_cast<uint32_t*>(lrow + round16(rows_max));
     float* pv = reinterpret_cast<float*>(ckeys + cols_max);  // this tile's P V where some row hides a key of it
-    T* p_half = half ? scratch_half.data_ptr<T>() : nullptr;
+    C* p_half = half ? scratch_half.data_ptr<C>() : nullptr;
     for (int64_t item; work.next(item);) {
       const int64_t bg = item / group_blocks, t = zigzag(item % group_blocks, group_blocks);
       const int64_t b = bg / p.G, g = bg % p.G;
@@ -156,6 +166,15 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       const T* kp = k + b * p.ks.b + g * p.ks.h;
       const T* vp = v + b * p.vs.b + g * p.vs.h;
       const T* kpk = vnni ? packed.data_ptr<T>() + bg * kv_pack : nullptr;  // K^T, then V, in VNNI pairs
+      // The A operand of S = Q K^T: q's rows in place, or widened once per block.
+      const C* qg;
+      int64_t ldq;
+      if constexpr (widen) {
+        widen_rows(qp, rows, p.D, p.qs.r, q_wide);
+        qg = q_wide, ldq = p.D;
+      } else {
+        qg = qp, ldq = p.qs.r;
+      }
       // Alg. 1 line 4: m = -inf, l = 0, O = 0. Key blocks that no row of the tile sees are skipped.
       int64_t jlo = p.Sb, jhi = 0;
       int64_t inner_lo = 0, inner_hi = p.Sb;  // keys every row of the tile sees (structurally)
@@ -182,10 +201,20 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
-        if (vnni) {
-          gemm_vnni<T>(rows, cols, p.D, qp, p.qs.r, kpk + n0 * 2, p.Sb, qk, cols, false);
+        // K and V of this key block as the products read them: in place, or widened here.
+        const C *kg, *vg;
+        int64_t ldk, ldv;
+        if constexpr (widen) {
+          widen_rows(kp + n0 * p.ks.r, cols, p.D, p.ks.r, k_wide);
+          widen_rows(vp + n0 * p.vs.r, cols, p.E, p.vs.r, v_wide);
+          kg = k_wide, ldk = p.D, vg = v_wide, ldv = p.E;
         } else {
-          gemm<T>(false, true, rows, cols, p.D, 1.f, qp, p.qs.r, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);
+          kg = kp + n0 * p.ks.r, ldk = p.ks.r, vg = vp + n0 * p.vs.r, ldv = p.vs.r;
+        }
+        if (vnni) {
+          if constexpr (!widen) gemm_vnni<C>(rows, cols, p.D, qg, ldq, kpk + n0 * 2, p.Sb, qk, cols, false);
+        } else {
+          gemm<C>(false, true, rows, cols, p.D, 1.f, qg, ldq, kg, ldk, 0.f, qk, cols);
         }
         // P V over keys [a0, a1): VNNI pairs start at an even key, so P gets a zero column in front
         // (an odd n0) or behind (an odd end); the key it pairs with is outside this block.
@@ -216,14 +245,14 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
           }
           if constexpr (half) {
-            T* ph = p_half + r * kc;
+            C* ph = p_half + r * kc;
             if (lead) ph[0] = T(0.f);
             to_gemm_type(s, ph + lead, cols);
             if (kc > lead + cols) ph[kc - 1] = T(0.f);
           }
         }
         // Alg. 1 line 10 (cont.): O += P V_j.
-        const T* pg;
+        const C* pg;
         if constexpr (half) {
           pg = p_half;
         } else {
@@ -236,12 +265,12 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // A VNNI pad key that is a real key of the cache (0 * its garbage) counts as hidden too.
         const bool padded = a0 < n0 || (a1 > n0 + cols && n0 + cols < p.Sb);
         const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi || padded;
-        if (vnni) {
-          gemm_vnni<T>(rows, p.E, kc, pg, kc, kpk + k_pack + a0 * p.E, p.E, partial ? pv : acc, p.E, !partial && !first);
+        if (vnni) {  // (never with widened tiles: VNNI pairs hold half inputs)
+          if constexpr (!widen) gemm_vnni<C>(rows, p.E, kc, pg, kc, kpk + k_pack + a0 * p.E, p.E, partial ? pv : acc, p.E, !partial && !first);
         } else if (!partial) {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.vs.r, p.vs.r, first ? 0.f : 1.f, acc, p.E);
+          gemm<C>(false, false, rows, p.E, cols, 1.f, pg, cols, vg, ldv, first ? 0.f : 1.f, acc, p.E);
         } else {
-          gemm<T>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.vs.r, p.vs.r, 0.f, pv, p.E);
+          gemm<C>(false, false, rows, p.E, cols, 1.f, pg, cols, vg, ldv, 0.f, pv, p.E);
         }
         if (partial) {
           for (int64_t r = 0; r < rows; ++r) {
@@ -272,6 +301,22 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   });
 }
 
+// The forward over inputs of dtype T: products in T, or (`widen`, half inputs) in float32 with every
+// tile widened as the pass reads it.
+template <typename T>
+void run_forward(bool widen, const Params& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 at::Tensor& out, const RowStrides& os, at::Tensor& lse, float* m_out, float* l_out) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (widen) {
+      forward_kernel<T, float>(p, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<float>(), os,
+                               lse.data_ptr<float>(), m_out, l_out);
+      return;
+    }
+  }
+  forward_kernel<T>(p, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<float>(), os,
+                    lse.data_ptr<float>(), m_out, l_out);
+}
+
 // ============================================================================= the hot path
 // attnkit.attention's common call in one op: arguments checked here, the forward kernel over the
 // whole problem, the result in the input dtype. Every check that fails raises; the Python side then
@@ -299,10 +344,23 @@ at::Tensor forward_q(const at::Tensor& q_in) {
   return H > 1 && Lb > 1 && Lb < kFwdBlockQSmall && q.stride(1) != Lb * q.stride(2) ? q.contiguous() : q;
 }
 
+// Half inputs multiplied in float32 (half_gemm 0): a range shorter than a query block (a decode
+// step) reads each K/V tile in one block per head group, so the pass widens its tiles as it reads
+// them (no widened copy of the cache per step); a longer range reads every tile once per query
+// block, so its inputs are widened once, up front.
+inline bool widen_up_front(const at::Tensor& q, int64_t half_gemm) {
+  return q.scalar_type() != at::kFloat && half_gemm == 0 && q.size(2) >= kFwdBlockQSmall;
+}
+inline at::Tensor widened_if(bool up_front, const at::Tensor& t) { return up_front ? t.to(at::kFloat) : t; }
+
 // ============================================================================= op entry points
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Tensor& k_in,
-                                                                   const at::Tensor& v_in, ATTNKIT_SPEC_PARAMS) {
-  const at::Tensor q = forward_q(q_in), k = as_rows(k_in), v = as_rows(v_in);
+                                                                   const at::Tensor& v_in, ATTNKIT_SPEC_PARAMS,
+                                                                   int64_t half_gemm) {
+  TORCH_CHECK(q_in.scalar_type() == k_in.scalar_type() && q_in.scalar_type() == v_in.scalar_type(), "q, k, v: one dtype");
+  const bool up_front = widen_up_front(q_in, half_gemm);
+  const at::Tensor q = forward_q(widened_if(up_front, q_in));
+  const at::Tensor k = as_rows(widened_if(up_front, k_in)), v = as_rows(widened_if(up_front, v_in));
   const Params p = make_params(q, k, v, ATTNKIT_SPEC_ARGS);
   auto f32 = q.options().dtype(at::kFloat);
   // (B, Lb, H, E) storage seen as (B, H, Lb, E), as the hot path's (a model's transpose is free).
@@ -314,8 +372,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Ten
     if constexpr (std::is_same_v<scalar_t, double>) {
       TORCH_CHECK(false, "float64 runs on the PyTorch tile path");
     } else {
-      forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                               out.data_ptr<float>(), os, lse.data_ptr<float>(), m.data_ptr<float>(), l.data_ptr<float>());
+      run_forward<scalar_t>(half_gemm == 0, p, q, k, v, out, os, lse, m.data_ptr<float>(), l.data_ptr<float>());
     }
   });
   return {out, lse, m, l};
@@ -369,13 +426,10 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   }
   const at::Tensor kvl = lengths_arg(kv_lengths, B, S, "kv_lengths");
   const at::Tensor ql = lengths_arg(q_lengths, B, L, "q_lengths");
-  // half_gemm: 1 = half-precision tile products, 0 = widen half inputs to float32 (the caller
-  // decides: engines/kernel/fused.py half_products, the rule the forward/backward ops follow too).
-  const bool widen = dt != at::kFloat && half_gemm == 0;
   // Read in place where the layout allows (as_rows): a model's (B, L, H, D) storage needs no copy.
-  const at::Tensor q = forward_q(widen ? q_in.to(at::kFloat) : q_in);
-  const at::Tensor k = as_rows(widen ? k_in.to(at::kFloat) : k_in);
-  const at::Tensor v = as_rows(widen ? v_in.to(at::kFloat) : v_in);
+  const bool up_front = widen_up_front(q_in, half_gemm);
+  const at::Tensor q = forward_q(widened_if(up_front, q_in));
+  const at::Tensor k = as_rows(widened_if(up_front, k_in)), v = as_rows(widened_if(up_front, v_in));
   const Params p = make_params(q, k, v, kvl.defined() ? std::optional<at::Tensor>(kvl) : std::nullopt,
                                ql.defined() ? std::optional<at::Tensor>(ql) : std::nullopt, bmask, fmask,
                                /*bias=*/std::nullopt, alibi, /*i0=*/0, /*j0=*/0, L, S, causal, window_left,
@@ -389,8 +443,9 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   if (out.numel() != 0 || lse.numel() != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
       if constexpr (!std::is_same_v<scalar_t, double>) {
-        forward_kernel<scalar_t>(p, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                                 out.data_ptr<float>(), os, lse.data_ptr<float>(), nullptr, nullptr);
+        // half_gemm: 1 = half-precision products, 0 = half inputs widened tile by tile (the caller
+        // decides: engines/kernel/fused.py half_products, the rule of the forward/backward ops too).
+        run_forward<scalar_t>(half_gemm == 0, p, q, k, v, out, os, lse, nullptr, nullptr);
       }
     });
   }

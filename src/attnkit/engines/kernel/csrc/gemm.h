@@ -79,7 +79,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 
 // ----------------------------------------------------------------------------- native half GEMM
 // Where the CPU multiplies bf16 (fp16) natively — AMX tiles or AVX512-BF16 dot products
-// (AVX512-FP16 / AMX-FP16) — the tile products go through oneDNN's brgemm ukernel, which ATen
+// (fp16: AMX-FP16 only, build.py) — the tile products go through oneDNN's brgemm ukernel, which ATen
 // exports as at::native::cpublas::brgemm and SDPA's bf16 kernel uses too. build.py compiles it
 // in (-DATTNKIT_NATIVE_BF16 / _FP16) from the CPU flags; elsewhere the products go through MKL
 // above. brgemm takes B in VNNI pairs: B[k][n] at ((k / 2) * ldb + n) * 2 + k % 2.
@@ -193,6 +193,25 @@ at::Tensor scratch_of(int64_t n) {
   return at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// dst (rows x cols float32, dense) = src (rows x cols half, rows `ld` apart): a half input's tile
+// widened for float32 products (a decode step reads its cache once, no widened copy of it).
+template <typename T>
+void widen_rows(const T* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
+  using HalfVec = at::vec::Vectorized<T>;
+  using FloatVec = at::vec::Vectorized<float>;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a = src + r * ld;
+    float* d = dst + r * cols;
+    int64_t c = 0;
+    for (; c + HalfVec::size() <= cols; c += HalfVec::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<T>(HalfVec::loadu(a + c));
+      lo.store(d + c);
+      hi.store(d + c + FloatVec::size());
+    }
+    for (; c < cols; ++c) d[c] = static_cast<float>(a[c]);
+  }
+}
 
 template <typename T>
 inline void to_gemm_type(const float* src, T* dst, int64_t n) {

@@ -11,8 +11,10 @@
 namespace attnkit_fused {
 
 // forward.cpp: one query range x key range; out (B,H,Lb,E) and lse, m, l (B,H,Lb), float32.
+// half_gemm 0: half inputs multiplied in float32, each tile widened as it is read.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k,
-                                                                   const at::Tensor& v, ATTNKIT_SPEC_PARAMS);
+                                                                   const at::Tensor& v, ATTNKIT_SPEC_PARAMS,
+                                                                   int64_t half_gemm);
 // forward.cpp: the hot path, attnkit.attention's common call with its checks; out in q's dtype.
 std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                              const std::optional<at::Tensor>& mask_in,

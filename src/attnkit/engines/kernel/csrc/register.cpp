@@ -9,7 +9,8 @@
 
 // Every op's problem description is ATTNKIT_SPEC_SCHEMA: named arguments (params.h).
 TORCH_LIBRARY(attnkit_fused, m) {
-  m.def("forward(Tensor q, Tensor k, Tensor v, " ATTNKIT_SPEC_SCHEMA ") -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("forward(Tensor q, Tensor k, Tensor v, " ATTNKIT_SPEC_SCHEMA
+        ", int half_gemm=1) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor q, Tensor k, Tensor v, Tensor dout, Tensor m, Tensor l, Tensor delta, Tensor(a!) dq, "
       "Tensor(b!) dk, Tensor(c!) dv, Tensor(d!)? d_float_mask, Tensor(e!)? d_bias, " ATTNKIT_SPEC_SCHEMA ") -> ()");
