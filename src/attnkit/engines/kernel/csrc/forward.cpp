@@ -124,6 +124,10 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
   const bool raw = plain_scores(p);
+  // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
+  // each), so the product reads each chunk from L1 right after it is written (measured: widening
+  // a whole 512-key block cost more than its product).
+  const int64_t wide_keys = std::max<int64_t>(kMinCols, (kWidenFloats / std::max(p.D, p.E)) / 16 * 16);
 
   // Parallel over (batch * kv group, query block); K/V are read in place, never repeated. A problem
   // of a few microseconds (an L=16 encoder call) runs on the calling thread: an OpenMP fork/join
@@ -135,9 +139,10 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
     VnniRelease<T> release{vnni};
     at::Tensor scratch = scratch_of<float>(per_thread);
     at::Tensor scratch_half = scratch_of<C>(half ? rows_max * (cols_max + 2) : 0);  // + VNNI pair padding
-    // Widened tiles: the block's q rows, then one key block of K and of V.
-    const int64_t q_wide_size = round16(rows_max * p.D), k_wide_size = round16(cols_max * p.D);
-    at::Tensor scratch_wide = scratch_of<float>(widen ? q_wide_size + k_wide_size + cols_max * p.E : 0);
+    // Widened tiles: the block's q rows, then `wide_keys` keys of K and of V (L1-sized chunks).
+    const int64_t chunk_max = wide_keys + kMinCols - 1;  // a short last chunk joins the one before
+    const int64_t q_wide_size = round16(rows_max * p.D), k_wide_size = round16(chunk_max * p.D);
+    at::Tensor scratch_wide = scratch_of<float>(widen ? q_wide_size + k_wide_size + chunk_max * p.E : 0);
     float* q_wide = widen ? scratch_wide.data_ptr<float>() : nullptr;
     float* k_wide = widen ? q_wide + q_wide_size : nullptr;
     float* v_wide = widen ? k_wide + k_wide_size : nullptr;
@@ -201,20 +206,17 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
-        // K and V of this key block as the products read them: in place, or widened here.
-        const C *kg, *vg;
-        int64_t ldk, ldv;
-        if constexpr (widen) {
-          widen_rows(kp + n0 * p.ks.r, cols, p.D, p.ks.r, k_wide);
-          widen_rows(vp + n0 * p.vs.r, cols, p.E, p.vs.r, v_wide);
-          kg = k_wide, ldk = p.D, vg = v_wide, ldv = p.E;
+        const int64_t chunks = widen ? block_count(cols, wide_keys, kMinCols) : 0;  // widened K/V chunks
+        if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
+          for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
+            n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
+            widen_rows(kp + (n0 + c0) * p.ks.r, n, p.D, p.ks.r, k_wide);
+            gemm<float>(false, true, rows, n, p.D, 1.f, qg, ldq, k_wide, p.D, 0.f, qk + c0, cols);
+          }
+        } else if (vnni) {
+          gemm_vnni<C>(rows, cols, p.D, qg, ldq, kpk + n0 * 2, p.Sb, qk, cols, false);
         } else {
-          kg = kp + n0 * p.ks.r, ldk = p.ks.r, vg = vp + n0 * p.vs.r, ldv = p.vs.r;
-        }
-        if (vnni) {
-          if constexpr (!widen) gemm_vnni<C>(rows, cols, p.D, qg, ldq, kpk + n0 * 2, p.Sb, qk, cols, false);
-        } else {
-          gemm<C>(false, true, rows, cols, p.D, 1.f, qg, ldq, kg, ldk, 0.f, qk, cols);
+          gemm<C>(false, true, rows, cols, p.D, 1.f, qg, ldq, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);
         }
         // P V over keys [a0, a1): VNNI pairs start at an even key, so P gets a zero column in front
         // (an odd n0) or behind (an odd end); the key it pairs with is outside this block.
@@ -265,12 +267,18 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // A VNNI pad key that is a real key of the cache (0 * its garbage) counts as hidden too.
         const bool padded = a0 < n0 || (a1 > n0 + cols && n0 + cols < p.Sb);
         const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi || padded;
-        if (vnni) {  // (never with widened tiles: VNNI pairs hold half inputs)
-          if constexpr (!widen) gemm_vnni<C>(rows, p.E, kc, pg, kc, kpk + k_pack + a0 * p.E, p.E, partial ? pv : acc, p.E, !partial && !first);
-        } else if (!partial) {
-          gemm<C>(false, false, rows, p.E, cols, 1.f, pg, cols, vg, ldv, first ? 0.f : 1.f, acc, p.E);
+        float* const pv_out = partial ? pv : acc;  // partial: redone where non-finite, then added
+        const float beta = !partial && !first ? 1.f : 0.f;
+        if constexpr (widen) {
+          for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
+            n = block_len(cols, wide_keys, chunks, c);
+            widen_rows(vp + (n0 + c0) * p.vs.r, n, p.E, p.vs.r, v_wide);
+            gemm<float>(false, false, rows, p.E, n, 1.f, pg + c0, cols, v_wide, p.E, c0 == 0 ? beta : 1.f, pv_out, p.E);
+          }
+        } else if (vnni) {
+          gemm_vnni<C>(rows, p.E, kc, pg, kc, kpk + k_pack + a0 * p.E, p.E, pv_out, p.E, beta != 0.f);
         } else {
-          gemm<C>(false, false, rows, p.E, cols, 1.f, pg, cols, vg, ldv, 0.f, pv, p.E);
+          gemm<C>(false, false, rows, p.E, cols, 1.f, pg, cols, vp + n0 * p.vs.r, p.vs.r, beta, pv_out, p.E);
         }
         if (partial) {
           for (int64_t r = 0; r < rows; ++r) {
