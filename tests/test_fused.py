@@ -206,19 +206,39 @@ def test_half_decode_steps_widen_their_tiles_in_the_pass(dtype, mode, shape, mon
         assert_flash_rule(lse, base.lse, ref.lse)
 
 
-@pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF])
+@pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF, build.HALF_IF_SHORT])
 def test_half_gemm_modes_pick_the_gemm_dtype(mode, monkeypatch):
     """HALF_IF_EVEN (native VNNI products: even head dims, at least a query block of rows) widens odd
-    head dims and decode steps to float32 rather than send them to MKL's emulated half GEMM."""
+    head dims and decode steps to float32 rather than send them to MKL's emulated half GEMM;
+    HALF_IF_SHORT (Intel without AMX) multiplies only decode steps in half precision."""
     monkeypatch.setattr(fused_path, "half_gemm", lambda dtype: mode)
     even, odd = torch.zeros(1, 1, 32, 64), torch.zeros(1, 1, 32, 59)
     step = torch.zeros(1, 1, 1, 64)  # a decode step: every step's cache length is a new brgemm shape
-    half = {build.WIDEN: (False, False), build.HALF_IF_EVEN: (True, False), build.HALF: (True, True)}[mode]
-    for (q, v), want in (((even, even), half[0]), ((even, odd), half[1]), ((odd, even), half[1]),
-                         ((step, step), half[1])):
+    # half products for (even dims, odd D, odd E, decode step)
+    half = {build.WIDEN: (False,) * 4, build.HALF_IF_EVEN: (True, False, False, False), build.HALF: (True,) * 4,
+            build.HALF_IF_SHORT: (False, False, False, True)}[mode]
+    for (q, v), want in zip(((even, even), (odd, even), (even, odd), (step, step)), half):
         got = fused_path._gemm_dtype(torch.bfloat16, q, v)
         assert got == (torch.bfloat16 if want else torch.float32), (q.shape, v.shape)
     assert fused_path._gemm_dtype(torch.float32, odd, odd) == torch.float32
+
+
+@pytest.mark.parametrize("vendor, flags, modes", [
+    ("GenuineIntel", {"avx512_bf16", "amx_bf16", "amx_fp16"}, (build.HALF, build.HALF)),  # AMX tiles
+    ("GenuineIntel", {"avx512_bf16", "avx512_fp16"}, (build.HALF_IF_SHORT, build.WIDEN)),  # measured here
+    ("AuthenticAMD", {"avx512_bf16"}, (build.HALF_IF_EVEN, build.WIDEN)),  # brgemm's dot products
+    ("AuthenticAMD", {"avx2"}, (build.WIDEN, build.WIDEN)),
+], ids=["intel-amx", "intel-avx512-bf16", "amd-avx512-bf16", "avx2"])
+def test_each_cpu_multiplies_half_inputs_the_way_measured_fastest_there(vendor, flags, modes, monkeypatch):
+    """(bf16, fp16) modes per CPU (build.half_gemm's docstring has the measurements)."""
+    monkeypatch.setattr(build, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(build, "_cpu_flags", lambda: sorted(flags))
+    monkeypatch.delenv("ATTNKIT_FUSED_HALF_GEMM", raising=False)
+    build._half_gemm_here.cache_clear()
+    try:
+        assert (build.half_gemm(torch.bfloat16), build.half_gemm(torch.float16)) == modes
+    finally:
+        build._half_gemm_here.cache_clear()
 
 
 @pytest.mark.parametrize("case", [dict(mask="float"), dict(mask="float_cols", bias="bias", causal=True),

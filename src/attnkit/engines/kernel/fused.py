@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ...spec import AttentionSpec
 from . import blocks
-from .build import HALF, HALF_IF_EVEN, build_status, half_gemm
+from .build import HALF, HALF_IF_EVEN, HALF_IF_SHORT, build_status, half_gemm
 
 __all__ = ["CAUSAL", "DTYPES", "half_products", "unsupported", "status", "spec_args", "forward", "backward"]
 
@@ -85,8 +85,9 @@ def half_products(mode: int, q: Tensor, v: Tensor) -> bool:
     (else widened to float32): the one rule, for the forward/backward ops and the hot path's op."""
     # VNNI products need even head dims, and not a range shorter than a query block (a decode
     # step: brgemm compiles a kernel per shape, and a growing cache is a new shape every step).
-    native = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and q.shape[-2] >= blocks.QUERY_TILE_SMALL
-    return mode == HALF or (mode == HALF_IF_EVEN and native)
+    short = q.shape[-2] < blocks.QUERY_TILE_SMALL
+    native = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and not short
+    return mode == HALF or (mode == HALF_IF_EVEN and native) or (mode == HALF_IF_SHORT and short)
 
 
 def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:

@@ -352,12 +352,13 @@ at::Tensor forward_q(const at::Tensor& q_in) {
   return H > 1 && Lb > 1 && Lb < kFwdBlockQSmall && q.stride(1) != Lb * q.stride(2) ? q.contiguous() : q;
 }
 
-// Half inputs multiplied in float32 (half_gemm 0): a range shorter than a query block (a decode
-// step) reads each K/V tile in one block per head group, so the pass widens its tiles as it reads
-// them (no widened copy of the cache per step); a longer range reads every tile once per query
+// Half inputs multiplied in float32 (half_gemm 0): a range shorter than kMidRange is one query
+// block per head (or per head group: decode), which reads each K/V tile once, so the pass widens
+// its tiles as it reads them (no widened copy allocated and written per call: for a bf16 encoder
+// call that copy cost more than the attention); a longer range reads every tile once per query
 // block, so its inputs are widened once, up front.
 inline bool widen_up_front(const at::Tensor& q, int64_t half_gemm) {
-  return q.scalar_type() != at::kFloat && half_gemm == 0 && q.size(2) >= kFwdBlockQSmall;
+  return q.scalar_type() != at::kFloat && half_gemm == 0 && q.size(2) >= kMidRange;
 }
 inline at::Tensor widened_if(bool up_front, const at::Tensor& t) { return up_front ? t.to(at::kFloat) : t; }
 
