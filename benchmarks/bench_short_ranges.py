@@ -5,7 +5,7 @@ since 2026-12-07) instead of SDPA's 32-row blocks. This script is the A/B behind
 on two trees in turn (the tree is whatever ``attnkit`` imports, e.g. ``PYTHONPATH=/tmp/old/src``
 with ``ATTNKIT_CACHE=/tmp/old_cache`` for the code before) and compare the ratios.
 
-    PYTHONPATH=src python benchmarks/bench_short_ranges.py [--rounds 41]
+    PYTHONPATH=src python benchmarks/bench_short_ranges.py [--rounds 41] [--dtype bfloat16]
 
 Each row: loops of calls (about 2·10⁷ multiply-adds per loop), attnkit and SDPA alternating which
 goes first, medians of ``--rounds`` loops; ratio = SDPA time / attnkit time. The loop is written here,
@@ -30,9 +30,9 @@ SHAPES = [  # (B, H, L, S, D)
 ]
 
 
-def row(B: int, H: int, L: int, S: int, D: int, rounds: int) -> str:
+def row(B: int, H: int, L: int, S: int, D: int, rounds: int, dtype: torch.dtype = torch.float32) -> str:
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(B, H, L, D, generator=g), torch.randn(B, H, S, D, generator=g), torch.randn(B, H, S, D, generator=g)
+    q, k, v = (torch.randn(B, H, n, D, generator=g).to(dtype) for n in (L, S, S))
     fns = {"attnkit": lambda: attnkit.attention(q, k, v), "sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
     n = max(1, int(2e7 / (B * H * L * S * D)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -52,9 +52,11 @@ def row(B: int, H: int, L: int, S: int, D: int, rounds: int) -> str:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=41, help="timed loops per implementation (default 41)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="input dtype")
     args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
     print(header(torch.get_num_threads()))
     print(f"- attnkit from {attnkit.__file__}\n")
-    print("| fp32 inference call | attnkit µs | SDPA µs | attnkit vs SDPA |\n|---|---:|---:|---:|")
+    print(f"| {args.dtype} inference call | attnkit µs | SDPA µs | attnkit vs SDPA |\n|---|---:|---:|---:|")
     for shape in SHAPES:
-        print(row(*shape, rounds=args.rounds), flush=True)
+        print(row(*shape, rounds=args.rounds, dtype=dtype), flush=True)
