@@ -99,7 +99,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // [D/2][Sb][2] and [Sp/2][E][2] (an odd last key paired with zeros).
   // Not below a query block (decode): brgemm JIT-compiles a kernel per shape and a decode step's
   // growing cache is a new shape every step (measured: 1.08 ms per bf16 step vs 0.21 ms at a fixed
-  // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's bf16 GEMM (HALF).
+  // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's half GEMM (HALF,
+  // HALF_IF_SHORT: build.half_gemm).
   const bool vnni = native_half<C>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
   const int64_t Sp = p.Sb + (p.Sb & 1), k_pack = p.D * p.Sb, kv_pack = k_pack + Sp * p.E;
   at::Tensor packed = vnni ? scratch_of<T>(p.B * p.G * kv_pack) : at::Tensor();
