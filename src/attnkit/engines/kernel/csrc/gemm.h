@@ -187,10 +187,11 @@ struct SequentialBlas {
   }
 };
 
-// 64-byte aligned scratch (MKL's packing routines are markedly slower on unaligned tiles).
+// 64-byte aligned scratch (MKL's packing routines are markedly slower on unaligned tiles); none for
+// n = 0 (an empty tensor still costs an allocation of its own, per thread and call).
 template <typename T>
 at::Tensor scratch_of(int64_t n) {
-  return at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  return n == 0 ? at::Tensor() : at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
