@@ -303,6 +303,25 @@ def test_weights_below_the_normal_range_are_flushed_and_the_callers_float_mode_i
     assert tiny.item() != 0.0, "the caller's thread was left flushing denormals"
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "keys-strided", "padding"])
+def test_boolean_masks_in_the_score_pass(layout):
+    """A boolean mask is applied in the score pass, a vector of keys at a time (one byte load and a
+    blend where the row is contiguous, a lane loop elsewhere), S = 150 so rows end mid-vector:
+    every layout under the rule against the float64 oracle, gradients included."""
+    B, H, G, L, S, D = 2, 4, 2, 37, 150, 16
+    q, k, v = qkv(B, H, G, L, S, D, seed=41)
+    g = torch.Generator().manual_seed(5)
+    if layout == "padding":  # (B, 1, 1, S), a padding mask as a model passes it
+        mask = (torch.arange(S)[None] < torch.tensor([[S], [61]]))[:, None, None, :]
+    else:
+        mask = torch.rand(B, H, L, S, generator=g) < 0.7
+        mask[..., 0] = True
+        if layout == "keys-strided":  # a transposed view: keys L apart
+            mask = mask.transpose(-1, -2).contiguous().transpose(-1, -2)
+            assert mask.stride(-1) != 1
+    check_all(q, k, v, dict(mask=mask), torch.float32)
+
+
 def test_fully_masked_rows_out_zero_lse_neg_inf():
     q, k, v = qkv(2, 2, 1, 9, 40, 8)
     out, lse = fused(q, k, v, kv_lengths=torch.tensor([0, 40]), q_lengths=torch.tensor([9, 4]))

@@ -139,6 +139,8 @@ MUTANTS: list[Mutant] = [
     Mutant("Q2", "half-product rule per CPU: an Intel CPU without AMX gets AMX's mode (half products everywhere)",
            "src/attnkit/engines/kernel/build.py", 'and "amx_bf16" in flags:', "and NATIVE_BF16 & flags:",
            ("test_fused.py",)),
+    Mutant("B1", "C++ score pass: a contiguous boolean mask row hides the keys it keeps (blend inverted)",
+           ROW_STEP, "_mm512_set1_ps(kNegInf), x));", "x, _mm512_set1_ps(kNegInf)));", ("test_fused.py",)),
     # ---- native half products (VNNI pairs; compiled in only where the CPU has avx512_bf16 / amx_bf16)
     Mutant("V1", "C++ forward: the key a VNNI pair adds after an odd cache length is not treated as hidden "
            "(0 * its garbage leaks; killed only where bf16 is native)", FORWARD,

@@ -10,6 +10,9 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "params.h"
 
@@ -21,6 +24,29 @@ inline Vec load_strided(const float* base, int64_t stride, int64_t count) {
   __at_align__ float tmp[Vec::size()] = {};
   for (int64_t t = 0; t < count; ++t) tmp[t] = base[t * stride];
   return Vec::loadu(tmp);
+}
+
+// x where the boolean mask row keeps the key (m[t * stride], lanes t < cnt), -inf elsewhere: the
+// mask applied in the score pass itself (a scalar pass and a second max pass cost a training call
+// with a padding mask 1.25x SDPA's on a Xeon).
+// A full vector of a contiguous mask row is one byte load and a blend (the portable loop below
+// compiles to a compare and branch per lane, then a store-forwarding stall).
+inline Vec keep_visible(Vec x, const bool* m, int64_t stride, int64_t cnt) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (stride == 1 && cnt == 16) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(m));
+    return Vec(_mm512_mask_blend_ps(_mm_test_epi8_mask(bytes, bytes), _mm512_set1_ps(kNegInf), x));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (stride == 1 && cnt == 8) {
+    const __m256i lanes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lanes, _mm256_setzero_si256()));
+    return Vec(_mm256_blendv_ps(_mm256_set1_ps(kNegInf), x, keep));
+  }
+#endif
+  __at_align__ float keep[Vec::size()];
+  for (int64_t t = 0; t < Vec::size(); ++t) keep[t] = t < cnt && m[t * stride] ? 1.f : 0.f;
+  return Vec::blendv(Vec(kNegInf), x, Vec::loadu(keep) != Vec(0.f));
 }
 
 // Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
@@ -63,6 +89,7 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
   const float pos = static_cast<float>(ia + align_offset(p, b));
   const float* frow = p.fmask ? p.fmask + b * p.fs.b + h * p.fs.h + ia * p.fs.i : nullptr;
   const float* brow = p.bias ? p.bias + b * p.bs.b + h * p.bs.h + ia * p.bs.i : nullptr;
+  const bool* mrow = p.mask ? p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i : nullptr;
   // Key positions of the current vector, stepped by VS (Vec::arange builds its lanes one by one:
   // per vector it made ALiBi cost 1.35x a plain forward). Exact for positions below 2^24.
   Vec cols = p.alibi ? Vec::arange(static_cast<float>(ja + lo), 1.f) : Vec(0.f);
@@ -84,20 +111,9 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
     }
     if (frow) x = x + load_strided(frow + (ja + j) * p.fs.j, p.fs.j, cnt);
     if (brow) x = x + load_strided(brow + (ja + j) * p.bs.j, p.bs.j, cnt);
+    if (mrow) x = keep_visible(x, mrow + (ja + j) * p.ms.j, p.ms.j, cnt);
     x.store(s + j, cnt);
     vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
-  }
-  if (p.mask) {
-    const bool* mrow = p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i;
-    vmax = vninf;
-    for (int64_t j = lo; j < hi; ++j) {
-      if (!mrow[(ja + j) * p.ms.j]) s[j] = kNegInf;
-    }
-    for (int64_t j = lo; j < hi; j += VS) {
-      const int64_t cnt = std::min(VS, hi - j);
-      Vec x = Vec::loadu(s + j, cnt);
-      vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
-    }
   }
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
 }
