@@ -141,6 +141,8 @@ MUTANTS: list[Mutant] = [
            ("test_fused.py",)),
     Mutant("B1", "C++ score pass: a contiguous boolean mask row hides the keys it keeps (blend inverted)",
            ROW_STEP, "_mm512_set1_ps(kNegInf), x));", "x, _mm512_set1_ps(kNegInf)));", ("test_fused.py",)),
+    Mutant("G2", "C++ backward: dQ added into the caller's rows as if they were D apart (a model's layout misread)",
+           BACKWARD, "const int64_t ldq = dq_direct ? gs[0].r : p.D;", "const int64_t ldq = p.D;", KERNEL_TESTS),
     # ---- native half products (VNNI pairs; compiled in only where the CPU has avx512_bf16 / amx_bf16)
     Mutant("V1", "C++ forward: the key a VNNI pair adds after an odd cache length is not treated as hidden "
            "(0 * its garbage leaks; killed only where bf16 is native)", FORWARD,

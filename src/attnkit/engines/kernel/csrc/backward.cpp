@@ -53,8 +53,11 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
   const int64_t half_packs = vnni ? bk_pad * (2 * p.D + p.E) + bq_pad * (p.D + p.E) : 0;
   // dQ gathers contributions from every key block, and float-mask / bias gradients sum over
   // broadcast dims that several work items share: each chunk accumulates privately and adds
-  // its copy to the caller's tensors under a lock at the end.
-  const int64_t dq_numel = p.B * p.H * p.Lb * p.D;
+  // its copy to the caller's tensors under a lock at the end. With one key block (S up to
+  // BWD_KEY_TILE: an encoder's training call) each (batch, kv head) item is the only writer of its
+  // heads' dQ rows, so it adds into the caller's dq directly (no zeroed private copy per thread).
+  const bool dq_direct = k_blocks == 1;
+  const int64_t dq_numel = dq_direct ? 0 : p.B * p.H * p.Lb * p.D;
   const at::Tensor* dmask_out[2] = {d_fmask, d_bias};
   std::mutex reduce_lock;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
@@ -67,7 +70,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
     at::Tensor scratch = scratch_of<float>(per_thread);
     VnniRelease<T> release{vnni};
     at::Tensor scratch_half = scratch_of<T>(half ? half_ab + half_packs : 0);
-    at::Tensor dq_private = at::zeros({dq_numel}, at::kFloat);
+    at::Tensor dq_private = dq_direct ? at::Tensor() : at::zeros({dq_numel}, at::kFloat);
     at::Tensor dmask_private[2];
     float* pbuf = scratch.data_ptr<float>();
     float* dpbuf = pbuf + bq_max * bk_max;
@@ -83,7 +86,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
     T* k_pack = vnni ? vt_pack + bk_pad * p.E : nullptr;       // K [cols/2][D][2]
     T* q_pack = vnni ? k_pack + bk_pad * p.D : nullptr;        // Q [rows/2][D][2]
     T* do_pack = vnni ? q_pack + bq_pad * p.D : nullptr;       // dO [rows/2][E][2]
-    float* dq_t = dq_private.data_ptr<float>();
+    float* dq_t = dq_direct ? nullptr : dq_private.data_ptr<float>();
     float* dm_t[2] = {nullptr, nullptr};
     Strides4 dm_s[2];
     for (int w = 0; w < 2; ++w) {
@@ -117,6 +120,9 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
           if (!block_sees_keys(p, b, l_in + bh * p.Lb, m0, rows, ja, cols)) continue;
           const T* qp = q + b * p.qs.b + h * p.qs.h + m0 * p.qs.r;
           const T* dop = dout + b * os.b + h * os.h + m0 * os.r;
+          // This block's dQ rows: the caller's (dq_direct) or this thread's private copy.
+          float* dq_rows = dq_direct ? dq + b * gs[0].b + h * gs[0].h + m0 * gs[0].r : dq_t + (bh * p.Lb + m0) * p.D;
+          const int64_t ldq = dq_direct ? gs[0].r : p.D;
           // Alg. 2 lines 10-11: S = Q K^T, P = exp(S - m) / l with the forward's final m and l (not
           // exp(S - L): a float L = m + log l rounds, and at a huge offset loses log l entirely);
           // line 14: dP = dO V^T.
@@ -169,7 +175,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
             // Alg. 2 line 12: dV_j += P^T dO.
             gemm_vnni<T>(cols, p.E, rp, p_half, rp, do_pack, p.E, dv_acc, p.E, true);
             // Alg. 2 line 17: dQ_i += scale dS K_j.
-            gemm_vnni<T>(rows, p.D, cp, ds_half, cp, k_pack, p.D, dq_t + (bh * p.Lb + m0) * p.D, p.D, true);
+            gemm_vnni<T>(rows, p.D, cp, ds_half, cp, k_pack, p.D, dq_rows, ldq, true);
             // Alg. 2 line 18: dK_j += scale dS^T Q.
             gemm_vnni<T>(cols, p.D, rp, dst_half, rp, q_pack, p.D, dk_acc, p.D, true);
             continue;
@@ -184,8 +190,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
           // Alg. 2 line 12: dV_j += P^T dO.
           gemm<T>(true, false, cols, p.E, rows, 1.f, pm_g, cols, dop, os.r, 1.f, dv_acc, p.E);
           // Alg. 2 line 17: dQ_i += scale dS K_j (f32 accumulator of this thread).
-          gemm<T>(false, false, rows, p.D, cols, p.scale, dsm_g, cols, kp, p.ks.r, 1.f, dq_t + (bh * p.Lb + m0) * p.D,
-                  p.D);
+          gemm<T>(false, false, rows, p.D, cols, p.scale, dsm_g, cols, kp, p.ks.r, 1.f, dq_rows, ldq);
           // Alg. 2 line 18: dK_j += scale dS^T Q.
           gemm<T>(true, false, cols, p.D, rows, p.scale, dsm_g, cols, qp, p.qs.r, 1.f, dk_acc, p.D);
         }
@@ -200,7 +205,7 @@ void backward_kernel(const Params& p, const T* q, const T* k, const T* v, const 
       }
     }
     std::lock_guard<std::mutex> guard(reduce_lock);
-    for (int64_t bh = 0; bh < p.B * p.H; ++bh)
+    for (int64_t bh = 0; bh < (dq_direct ? 0 : p.B * p.H); ++bh)
       for (int64_t i = 0; i < p.Lb; ++i) {
         float* row = dq + (bh / p.H) * gs[0].b + (bh % p.H) * gs[0].h + i * gs[0].r;
         at::vec::map2<float>([](Vec a, Vec x) { return a + x; }, row, row, dq_t + (bh * p.Lb + i) * p.D, p.D);
