@@ -15,31 +15,17 @@ cache with S = 500, 501, ... (a model's cache); the others repeat one cache leng
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 import attnkit
 from attnkit.bench.machine import header
+from bench_short_ranges import loop_medians  # the same alternating loops (this directory is on sys.path)
 
 SHAPES = [  # (B, H, G, S, D)
     (1, 8, 8, 512, 64), (1, 32, 8, 4096, 128), (4, 32, 8, 2048, 128),
 ]
-
-
-def _loop_median(fns: dict[str, Callable[[int], object]], steps: int, rounds: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in (names if r % 2 else names[::-1]):
-            t0 = time.perf_counter()
-            for i in range(steps):
-                fns[name](i)
-            samples[name].append((time.perf_counter() - t0) / steps)
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def row(dtype: torch.dtype, B: int, H: int, G: int, S: int, D: int, rounds: int, growing: bool) -> str:
@@ -53,12 +39,8 @@ def row(dtype: torch.dtype, B: int, H: int, G: int, S: int, D: int, rounds: int,
         "sdpa": lambda i: F.scaled_dot_product_attention(q, k[:, :, :length(i)], v[:, :, :length(i)],
                                                          enable_gqa=G != H),
     }
-    steps = max(4, int(4e6 / (B * H * S * D)))
     with torch.inference_mode():
-        for fn in fns.values():
-            for i in range(3):
-                fn(i)
-        t = _loop_median(fns, steps, rounds)
+        t = loop_medians(fns, max(4, int(4e6 / (B * H * S * D))), rounds)
     name = f"{str(dtype).removeprefix('torch.')} B={B} H={H} G={G} S={S}{'+' if growing else ''} D={D}"
     return f"| {name} | {t['attnkit'] * 1e6:.0f} | {t['sdpa'] * 1e6:.0f} | {t['sdpa'] / t['attnkit']:.2f}× |"
 

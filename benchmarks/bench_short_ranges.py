@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,22 +31,29 @@ SHAPES = [  # (B, H, L, S, D)
 ]
 
 
+def loop_medians(fns: dict[str, Callable[[int], object]], calls: int, rounds: int) -> dict[str, float]:
+    """Seconds per call of each ``fns[name](i)`` (i = 0, 1, ... within a loop): medians of ``rounds``
+    loops of ``calls`` calls, the implementations alternating which goes first; two warm-up calls."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for fn in fns.values():
+        fn(0), fn(1)
+    for r in range(rounds):
+        for name in (names if r % 2 else names[::-1]):
+            t0 = time.perf_counter()
+            for i in range(calls):
+                fns[name](i)
+            samples[name].append((time.perf_counter() - t0) / calls)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def row(B: int, H: int, L: int, S: int, D: int, rounds: int, dtype: torch.dtype = torch.float32) -> str:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, n, D, generator=g).to(dtype) for n in (L, S, S))
-    fns = {"attnkit": lambda: attnkit.attention(q, k, v), "sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
-    n = max(1, int(2e7 / (B * H * L * S * D)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    fns = {"attnkit": lambda i: attnkit.attention(q, k, v), "sdpa": lambda i: F.scaled_dot_product_attention(q, k, v)}
     with torch.inference_mode():
-        for fn in fns.values():
-            fn(), fn()
-        for r in range(rounds):
-            for name in (("attnkit", "sdpa") if r % 2 else ("sdpa", "attnkit")):
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    fns[name]()
-                samples[name].append((time.perf_counter() - t0) / n)
-    a, s = (statistics.median(samples[name]) for name in ("attnkit", "sdpa"))
+        t = loop_medians(fns, max(1, int(2e7 / (B * H * L * S * D))), rounds)
+    a, s = t["attnkit"], t["sdpa"]
     return f"| B={B} H={H} L={L} S={S} D={D} | {a * 1e6:.0f} | {s * 1e6:.0f} | {s / a:.2f}× |"
 
 

@@ -243,10 +243,10 @@ def half_gemm(dtype: torch.dtype) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _half_gemm_here(dtype: torch.dtype) -> int:
-    flags = set(_cpu_flags())
-    if "GenuineIntel" in cpu_vendor() and "amx_bf16" in flags:
+    flags, intel = set(_cpu_flags()), "GenuineIntel" in cpu_vendor()
+    if intel and "amx_bf16" in flags:
         return HALF
-    if "GenuineIntel" in cpu_vendor() and NATIVE_BF16 & flags:
+    if intel and NATIVE_BF16 & flags:
         return HALF_IF_SHORT if dtype == torch.bfloat16 else WIDEN
     return HALF_IF_EVEN if (NATIVE_BF16 if dtype == torch.bfloat16 else NATIVE_FP16) & flags else WIDEN
 
