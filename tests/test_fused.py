@@ -171,11 +171,13 @@ def test_half_precision(dtype, case, half_gemm, D, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN], ids=["widen", "half-if-even"])
-@pytest.mark.parametrize("shape", [(2, 8, 2, 1, 600, 64), (2, 8, 2, 5, 301, 59), (2, 4, 4, 3, 77, 64)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(2, 8, 2, 1, 600, 64), (2, 8, 2, 5, 301, 59), (2, 4, 4, 3, 77, 64),
+                                   (2, 6, 3, 1, 45, 21), (2, 2, 2, 1, 33, 8)], ids=lambda s: "x".join(map(str, s)))
 def test_half_decode_steps_widen_their_tiles_in_the_pass(dtype, mode, shape, monkeypatch):
     """A decode range of half inputs multiplied in float32 (WIDEN, or HALF_IF_EVEN below a query
-    block): the op widens each tile of q, K and V as its pass reads it, not a copy of the cache.
+    block): the op widens each tile of q, K and V as its pass reads it, not a copy of the cache; the
+    hot path's blocks of at most FEW_ROWS rows widen K and V in registers (csrc/few_rows.h: head dims
+    below and across a vector width here).
     Hot path and forward op, contiguous and a model's (B, L, H, D) layout, NaN garbage past
     kv_lengths: every output under the rule against the float64 oracle."""
     from attnkit.engines import hot

@@ -30,6 +30,8 @@ SHAPES = {  # (B, H, G, L, S, D, E)
     "encoder_tiny": (1, 12, 12, 16, 16, 32, 32),
     "encoder_batch": (3, 4, 4, 65, 65, 32, 32),
     "decode": (2, 8, 2, 1, 513, 64, 64),
+    "decode_mha": (2, 8, 8, 1, 513, 64, 64),  # one row per block: products in registers (few_rows.h)
+    "decode_odd_dims": (2, 3, 3, 1, 70, 21, 37),  # ... with head dims that end mid-vector
     "decode_chunk": (2, 4, 1, 5, 300, 16, 24),
     "awkward": (2, 6, 3, 97, 131, 59, 111),
     "many_blocks": (1, 2, 1, 300, 1100, 16, 16),
@@ -148,11 +150,13 @@ def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_
 @pytest.mark.parametrize("dtype, half", [(torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, 2)],
                          ids=["float32", "bfloat16", "bfloat16-half-products"])
 @pytest.mark.parametrize("L", [1, 5, 40])
-def test_a_cache_of_odd_length_never_reads_the_garbage_after_it(dtype, half, L, monkeypatch):
+@pytest.mark.parametrize("G", [2, 4], ids=["gqa", "mha"])
+def test_a_cache_of_odd_length_never_reads_the_garbage_after_it(dtype, half, L, G, monkeypatch):
     # Rows see every key up to an odd length, so no structural mask marks the tile partial; with
     # native bf16 products (VNNI pairs: forced by mode 2 = HALF, where the build has them) the last
-    # visible key is paired with the first hidden one.
-    B, H, G, S, D = 2, 4, 2, 48, 16
+    # visible key is paired with the first hidden one. L = 1: a decode step's rows, multiplied in
+    # registers (few_rows.h) for one row per block (mha) and widened half rows of a group (gqa).
+    B, H, S, D = 2, 4, 48, 16
     q, k, v = qkv(B, H, G, L, S, D, seed=10, dtype=dtype)
     lengths = torch.tensor([29, 17])
     k, v = k.clone(), v.clone()

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "few_rows.h"
 #include "gemm.h"
 #include "ops.h"
 #include "parallel.h"
@@ -102,6 +103,12 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's half GEMM (HALF,
   // HALF_IF_SHORT: build.half_gemm).
   const bool vnni = native_half<C>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
+  // A decode step's few rows multiply K and V as stored (few_rows.h): one row (a head of its own),
+  // or up to kFewRows of widened half inputs (a GQA group; float32 rows are MKL's, which blocks
+  // them in registers). The hot path's forward only (no m/l asked for): a backward rebuilds the
+  // weights from BLAS products, summed in their order.
+  constexpr bool half_in = !std::is_same_v<T, float>;
+  const bool few = m_out == nullptr && !half && !vnni && (rows_max == 1 || (half_in && rows_max <= kFewRows));
   const int64_t Sp = p.Sb + (p.Sb & 1), k_pack = p.D * p.Sb, kv_pack = k_pack + Sp * p.E;
   at::Tensor packed = vnni ? scratch_of<T>(p.B * p.G * kv_pack) : at::Tensor();
   if (vnni) {
@@ -143,10 +150,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
     // Widened tiles: the block's q rows, then `wide_keys` keys of K and of V (L1-sized chunks).
     const int64_t chunk_max = wide_keys + kMinCols - 1;  // a short last chunk joins the one before
     const int64_t q_wide_size = round16(rows_max * p.D), k_wide_size = round16(chunk_max * p.D);
-    at::Tensor scratch_wide = scratch_of<float>(widen ? q_wide_size + k_wide_size + chunk_max * p.E : 0);
-    float* q_wide = widen ? scratch_wide.data_ptr<float>() : nullptr;
-    float* k_wide = widen ? q_wide + q_wide_size : nullptr;
-    float* v_wide = widen ? k_wide + k_wide_size : nullptr;
+    const int64_t wide_size = few ? (half_in ? q_wide_size : 0) : widen ? q_wide_size + k_wide_size + chunk_max * p.E : 0;
+    at::Tensor scratch_wide = scratch_of<float>(wide_size);
+    float* q_wide = wide_size ? scratch_wide.data_ptr<float>() : nullptr;
+    float* k_wide = widen && !few ? q_wide + q_wide_size : nullptr;
+    float* v_wide = widen && !few ? k_wide + k_wide_size : nullptr;
     float* qk = scratch.data_ptr<float>();
     float* acc = qk + round16(rows_max * cols_max);
     float* mrow = acc + round16(rows_max * p.E);
@@ -173,9 +181,17 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       const T* vp = v + b * p.vs.b + g * p.vs.h;
       const T* kpk = vnni ? packed.data_ptr<T>() + bg * kv_pack : nullptr;  // K^T, then V, in VNNI pairs
       // The A operand of S = Q K^T: q's rows in place, or widened once per block.
-      const C* qg;
+      const C* qg = nullptr;
+      const float* qf = nullptr;  // few rows: q in float32 (half inputs widened: rows x D)
       int64_t ldq;
-      if constexpr (widen) {
+      if (few) {
+        if constexpr (half_in) {
+          widen_rows(qp, rows, p.D, p.qs.r, q_wide);
+          qf = q_wide, ldq = p.D;
+        } else {
+          qf = qp, ldq = p.qs.r;
+        }
+      } else if constexpr (widen) {
         widen_rows(qp, rows, p.D, p.qs.r, q_wide);
         qg = q_wide, ldq = p.D;
       } else {
@@ -208,7 +224,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         const int64_t chunks = widen ? block_count(cols, wide_keys, kMinCols) : 0;  // widened K/V chunks
-        if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
+        if (few) {
+          scores_few_rows<T>(rows, cols, p.D, qf, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
+        } else if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
           for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
             n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
             widen_rows(kp + (n0 + c0) * p.ks.r, n, p.D, p.ks.r, k_wide);
@@ -248,10 +266,12 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
           }
           if constexpr (half) {
-            C* ph = p_half + r * kc;
-            if (lead) ph[0] = T(0.f);
-            to_gemm_type(s, ph + lead, cols);
-            if (kc > lead + cols) ph[kc - 1] = T(0.f);
+            if (!few) {  // few rows read P in float32
+              C* ph = p_half + r * kc;
+              if (lead) ph[0] = T(0.f);
+              to_gemm_type(s, ph + lead, cols);
+              if (kc > lead + cols) ph[kc - 1] = T(0.f);
+            }
           }
         }
         // Alg. 1 line 10 (cont.): O += P V_j.
@@ -270,7 +290,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         const bool partial = p.mask != nullptr || n0 < inner_lo || n0 + cols > inner_hi || padded;
         float* const pv_out = partial ? pv : acc;  // partial: redone where non-finite, then added
         const float beta = !partial && !first ? 1.f : 0.f;
-        if constexpr (widen) {
+        if (few) {
+          pv_few_rows<T>(rows, cols, p.E, qk, cols, vp + n0 * p.vs.r, p.vs.r, beta, pv_out, p.E);
+        } else if constexpr (widen) {
           for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
             n = block_len(cols, wide_keys, chunks, c);
             widen_rows(vp + (n0 + c0) * p.vs.r, n, p.E, p.vs.r, v_wide);

@@ -1,0 +1,132 @@
+// The two products of a few query rows (a decode step: one row per query head of a GQA group) with
+// K and V read as stored, float32 or half: S = Q K^T and O (+)= P V, float32 accumulation.
+//
+// Why not the BLAS: at a handful of rows a tile's GEMM is a matrix-vector product, and a call per
+// tile and head cost about as much as the product over a short cache (fp32 S=16: ~0.5 us of a
+// ~1 us head); half inputs were first widened into scratch, 32 KiB at a time, a BLAS call per
+// chunk (bf16 decode ran at half the speed of fp32 over the same cache). Here every key or value
+// row is read once, converted in registers and used by all rows of the block.
+//
+// The sums run in another order than MKL's, so a forward whose weights a backward rebuilds
+// (params.h kMinRows) keeps the BLAS products: these serve the hot path's forward only.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace attnkit_fused {
+
+using FloatVec = at::vec::Vectorized<float>;
+
+template <typename T>
+inline FloatVec load_as_float(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return FloatVec::loadu(p);
+  } else {
+    FloatVec out;
+    at::vec::load_to_float<T>(p, out);
+    return out;
+  }
+}
+
+// The first n < FloatVec::size() elements, zeros behind.
+template <typename T>
+inline FloatVec load_as_float(const T* p, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return FloatVec::loadu(p, n);
+  } else {
+    float buf[FloatVec::size()] = {};
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(p[i]);
+    return FloatVec::loadu(buf);
+  }
+}
+
+// S[r][j] = sum_d Q[r][d] K[j][d] for 4 keys at a time (4 independent FMA chains per row).
+template <typename T>
+void scores_few_rows(int64_t rows, int64_t cols, int64_t D, const float* q, int64_t ldq, const T* k, int64_t ldk,
+                     float* s, int64_t lds) {
+  constexpr int64_t W = FloatVec::size(), KB = 4;
+  const int64_t full = D / W * W, tail = D - full;
+  auto add = [](FloatVec& a, FloatVec& b) { return a + b; };
+  for (int64_t j = 0; j < cols; j += KB) {
+    const int64_t nk = std::min(KB, cols - j);
+    const T* kj = k + j * ldk;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* qr = q + r * ldq;
+      FloatVec acc[KB] = {FloatVec(0.f), FloatVec(0.f), FloatVec(0.f), FloatVec(0.f)};
+      if (nk == KB) {
+        for (int64_t d = 0; d < full; d += W) {
+          const FloatVec x = FloatVec::loadu(qr + d);
+          for (int64_t c = 0; c < KB; ++c) acc[c] = at::vec::fmadd(x, load_as_float(kj + c * ldk + d), acc[c]);
+        }
+      } else {
+        for (int64_t d = 0; d < full; d += W) {
+          const FloatVec x = FloatVec::loadu(qr + d);
+          for (int64_t c = 0; c < nk; ++c) acc[c] = at::vec::fmadd(x, load_as_float(kj + c * ldk + d), acc[c]);
+        }
+      }
+      if (tail) {
+        const FloatVec x = FloatVec::loadu(qr + full, tail);
+        for (int64_t c = 0; c < nk; ++c) acc[c] = at::vec::fmadd(x, load_as_float(kj + c * ldk + full, tail), acc[c]);
+      }
+      for (int64_t c = 0; c < nk; ++c) s[r * lds + j + c] = at::vec::vec_reduce_all<float>(add, acc[c]);
+    }
+  }
+}
+
+// Columns [e0, e0 + NV * W) of RB rows of O = beta O + P V, accumulated in registers over all keys.
+template <typename T, int RB, int NV>
+inline void pv_block(int64_t cols, const float* p, int64_t ldp, const T* v, int64_t ldv, float beta, float* out,
+                     int64_t ldo) {
+  constexpr int64_t W = FloatVec::size();
+  FloatVec acc[RB][NV];
+  for (int r = 0; r < RB; ++r)
+    for (int i = 0; i < NV; ++i)
+      acc[r][i] = beta == 0.f ? FloatVec(0.f) : FloatVec::loadu(out + r * ldo + i * W) * FloatVec(beta);
+  for (int64_t j = 0; j < cols; ++j) {
+    FloatVec x[NV];
+    for (int i = 0; i < NV; ++i) x[i] = load_as_float(v + j * ldv + i * W);
+    for (int r = 0; r < RB; ++r) {
+      const FloatVec w(p[r * ldp + j]);
+      for (int i = 0; i < NV; ++i) acc[r][i] = at::vec::fmadd(w, x[i], acc[r][i]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int i = 0; i < NV; ++i) acc[r][i].store(out + r * ldo + i * W);
+}
+
+template <typename T, int RB>
+void pv_rows(int64_t cols, int64_t E, const float* p, int64_t ldp, const T* v, int64_t ldv, float beta, float* out,
+             int64_t ldo) {
+  constexpr int64_t W = FloatVec::size();
+  int64_t e = 0;
+  for (; e + 4 * W <= E; e += 4 * W) pv_block<T, RB, 4>(cols, p, ldp, v + e, ldv, beta, out + e, ldo);
+  switch ((E - e) / W) {
+    case 3: pv_block<T, RB, 3>(cols, p, ldp, v + e, ldv, beta, out + e, ldo), e += 3 * W; break;
+    case 2: pv_block<T, RB, 2>(cols, p, ldp, v + e, ldv, beta, out + e, ldo), e += 2 * W; break;
+    case 1: pv_block<T, RB, 1>(cols, p, ldp, v + e, ldv, beta, out + e, ldo), e += W; break;
+    default: break;
+  }
+  for (; e < E; ++e) {  // E % W columns (an odd head dim)
+    for (int r = 0; r < RB; ++r) {
+      float sum = 0.f;
+      for (int64_t j = 0; j < cols; ++j) sum += p[r * ldp + j] * static_cast<float>(v[j * ldv + e]);
+      out[r * ldo + e] = beta == 0.f ? sum : beta * out[r * ldo + e] + sum;
+    }
+  }
+}
+
+// O[r][:] = beta O[r][:] + sum_j P[r][j] V[j][:] (beta 0 or 1), two rows per pass over V.
+template <typename T>
+void pv_few_rows(int64_t rows, int64_t cols, int64_t E, const float* p, int64_t ldp, const T* v, int64_t ldv,
+                 float beta, float* out, int64_t ldo) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) pv_rows<T, 2>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
+  if (r < rows) pv_rows<T, 1>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
+}
+
+}  // namespace attnkit_fused
