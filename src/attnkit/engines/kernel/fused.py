@@ -80,19 +80,20 @@ def unsupported(spec: AttentionSpec) -> str | None:
     return status()
 
 
-def half_products(mode: int, q: Tensor, v: Tensor) -> bool:
-    """Whether bf16/fp16 ``q``/``v`` multiply in half precision under `build.half_gemm`'s ``mode``
-    (else widened to float32): the one rule, for the forward/backward ops and the hot path's op."""
+def half_products(mode: int, q_shape: torch.Size, v_shape: torch.Size) -> bool:
+    """Whether bf16/fp16 inputs of these ``q``/``v`` shapes multiply in half precision under
+    `build.half_gemm`'s ``mode`` (else widened to float32): the one rule, for the forward/backward
+    ops and the hot path's op. Shapes, not tensors: the hot path has read them already."""
     # VNNI products need even head dims, and not a range shorter than a query block (a decode
     # step: brgemm compiles a kernel per shape, and a growing cache is a new shape every step).
-    short = q.shape[-2] < blocks.QUERY_TILE_SMALL
-    native = q.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and not short
+    short = q_shape[-2] < blocks.QUERY_TILE_SMALL
+    native = q_shape[-1] % 2 == 0 and v_shape[-1] % 2 == 0 and not short
     return mode == HALF or (mode == HALF_IF_EVEN and native) or (mode == HALF_IF_SHORT and short)
 
 
 def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:
     """The tile GEMMs' input dtype for ``dt`` inputs with head dims ``q``/``v`` (`half_products`)."""
-    return dt if dt == torch.float32 or half_products(half_gemm(dt), q, v) else torch.float32
+    return dt if dt == torch.float32 or half_products(half_gemm(dt), q.shape, v.shape) else torch.float32
 
 
 def _row_major(t: Tensor) -> bool:
