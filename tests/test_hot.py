@@ -9,12 +9,14 @@ only the C++ checks can see (lengths out of range, mask shapes).
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import attnkit
 from attnkit import AttnkitError
-from attnkit.engines import hot
+from attnkit.engines import decode, hot
 from attnkit.spec import AttentionSpec
 
 from conftest import assert_flash_rule, bad_call, err, qkv
@@ -233,6 +235,16 @@ def test_empty_sequences_and_non_contiguous_inputs():
     assert err(attnkit.attention(x, x, x), ref) < 1e-5
 
 
+@contextlib.contextmanager
+def _threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_calls_that_need_the_general_path_take_it_and_explain_says_why():
     q, k, v = qkv(1, 2, 2, 4, 6, 8)
     cases = {
@@ -256,6 +268,20 @@ def test_calls_that_need_the_general_path_take_it_and_explain_says_why():
         assert not d.hot and d.not_hot == plan and f"not the hot path: {plan}" in str(d)
     d = attnkit.explain(q, k, v, causal=True)
     assert d.hot and d.engine == "flash" and "hot path" in str(d)
+    # Arguments the op cannot take as given: the general path converts or rejects them.
+    for kw, why in ((dict(kv_lengths=[6]), "kv_lengths is not a tensor"),
+                    (dict(alibi_slopes=[0.5, 0.25]), "alibi_slopes is not a tensor"),
+                    (dict(window=(2,)), "window is not a (left, right) pair"),
+                    (dict(softcap=-1.0), "softcap is not a positive")):
+        with torch.enable_grad():
+            assert hot.plan(q, k, v, **kw).startswith(why), kw
+    # A decode step over a long cache with fewer (batch, kv head) groups than threads: split-KV.
+    step, cache = torch.zeros(1, 2, 1, 8), torch.zeros(1, 1, 2 * decode.MIN_SEGMENT, 8)
+    with _threads(2):
+        assert "split-KV" in hot.plan(step, cache, cache)
+        assert attnkit.explain(step, cache, cache).engine == "decode"
+    with _threads(1):
+        assert type(hot.plan(step, cache, cache)) is tuple
 
 
 BAD = [  # (argument overrides, what the general path's message says)

@@ -94,6 +94,10 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
         return "return_lse is not a bool"
     if mask is not None and type(mask) is not Tensor:
         return "mask is not a plain tensor"
+    if kv_lengths is not None or q_lengths is not None or alibi_slopes is not None:
+        for name, t in (("kv_lengths", kv_lengths), ("q_lengths", q_lengths), ("alibi_slopes", alibi_slopes)):
+            if t is not None and type(t) is not Tensor:
+                return f"{name} is not a tensor"
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad or (
             mask is not None and mask.requires_grad) or (alibi_slopes is not None and alibi_slopes.requires_grad)):
         return "autograd needs the result's graph (training runs the engines' autograd function)"
@@ -114,10 +118,6 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
                 return "window sides are not non-negative ints or None"
         wl = -1 if window[0] is None else window[0]
         wr = -1 if window[1] is None else window[1]
-    if kv_lengths is not None or q_lengths is not None or alibi_slopes is not None:
-        for name, t in (("kv_lengths", kv_lengths), ("q_lengths", q_lengths), ("alibi_slopes", alibi_slopes)):
-            if t is not None and type(t) is not Tensor:
-                return f"{name} is not a tensor"
     # Every tensor argument on the CPU: the dispatcher would send a call holding a meta tensor to
     # the op's shape-only kernel, which computes nothing.
     if mask is not None or kv_lengths is not None or q_lengths is not None or alibi_slopes is not None:
