@@ -6,6 +6,7 @@ off the half-precision tile products). Until 2026-12-07 the op widened q, K and 
 two trees in turn for the A/B (``PYTHONPATH=/tmp/old/src`` with ``ATTNKIT_CACHE=/tmp/old_cache``).
 
     PYTHONPATH=src python benchmarks/bench_half_decode.py [--rounds 31]
+    PYTHONPATH=src python benchmarks/bench_half_decode.py --products   # bf16: MKL's bf16 GEMM vs float32 products
 
 Each row: loops of steps, attnkit and SDPA alternating which goes first, medians of ``--rounds``
 loops; ratio = SDPA time / attnkit time. "growing" steps over ``K[:, :, :S]`` of a preallocated
@@ -45,12 +46,43 @@ def row(dtype: torch.dtype, B: int, H: int, G: int, S: int, D: int, rounds: int,
     return f"| {name} | {t['attnkit'] * 1e6:.0f} | {t['sdpa'] * 1e6:.0f} | {t['sdpa'] / t['attnkit']:.2f}× |"
 
 
+# (B, H, G, L, S, D): decode steps of MHA and GQA groups of 4 and 8, a step of 8 queries, an L=16 call
+PRODUCT_SHAPES = [(1, 8, 8, 1, 512, 64), (1, 8, 8, 1, 2048, 64), (1, 32, 8, 1, 512, 128), (1, 32, 8, 1, 4096, 128),
+                  (1, 64, 8, 1, 1024, 128), (1, 8, 8, 8, 512, 64), (1, 12, 12, 16, 16, 32), (8, 12, 12, 16, 16, 64)]
+
+
+def products_row(B: int, H: int, G: int, L: int, S: int, D: int, rounds: int) -> str:
+    """One bf16 call through the hot path's op with both product modes (its last argument: 1 = MKL's
+    bf16 GEMM, 0 = float32 products, widened in the pass or in registers), and SDPA bf16."""
+    from attnkit.engines import hot
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, n, rows, D, generator=g).to(torch.bfloat16) for n, rows in ((H, L), (G, S), (G, S)))
+    with torch.inference_mode():
+        args = hot.plan(q, k, v)
+        assert type(args) is tuple, args
+        fns = {"half": lambda i: hot.run(args[:-1] + (1,)), "widened": lambda i: hot.run(args[:-1] + (0,)),
+               "sdpa": lambda i: F.scaled_dot_product_attention(q, k, v, enable_gqa=G != H)}
+        t = loop_medians(fns, max(4, int(4e6 / (B * H * L * S * D))), rounds)
+    us = {name: t[name] * 1e6 for name in t}
+    return (f"| B={B} H={H} G={G} L={L} S={S} D={D} | {us['half']:.1f} | {us['widened']:.1f} | {us['sdpa']:.1f} | "
+            f"{t['half'] / t['widened']:.2f}× |")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=31, help="timed loops per implementation (default 31)")
+    p.add_argument("--products", action="store_true",
+                   help="instead: bf16 calls with MKL's bf16 GEMM vs float32 products, in one process")
     args = p.parse_args()
     print(header(torch.get_num_threads()))
     print(f"- attnkit from {attnkit.__file__}\n")
+    if args.products:
+        print("| bf16 call | MKL bf16 GEMM µs | float32 products µs | SDPA bf16 µs | float32 products faster by |\n"
+              "|---|---:|---:|---:|---:|")
+        for shape in PRODUCT_SHAPES:
+            print(products_row(*shape, rounds=args.rounds), flush=True)
+        raise SystemExit(0)
     print("| decode step (S+: growing cache) | attnkit µs | SDPA µs | attnkit vs SDPA |\n|---|---:|---:|---:|")
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for shape in SHAPES:

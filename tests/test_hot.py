@@ -33,7 +33,7 @@ SHAPES = {  # (B, H, G, L, S, D, E)
     "encoder_batch": (3, 4, 4, 65, 65, 32, 32),
     "decode": (2, 8, 2, 1, 513, 64, 64),
     "decode_mha": (2, 8, 8, 1, 513, 64, 64),  # one row per block: products in registers (few_rows.h)
-    "decode_odd_dims": (2, 3, 3, 1, 70, 21, 37),  # ... with head dims that end mid-vector
+    "decode_odd_dims": (2, 6, 2, 1, 70, 21, 37),  # three rows (a pair and one), head dims ending mid-vector
     "decode_chunk": (2, 4, 1, 5, 300, 16, 24),
     "awkward": (2, 6, 3, 97, 131, 59, 111),
     "many_blocks": (1, 2, 1, 300, 1100, 16, 16),

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 __all__ = ["QUERY_TILE", "QUERY_TILE_MID", "QUERY_TILE_SHORT", "QUERY_TILE_SMALL", "QUERY_TILE_LONG_RANGE", "QUERY_TILE_MID_RANGE",
            "KEY_TILE", "BAND_RATIO", "BWD_QUERY_TILE", "BWD_KEY_TILE", "MIN_PRODUCT_COLS", "MIN_PRODUCT_ROWS",
-           "WIDEN_TILE_FLOATS", "FEW_ROWS", "TORCH_TILE_ELEMS", "TORCH_MIN_QUERY_TILE", "TORCH_MIN_BAND_KEY_TILE", "band_span", "defines"]
+           "WIDEN_TILE_FLOATS", "FEW_ROWS", "FEW_ROWS_HALF", "TORCH_TILE_ELEMS", "TORCH_MIN_QUERY_TILE", "TORCH_MIN_BAND_KEY_TILE", "band_span", "defines"]
 
 QUERY_TILE = 256  # most query rows in a tile (both backends)
 QUERY_TILE_MID, QUERY_TILE_SMALL = 64, 32  # fused forward, ranges shorter than:
@@ -53,8 +53,10 @@ MIN_PRODUCT_COLS, MIN_PRODUCT_ROWS = 16, 4  # narrowest score product (fused; se
 WIDEN_TILE_FLOATS = 8192
 # Fused forward of the hot path: a query block of at most this many rows (a decode step: one row per
 # query head of a GQA group) multiplies K and V as stored, in registers (csrc/few_rows.h), not
-# through a BLAS call per tile and head.
-FEW_ROWS = 8
+# through a BLAS call per tile and head. Measured on an Intel Xeon (RESULTS.md, "Decode rows in
+# registers"): float32 blocks of 5-8 rows lose to MKL's register-blocked GEMM (R=8 decode 2.1x vs
+# 2.25x SDPA), half inputs win up to 8 (no widened chunk in scratch).
+FEW_ROWS, FEW_ROWS_HALF = 4, 8
 # 2²⁰ scores (4 MiB of float32): the measured block of the flash engine (a quiet-window sweep of
 # 512K…8M elements was flat, RESULTS.md); B·H = 8 keeps QUERY_TILE × KEY_TILE tiles. 4× smaller
 # tiles cost Python time when B·H is large (B·H = 256, L = 512 forward: 3.1 s vs 1.2 s).
@@ -74,5 +76,5 @@ def defines() -> list[str]:
     """The rule as compiler flags for ``csrc/params.h`` (``-DATTNKIT_<NAME>=<value>``)."""
     names = ("QUERY_TILE", "QUERY_TILE_MID", "QUERY_TILE_SHORT", "QUERY_TILE_SMALL", "QUERY_TILE_LONG_RANGE", "QUERY_TILE_MID_RANGE",
              "KEY_TILE", "BAND_RATIO", "BWD_QUERY_TILE", "BWD_KEY_TILE", "MIN_PRODUCT_COLS", "MIN_PRODUCT_ROWS",
-             "WIDEN_TILE_FLOATS", "FEW_ROWS")
+             "WIDEN_TILE_FLOATS", "FEW_ROWS", "FEW_ROWS_HALF")
     return [f"-DATTNKIT_{name}={globals()[name]}" for name in names]

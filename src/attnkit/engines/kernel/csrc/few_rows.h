@@ -45,37 +45,44 @@ inline FloatVec load_as_float(const T* p, int64_t n) {
   }
 }
 
-// S[r][j] = sum_d Q[r][d] K[j][d] for 4 keys at a time (4 independent FMA chains per row).
-template <typename T>
-void scores_few_rows(int64_t rows, int64_t cols, int64_t D, const float* q, int64_t ldq, const T* k, int64_t ldk,
-                     float* s, int64_t lds) {
-  constexpr int64_t W = FloatVec::size(), KB = 4;
+// S[r][j] = sum_d Q[r][d] K[j][d] for RB rows and KB = 4 keys at a time: each chunk of a key row
+// is loaded (and converted) once for the RB rows, 4 * RB independent FMA chains.
+template <typename T, int RB>
+void scores_rows(int64_t cols, int64_t D, const float* q, int64_t ldq, const T* k, int64_t ldk, float* s,
+                 int64_t lds) {
+  constexpr int64_t W = FloatVec::size();
+  constexpr int KB = 4;
   const int64_t full = D / W * W, tail = D - full;
   auto add = [](FloatVec& a, FloatVec& b) { return a + b; };
   for (int64_t j = 0; j < cols; j += KB) {
-    const int64_t nk = std::min(KB, cols - j);
+    const int64_t nk = std::min<int64_t>(KB, cols - j);
     const T* kj = k + j * ldk;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* qr = q + r * ldq;
-      FloatVec acc[KB] = {FloatVec(0.f), FloatVec(0.f), FloatVec(0.f), FloatVec(0.f)};
-      if (nk == KB) {
-        for (int64_t d = 0; d < full; d += W) {
-          const FloatVec x = FloatVec::loadu(qr + d);
-          for (int64_t c = 0; c < KB; ++c) acc[c] = at::vec::fmadd(x, load_as_float(kj + c * ldk + d), acc[c]);
-        }
-      } else {
-        for (int64_t d = 0; d < full; d += W) {
-          const FloatVec x = FloatVec::loadu(qr + d);
-          for (int64_t c = 0; c < nk; ++c) acc[c] = at::vec::fmadd(x, load_as_float(kj + c * ldk + d), acc[c]);
-        }
+    FloatVec acc[RB][KB];
+    for (int r = 0; r < RB; ++r)
+      for (int c = 0; c < KB; ++c) acc[r][c] = FloatVec(0.f);
+    auto step = [&](int64_t d, int64_t n) {  // n < W: the tail, zeros behind
+      FloatVec x[KB];
+      for (int c = 0; c < KB; ++c)
+        x[c] = c < nk ? (n == W ? load_as_float(kj + c * ldk + d) : load_as_float(kj + c * ldk + d, n)) : FloatVec(0.f);
+      for (int r = 0; r < RB; ++r) {
+        const FloatVec qv = n == W ? FloatVec::loadu(q + r * ldq + d) : FloatVec::loadu(q + r * ldq + d, n);
+        for (int c = 0; c < KB; ++c) acc[r][c] = at::vec::fmadd(qv, x[c], acc[r][c]);
       }
-      if (tail) {
-        const FloatVec x = FloatVec::loadu(qr + full, tail);
-        for (int64_t c = 0; c < nk; ++c) acc[c] = at::vec::fmadd(x, load_as_float(kj + c * ldk + full, tail), acc[c]);
-      }
-      for (int64_t c = 0; c < nk; ++c) s[r * lds + j + c] = at::vec::vec_reduce_all<float>(add, acc[c]);
-    }
+    };
+    for (int64_t d = 0; d < full; d += W) step(d, W);
+    if (tail) step(full, tail);
+    for (int r = 0; r < RB; ++r)
+      for (int64_t c = 0; c < nk; ++c) s[r * lds + j + c] = at::vec::vec_reduce_all<float>(add, acc[r][c]);
   }
+}
+
+template <typename T>
+void scores_few_rows(int64_t rows, int64_t cols, int64_t D, const float* q, int64_t ldq, const T* k, int64_t ldk,
+                     float* s, int64_t lds) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) scores_rows<T, 4>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+  for (; r + 2 <= rows; r += 2) scores_rows<T, 2>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+  if (r < rows) scores_rows<T, 1>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
 }
 
 // Columns [e0, e0 + NV * W) of RB rows of O = beta O + P V, accumulated in registers over all keys.
@@ -125,6 +132,7 @@ template <typename T>
 void pv_few_rows(int64_t rows, int64_t cols, int64_t E, const float* p, int64_t ldp, const T* v, int64_t ldv,
                  float beta, float* out, int64_t ldo) {
   int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) pv_rows<T, 4>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
   for (; r + 2 <= rows; r += 2) pv_rows<T, 2>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
   if (r < rows) pv_rows<T, 1>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
 }

@@ -103,12 +103,12 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's half GEMM (HALF,
   // HALF_IF_SHORT: build.half_gemm).
   const bool vnni = native_half<C>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
-  // A decode step's few rows multiply K and V as stored (few_rows.h): one row (a head of its own),
-  // or up to kFewRows of widened half inputs (a GQA group; float32 rows are MKL's, which blocks
-  // them in registers). The hot path's forward only (no m/l asked for): a backward rebuilds the
+  // A decode step's few rows multiply K and V as stored (few_rows.h): up to kFewRows float32 rows
+  // (more are MKL's, which blocks them in registers), up to kFewRowsHalf rows of half inputs that
+  // would be widened. The hot path's forward only (no m/l asked for): a backward rebuilds the
   // weights from BLAS products, summed in their order.
   constexpr bool half_in = !std::is_same_v<T, float>;
-  const bool few = m_out == nullptr && !half && !vnni && (rows_max == 1 || (half_in && rows_max <= kFewRows));
+  const bool few = m_out == nullptr && !half && !vnni && rows_max <= (half_in ? kFewRowsHalf : kFewRows);
   const int64_t Sp = p.Sb + (p.Sb & 1), k_pack = p.D * p.Sb, kv_pack = k_pack + Sp * p.E;
   at::Tensor packed = vnni ? scratch_of<T>(p.B * p.G * kv_pack) : at::Tensor();
   if (vnni) {

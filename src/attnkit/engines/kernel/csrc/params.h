@@ -64,7 +64,8 @@ constexpr int64_t kMinCols = ATTNKIT_MIN_PRODUCT_COLS, kMinRows = ATTNKIT_MIN_PR
 // threshold, not a tile size.
 constexpr double kSerialFlops = 1 << 18;
 constexpr int64_t kWidenFloats = ATTNKIT_WIDEN_TILE_FLOATS;  // float32 per widened K or V chunk (forward.cpp)
-constexpr int64_t kFewRows = ATTNKIT_FEW_ROWS;  // query blocks multiplied in registers (few_rows.h)
+// Query blocks multiplied in registers (few_rows.h): float32 rows, half rows (widened there).
+constexpr int64_t kFewRows = ATTNKIT_FEW_ROWS, kFewRowsHalf = ATTNKIT_FEW_ROWS_HALF;
 
 // Blocks of `size` over n items, a last remainder shorter than `min_tail` joined to the block before.
 inline int64_t block_count(int64_t n, int64_t size, int64_t min_tail) {
