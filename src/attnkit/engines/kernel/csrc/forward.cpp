@@ -101,7 +101,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // Not below a query block (decode): brgemm JIT-compiles a kernel per shape and a decode step's
   // growing cache is a new shape every step (measured: 1.08 ms per bf16 step vs 0.21 ms at a fixed
   // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's half GEMM (HALF,
-  // HALF_IF_SHORT: build.half_gemm).
+  // HALF_IF_ONE_ROW: build.half_gemm).
   const bool vnni = native_half<C>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
   // A decode step's few rows multiply K and V as stored (few_rows.h): up to kFewRows float32 rows
   // (more are MKL's, which blocks them in registers), up to kFewRowsHalf rows of half inputs that
