@@ -57,6 +57,9 @@ void scores_rows(int64_t cols, int64_t D, const float* q, int64_t ldq, const T* 
   for (int64_t j = 0; j < cols; j += KB) {
     const int64_t nk = std::min<int64_t>(KB, cols - j);
     const T* kj = k + j * ldk;
+    if (j + 4 * KB < cols)
+      for (int c = 0; c < KB; ++c)
+        for (int64_t d = 0; d < D; d += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(kj + (4 * KB + c) * ldk + d);
     FloatVec acc[RB][KB];
     for (int r = 0; r < RB; ++r)
       for (int c = 0; c < KB; ++c) acc[r][c] = FloatVec(0.f);
@@ -95,6 +98,8 @@ inline void pv_block(int64_t cols, const float* p, int64_t ldp, const T* v, int6
     for (int i = 0; i < NV; ++i)
       acc[r][i] = beta == 0.f ? FloatVec(0.f) : FloatVec::loadu(out + r * ldo + i * W) * FloatVec(beta);
   for (int64_t j = 0; j < cols; ++j) {
+    if (j + 8 < cols)
+      for (int i = 0; i < NV; i += 64 / (W * static_cast<int>(sizeof(T)))) __builtin_prefetch(v + (j + 8) * ldv + i * W);
     FloatVec x[NV];
     for (int i = 0; i < NV; ++i) x[i] = load_as_float(v + j * ldv + i * W);
     for (int r = 0; r < RB; ++r) {
