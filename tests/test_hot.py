@@ -399,3 +399,20 @@ def test_without_the_fused_kernel_the_common_call_takes_the_pytorch_path():
     hot_flag, engine, not_hot, detail, error = res.stdout.strip().split("|")
     assert hot_flag == "False" and engine == "flash" and "ATTNKIT_NO_FUSED" in not_hot
     assert "tile path: torch" in detail and float(error) < 1e-5
+
+
+def test_torch_compile_traces_the_hot_path_into_one_graph():
+    """`torch.compile(fullgraph=True)` fails on any graph break: plan's checks (a decode step over a
+    long cache, a bf16 GQA step's product mode) trace, and the compiled call runs the registered op."""
+    q, k, v = qkv(1, 2, 1, 1, 2 * decode.MIN_SEGMENT, 8, seed=12)
+    attnkit.attention(q, k, v)  # loads the op outside the trace (a first build cannot be traced)
+    compiled = torch.compile(lambda a, b, c: attnkit.attention(a, b, c), backend="eager", fullgraph=True)
+    for dtype, (B, H, G, S, D) in ((torch.float32, (1, 2, 1, 2 * decode.MIN_SEGMENT, 8)),
+                                   (torch.bfloat16, (1, 4, 2, 300, 64))):
+        q, k, v = qkv(B, H, G, 1, S, D, dtype=dtype, seed=13)
+        with torch.no_grad():
+            out = compiled(q, k, v)
+        ref = attnkit.attention(q.double(), k.double(), v.double(), engine="reference")
+        base = attnkit.attention(q, k, v, engine="reference")
+        assert out.dtype == dtype
+        assert_flash_rule(out, base, ref)

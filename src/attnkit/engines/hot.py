@@ -135,8 +135,8 @@ def plan(query: Any, key: Any, value: Any, mask: Any = None, causal: Any = False
     q_shape = query.shape
     if len(q_shape) == 4 and q_shape[2] <= 16:
         k_shape = key.shape
-        if len(k_shape) == 4 and k_shape[2] >= _SPLIT_KV_MIN_KEYS and k_shape[0] * k_shape[1] < torch.get_num_threads():
-            if not torch.compiler.is_compiling():
+        if len(k_shape) == 4 and k_shape[2] >= _SPLIT_KV_MIN_KEYS and not torch.compiler.is_compiling():
+            if k_shape[0] * k_shape[1] < torch.get_num_threads():  # (not traced: compiled code keeps one op)
                 return "a decode step over a long cache with fewer (batch, kv head) groups than threads: split-KV"
     if kernel._forced == "torch":
         return "the torch tile path is forced (force_path('torch'))"

@@ -265,13 +265,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
             // Dropout after the sum: l keeps the undropped normalizer (out = sum p keep v / ((1-p) l)).
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
           }
-          if constexpr (half) {
-            if (!few) {  // few rows read P in float32
-              C* ph = p_half + r * kc;
-              if (lead) ph[0] = T(0.f);
-              to_gemm_type(s, ph + lead, cols);
-              if (kc > lead + cols) ph[kc - 1] = T(0.f);
-            }
+          if constexpr (half) {  // (few rows are never half products: they read P in float32)
+            C* ph = p_half + r * kc;
+            if (lead) ph[0] = T(0.f);
+            to_gemm_type(s, ph + lead, cols);
+            if (kc > lead + cols) ph[kc - 1] = T(0.f);
           }
         }
         // Alg. 1 line 10 (cont.): O += P V_j.
