@@ -208,22 +208,16 @@ def test_half_decode_steps_widen_their_tiles_in_the_pass(dtype, mode, shape, mon
         assert_flash_rule(lse, base.lse, ref.lse)
 
 
-@pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF, build.HALF_IF_ONE_ROW])
+@pytest.mark.parametrize("mode", [build.WIDEN, build.HALF_IF_EVEN, build.HALF])
 def test_half_gemm_modes_pick_the_gemm_dtype(mode, monkeypatch):
     """HALF_IF_EVEN (native VNNI products: even head dims, at least a query block of rows) widens odd
-    head dims and decode steps to float32 rather than send them to MKL's emulated half GEMM;
-    HALF_IF_ONE_ROW (Intel without AMX) multiplies in half precision only a decode step of one query
-    row per key/value head (a GQA group's rows and L = 4 are widened)."""
+    head dims and decode steps to float32 rather than send them to MKL's emulated half GEMM."""
     monkeypatch.setattr(fused_path, "half_gemm", lambda dtype: mode)
     even, odd = torch.zeros(1, 1, 32, 64), torch.zeros(1, 1, 32, 59)
     step = torch.zeros(1, 1, 1, 64)  # a decode step: every step's cache length is a new brgemm shape
-    group_step, group_kv = torch.zeros(1, 4, 1, 64), torch.zeros(1, 1, 1, 64)  # GQA: 4 query heads per kv head
-    four = torch.zeros(1, 1, 4, 64)
-    # half products for (even dims, odd D, odd E, decode step, GQA decode step, L = 4)
-    half = {build.WIDEN: (False,) * 6, build.HALF_IF_EVEN: (True, False, False, False, False, False),
-            build.HALF: (True,) * 6, build.HALF_IF_ONE_ROW: (False, False, False, True, False, False)}[mode]
-    cases = ((even, even), (odd, even), (even, odd), (step, step), (group_step, group_kv), (four, four))
-    for (q, v), want in zip(cases, half):
+    # half products for (even dims, odd D, odd E, decode step)
+    half = {build.WIDEN: (False,) * 4, build.HALF_IF_EVEN: (True, False, False, False), build.HALF: (True,) * 4}[mode]
+    for (q, v), want in zip(((even, even), (odd, even), (even, odd), (step, step)), half):
         got = fused_path._gemm_dtype(torch.bfloat16, q, v)
         assert got == (torch.bfloat16 if want else torch.float32), (q.shape, v.shape)
     assert fused_path._gemm_dtype(torch.float32, odd, odd) == torch.float32
@@ -231,7 +225,7 @@ def test_half_gemm_modes_pick_the_gemm_dtype(mode, monkeypatch):
 
 @pytest.mark.parametrize("vendor, flags, modes", [
     ("GenuineIntel", {"avx512_bf16", "amx_bf16", "amx_fp16"}, (build.HALF, build.HALF)),  # AMX tiles
-    ("GenuineIntel", {"avx512_bf16", "avx512_fp16"}, (build.HALF_IF_ONE_ROW, build.WIDEN)),  # measured here
+    ("GenuineIntel", {"avx512_bf16", "avx512_fp16"}, (build.WIDEN, build.WIDEN)),  # measured here
     ("AuthenticAMD", {"avx512_bf16"}, (build.HALF_IF_EVEN, build.WIDEN)),  # brgemm's dot products
     ("AuthenticAMD", {"avx2"}, (build.WIDEN, build.WIDEN)),
 ], ids=["intel-amx", "intel-avx512-bf16", "amd-avx512-bf16", "avx2"])

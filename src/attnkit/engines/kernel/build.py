@@ -216,15 +216,13 @@ def build_status() -> str | None:
     return _status or None
 
 
-WIDEN, HALF_IF_EVEN, HALF, HALF_IF_ONE_ROW = 0, 1, 2, 3  # half_gemm's modes (fused.half_products applies them)
+WIDEN, HALF_IF_EVEN, HALF = 0, 1, 2  # half_gemm's modes (fused.half_products applies them)
 
 
 def half_gemm(dtype: torch.dtype) -> int:
     """How ``dtype`` (bf16 / fp16) inputs are multiplied: `WIDEN` (to float32), `HALF_IF_EVEN` (in
     half precision when both head dims are even and the query range is at least a query block,
-    ``blocks.QUERY_TILE_SMALL`` rows; else widened), `HALF` (always in half precision) or
-    `HALF_IF_ONE_ROW` (in half precision only for a decode step of one query row per key/value
-    head, no GQA: MKL's bf16 matrix-vector product; else widened).
+    ``blocks.QUERY_TILE_SMALL`` rows; else widened) or `HALF` (always in half precision).
 
     Where the CPU multiplies ``dtype`` itself (`NATIVE_BF16` / `NATIVE_FP16` flags) the tile
     products go through oneDNN's brgemm in VNNI pairs (compiled in; even head dims). MKL's
@@ -233,10 +231,11 @@ def half_gemm(dtype: torch.dtype) -> int:
     EPYC, forks an OpenMP team per call (10-40x slower), so odd head dims are widened there. On an
     Intel CPU with AVX512-BF16 but no AMX, float32 products beat both (measured on a Xeon,
     2026-12-07, `B=1 H=8 L=4096 D=64`: bf16 forward 199 ms widened vs 287-297 ms in half precision,
-    forward+backward 706 vs 1131-1228 ms; fp16 forward 162 vs 202 ms), except MKL's bf16 GEMV for a
-    decode step of one row per head (`bench_half_decode.py --products`: ``S=2048`` 95 vs 118 µs); a
-    GQA group's rows and short ranges are faster widened in registers (``G=8 R=4 S=4096`` 857 vs
-    1182 µs, ``L=16`` 28 vs 31 µs). ``ATTNKIT_FUSED_HALF_GEMM=1/0`` forces `HALF` / `WIDEN`.
+    forward+backward 706 vs 1131-1228 ms; fp16 forward 162 vs 202 ms); its decode steps too, since
+    their rows multiply in registers with bf16 dot products (`bench_half_decode.py --products`: one
+    row per head 1.01-1.04x MKL's bf16 GEMV, a GQA group 1.05-1.44x, ``L=16`` 1.13-1.21x; a step
+    of 8 queries is the one loss, 0.86x).
+    ``ATTNKIT_FUSED_HALF_GEMM=1/0`` forces `HALF` / `WIDEN`.
     """
     forced = os.environ.get("ATTNKIT_FUSED_HALF_GEMM", "")
     if forced in ("0", "1"):
@@ -250,7 +249,7 @@ def _half_gemm_here(dtype: torch.dtype) -> int:
     if intel and "amx_bf16" in flags:
         return HALF
     if intel and NATIVE_BF16 & flags:
-        return HALF_IF_ONE_ROW if dtype == torch.bfloat16 else WIDEN
+        return WIDEN
     return HALF_IF_EVEN if (NATIVE_BF16 if dtype == torch.bfloat16 else NATIVE_FP16) & flags else WIDEN
 
 

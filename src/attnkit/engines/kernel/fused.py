@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ...spec import AttentionSpec
 from . import blocks
-from .build import HALF, HALF_IF_EVEN, HALF_IF_ONE_ROW, build_status, half_gemm
+from .build import HALF, HALF_IF_EVEN, build_status, half_gemm
 
 __all__ = ["CAUSAL", "DTYPES", "half_products", "unsupported", "status", "spec_args", "forward", "backward"]
 
@@ -88,8 +88,7 @@ def half_products(mode: int, q_shape: torch.Size, v_shape: torch.Size) -> bool:
     # step: brgemm compiles a kernel per shape, and a growing cache is a new shape every step).
     short = q_shape[-2] < blocks.QUERY_TILE_SMALL
     native = q_shape[-1] % 2 == 0 and v_shape[-1] % 2 == 0 and not short
-    one_row = q_shape[-2] == 1 and q_shape[-3] == v_shape[-3]  # a decode step's block: one head's row
-    return mode == HALF or (mode == HALF_IF_EVEN and native) or (mode == HALF_IF_ONE_ROW and one_row)
+    return mode == HALF or (mode == HALF_IF_EVEN and native)
 
 
 def _gemm_dtype(dt: torch.dtype, q: Tensor, v: Tensor) -> torch.dtype:

@@ -15,6 +15,10 @@
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -79,6 +83,66 @@ void scores_rows(int64_t cols, int64_t D, const float* q, int64_t ldq, const T* 
     for (int r = 0; r < RB; ++r)
       for (int64_t c = 0; c < nk; ++c) s[r * lds + j + c] = at::vec::vec_reduce_all<float>(add, acc[r][c]);
   }
+}
+
+// bf16 inputs on a CPU with AVX512-BF16 dot products (build.py: -DATTNKIT_NATIVE_BF16): q·k from
+// bf16 pairs with float32 sums (each product of two bf16 is exact in float32), q read unwidened and
+// K unconverted: MKL's bf16 GEMV beat the converting loop at one row per head, this does not lose.
+#if defined(CPU_CAPABILITY_AVX512) && defined(ATTNKIT_NATIVE_BF16) && ATTNKIT_NATIVE_BF16
+#define ATTNKIT_DOT_BF16 1
+template <int RB>
+void scores_rows_bf16(int64_t cols, int64_t D, const at::BFloat16* q, int64_t ldq, const at::BFloat16* k,
+                      int64_t ldk, float* s, int64_t lds) {
+  constexpr int KB = 4;
+  const int64_t full = D / 32 * 32, tail = D - full;
+  const __mmask32 tail_mask = static_cast<__mmask32>((1ull << tail) - 1);
+  for (int64_t j = 0; j < cols; j += KB) {
+    const int64_t nk = std::min<int64_t>(KB, cols - j);
+    const at::BFloat16* kj = k + j * ldk;
+    if (j + 4 * KB < cols)
+      for (int c = 0; c < KB; ++c)
+        for (int64_t d = 0; d < D; d += 32) __builtin_prefetch(kj + (4 * KB + c) * ldk + d);
+    __m512 acc[RB][KB];
+    for (int r = 0; r < RB; ++r)
+      for (int c = 0; c < KB; ++c) acc[r][c] = _mm512_setzero_ps();
+    auto step = [&](int64_t d, __mmask32 m) {
+      __m512i x[KB];
+      for (int c = 0; c < KB; ++c)
+        x[c] = c < nk ? _mm512_maskz_loadu_epi16(m, kj + c * ldk + d) : _mm512_setzero_si512();
+      for (int r = 0; r < RB; ++r) {
+        const __m512i qv = _mm512_maskz_loadu_epi16(m, q + r * ldq + d);
+        for (int c = 0; c < KB; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)qv, (__m512bh)x[c]);
+      }
+    };
+    for (int64_t d = 0; d < full; d += 32) step(d, ~__mmask32(0));
+    if (tail) step(full, tail_mask);
+    for (int r = 0; r < RB; ++r)
+      for (int64_t c = 0; c < nk; ++c) s[r * lds + j + c] = _mm512_reduce_add_ps(acc[r][c]);
+  }
+}
+#else
+#define ATTNKIT_DOT_BF16 0
+#endif
+
+// Whether scores_few_rows_native takes T's q rows as stored (no float32 copy of q).
+template <typename T>
+constexpr bool native_dot() {
+  return ATTNKIT_DOT_BF16 && std::is_same_v<T, at::BFloat16>;
+}
+
+template <typename T>
+void scores_few_rows_native(int64_t rows, int64_t cols, int64_t D, const T* q, int64_t ldq, const T* k, int64_t ldk,
+                            float* s, int64_t lds) {
+#if ATTNKIT_DOT_BF16
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) scores_rows_bf16<4>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+    for (; r + 2 <= rows; r += 2) scores_rows_bf16<2>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+    if (r < rows) scores_rows_bf16<1>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "attnkit: native few-row dot products without AVX512-BF16");
 }
 
 template <typename T>

@@ -100,8 +100,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
   // [D/2][Sb][2] and [Sp/2][E][2] (an odd last key paired with zeros).
   // Not below a query block (decode): brgemm JIT-compiles a kernel per shape and a decode step's
   // growing cache is a new shape every step (measured: 1.08 ms per bf16 step vs 0.21 ms at a fixed
-  // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's half GEMM (HALF,
-  // HALF_IF_ONE_ROW: build.half_gemm).
+  // length); those ranges are widened to float32 (HALF_IF_EVEN) or use MKL's half GEMM (HALF:
+  // build.half_gemm).
   const bool vnni = native_half<C>() && p.D % 2 == 0 && p.E % 2 == 0 && p.Lb >= kFwdBlockQSmall;
   // A decode step's few rows multiply K and V as stored (few_rows.h): up to kFewRows float32 rows
   // (more are MKL's, which blocks them in registers), up to kFewRowsHalf rows of half inputs that
@@ -150,7 +150,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
     // Widened tiles: the block's q rows, then `wide_keys` keys of K and of V (L1-sized chunks).
     const int64_t chunk_max = wide_keys + kMinCols - 1;  // a short last chunk joins the one before
     const int64_t q_wide_size = round16(rows_max * p.D), k_wide_size = round16(chunk_max * p.D);
-    const int64_t wide_size = few ? (half_in ? q_wide_size : 0) : widen ? q_wide_size + k_wide_size + chunk_max * p.E : 0;
+    const int64_t wide_size = few ? (half_in && !native_dot<T>() ? q_wide_size : 0)
+                                  : widen ? q_wide_size + k_wide_size + chunk_max * p.E : 0;
     at::Tensor scratch_wide = scratch_of<float>(wide_size);
     float* q_wide = wide_size ? scratch_wide.data_ptr<float>() : nullptr;
     float* k_wide = widen && !few ? q_wide + q_wide_size : nullptr;
@@ -185,7 +186,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       const float* qf = nullptr;  // few rows: q in float32 (half inputs widened: rows x D)
       int64_t ldq;
       if (few) {
-        if constexpr (half_in) {
+        if constexpr (native_dot<T>()) {
+          ldq = p.qs.r;  // q's bf16 rows as stored (scores_few_rows_native)
+        } else if constexpr (half_in) {
           widen_rows(qp, rows, p.D, p.qs.r, q_wide);
           qf = q_wide, ldq = p.D;
         } else {
@@ -225,7 +228,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         const int64_t chunks = widen ? block_count(cols, wide_keys, kMinCols) : 0;  // widened K/V chunks
         if (few) {
-          scores_few_rows<T>(rows, cols, p.D, qf, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
+          if constexpr (native_dot<T>()) {
+            scores_few_rows_native<T>(rows, cols, p.D, qp, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
+          } else {
+            scores_few_rows<T>(rows, cols, p.D, qf, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
+          }
         } else if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
           for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
             n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
