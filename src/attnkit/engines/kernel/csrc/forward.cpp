@@ -80,9 +80,11 @@ inline QueryBlocks query_blocks(const Params& p) {
 }
 
 // T: the inputs' dtype; C: the tile products' (T, or float32 for half inputs that are widened: each
-// tile of q, K and V is widened in this pass as it is read, so no widened copy of a cache is made).
-template <typename T, typename C = T>
-void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* out, const RowStrides& os, float* lse,
+// tile of q, K and V is widened in this pass as it is read, so no widened copy of a cache is made);
+// O: the output's (float32, or T for the hot path, which returns the inputs' dtype: rounded here
+// once, as Tensor.to would, without a float32 output and a conversion call per decode step).
+template <typename T, typename C = T, typename O = float>
+void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out, const RowStrides& os, float* lse,
                     float* m_out, float* l_out) {
   const int64_t bk = kFwdBlockK;
   // GQA packing: the R query heads of kv head g are R*Lb contiguous rows of q (B,H,Lb,D), so a
@@ -325,10 +327,16 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
       }
       // Alg. 1 lines 12-13: O = diag(l)^-1 O, L = m + log l; rows that saw nothing: O = 0, L = -inf.
       for (int64_t r = 0; r < rows; ++r) {
-        float* o = out + b * os.b + head_of(r) * os.h + (query_of(r) - p.i0) * os.r;
+        O* o = out + b * os.b + head_of(r) * os.h + (query_of(r) - p.i0) * os.r;
         const float l = lrow[r];
         const float inv = l == 0.f ? 0.f : 1.f / l;  // NaN rows stay NaN
-        at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
+        if constexpr (std::is_same_v<O, float>) {
+          at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, o, acc + r * p.E, p.E);
+        } else {
+          float* a = acc + r * p.E;
+          at::vec::map<float>([inv](Vec x) { return x * Vec(inv); }, a, a, p.E);
+          at::vec::convert(a, o, p.E);
+        }
         lse[row0 + r] = l == 0.f ? kNegInf : mrow[r] + std::log(l);
         // The row's m and l for the backward, which rebuilds exactly these weights, exp(s - m) * (1/l).
         if (m_out) m_out[row0 + r] = mrow[r], l_out[row0 + r] = l;
@@ -338,19 +346,30 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, float* 
 }
 
 // The forward over inputs of dtype T: products in T, or (`widen`, half inputs) in float32 with every
-// tile widened as the pass reads it.
-template <typename T>
-void run_forward(bool widen, const Params& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                 at::Tensor& out, const RowStrides& os, at::Tensor& lse, float* m_out, float* l_out) {
+// tile widened as the pass reads it; the output in float32 or (the hot path) in T.
+template <typename T, typename O>
+void run_forward_into(bool widen, const Params& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      O* out, const RowStrides& os, at::Tensor& lse, float* m_out, float* l_out) {
   if constexpr (!std::is_same_v<T, float>) {
     if (widen) {
-      forward_kernel<T, float>(p, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<float>(), os,
-                               lse.data_ptr<float>(), m_out, l_out);
+      forward_kernel<T, float, O>(p, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out, os, lse.data_ptr<float>(),
+                                  m_out, l_out);
       return;
     }
   }
-  forward_kernel<T>(p, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<float>(), os,
-                    lse.data_ptr<float>(), m_out, l_out);
+  forward_kernel<T, T, O>(p, q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out, os, lse.data_ptr<float>(), m_out,
+                          l_out);
+}
+
+template <typename T>
+void run_forward(bool widen, const Params& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 at::Tensor& out, const RowStrides& os, at::Tensor& lse, float* m_out, float* l_out) {
+  if (out.scalar_type() == at::kFloat) {
+    run_forward_into<T>(widen, p, q, k, v, out.data_ptr<float>(), os, lse, m_out, l_out);
+  } else {
+    TORCH_CHECK(out.scalar_type() == q.scalar_type(), "attnkit: the output is float32 or the inputs' dtype");
+    if constexpr (!std::is_same_v<T, float>) run_forward_into<T>(widen, p, q, k, v, out.data_ptr<T>(), os, lse, m_out, l_out);
+  }
 }
 
 // ============================================================================= the hot path
@@ -475,7 +494,8 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
   // The output in (B, L, H, E) storage, returned as a (B, H, L, E) view: a model's
   // out.transpose(1, 2).contiguous() is then free (SDPA's CPU kernel does the same).
   const RowStrides os{L * H * E, E, H * E};
-  at::Tensor out = at::empty_strided({B, H, L, E}, {os.b, os.h, os.r, 1}, q.options().dtype(at::kFloat));
+  // The kernel writes q's dtype (the inputs', or float32 when they were widened up front) or float32.
+  at::Tensor out = at::empty_strided({B, H, L, E}, {os.b, os.h, os.r, 1}, q.options());
   at::Tensor lse = at::empty({B, H, L}, q.options().dtype(at::kFloat));
   if (out.numel() != 0 || lse.numel() != 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attnkit_fused_attention", [&] {
@@ -486,6 +506,6 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& q_in, const at::T
       }
     });
   }
-  return {dt == at::kFloat ? out : out.to(dt), lse};
+  return {out.scalar_type() == dt ? out : out.to(dt), lse};
 }
 }  // namespace attnkit_fused
