@@ -2,7 +2,8 @@
 
 A decode step's products are float32 (a growing cache is a new brgemm shape every step, so it stays
 off the half-precision tile products). Until 2026-12-07 the op widened q, K and V whole with
-``Tensor.to`` on every call; now the kernel widens each key tile as its pass reads it. Run this on
+``Tensor.to`` on every call; then each key tile as the pass read it; now a block of a few rows
+converts K and V in registers (``csrc/few_rows.h``; bf16 scores with AVX512-BF16 dot products). Run this on
 two trees in turn for the A/B (``PYTHONPATH=/tmp/old/src`` with ``ATTNKIT_CACHE=/tmp/old_cache``).
 
     PYTHONPATH=src python benchmarks/bench_half_decode.py [--rounds 31]

@@ -86,8 +86,7 @@ def half_products(mode: int, q_shape: torch.Size, v_shape: torch.Size) -> bool:
     ops and the hot path's op. Shapes, not tensors: the hot path has read them already."""
     # VNNI products need even head dims, and not a range shorter than a query block (a decode
     # step: brgemm compiles a kernel per shape, and a growing cache is a new shape every step).
-    short = q_shape[-2] < blocks.QUERY_TILE_SMALL
-    native = q_shape[-1] % 2 == 0 and v_shape[-1] % 2 == 0 and not short
+    native = q_shape[-1] % 2 == 0 and v_shape[-1] % 2 == 0 and q_shape[-2] >= blocks.QUERY_TILE_SMALL
     return mode == HALF or (mode == HALF_IF_EVEN and native)
 
 

@@ -51,6 +51,16 @@ inline FloatVec load_as_float(const T* p, int64_t n) {
   }
 }
 
+// Calls f(std::integral_constant<int, RB>, r) over rows [0, rows) in blocks of RB = 4, 2, 1 rows
+// (the block size is a template argument: its accumulators live in registers).
+template <typename F>
+inline void for_row_blocks(int64_t rows, F&& f) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) f(std::integral_constant<int, 4>{}, r);
+  for (; r + 2 <= rows; r += 2) f(std::integral_constant<int, 2>{}, r);
+  if (r < rows) f(std::integral_constant<int, 1>{}, r);
+}
+
 // S[r][j] = sum_d Q[r][d] K[j][d] for RB rows and KB = 4 keys at a time: each chunk of a key row
 // is loaded (and converted) once for the RB rows, 4 * RB independent FMA chains.
 template <typename T, int RB>
@@ -135,10 +145,9 @@ void scores_few_rows_native(int64_t rows, int64_t cols, int64_t D, const T* q, i
                             float* s, int64_t lds) {
 #if ATTNKIT_DOT_BF16
   if constexpr (std::is_same_v<T, at::BFloat16>) {
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) scores_rows_bf16<4>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
-    for (; r + 2 <= rows; r += 2) scores_rows_bf16<2>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
-    if (r < rows) scores_rows_bf16<1>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+    for_row_blocks(rows, [&](auto rb, int64_t r) {
+      scores_rows_bf16<decltype(rb)::value>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+    });
     return;
   }
 #endif
@@ -148,10 +157,9 @@ void scores_few_rows_native(int64_t rows, int64_t cols, int64_t D, const T* q, i
 template <typename T>
 void scores_few_rows(int64_t rows, int64_t cols, int64_t D, const float* q, int64_t ldq, const T* k, int64_t ldk,
                      float* s, int64_t lds) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) scores_rows<T, 4>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
-  for (; r + 2 <= rows; r += 2) scores_rows<T, 2>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
-  if (r < rows) scores_rows<T, 1>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+  for_row_blocks(rows, [&](auto rb, int64_t r) {
+    scores_rows<T, decltype(rb)::value>(cols, D, q + r * ldq, ldq, k, ldk, s + r * lds, lds);
+  });
 }
 
 // Columns [e0, e0 + NV * W) of RB rows of O = beta O + P V, accumulated in registers over all keys.
@@ -198,14 +206,13 @@ void pv_rows(int64_t cols, int64_t E, const float* p, int64_t ldp, const T* v, i
   }
 }
 
-// O[r][:] = beta O[r][:] + sum_j P[r][j] V[j][:] (beta 0 or 1), two rows per pass over V.
+// O[r][:] = beta O[r][:] + sum_j P[r][j] V[j][:] (beta 0 or 1), up to four rows per pass over V.
 template <typename T>
 void pv_few_rows(int64_t rows, int64_t cols, int64_t E, const float* p, int64_t ldp, const T* v, int64_t ldv,
                  float beta, float* out, int64_t ldo) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) pv_rows<T, 4>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
-  for (; r + 2 <= rows; r += 2) pv_rows<T, 2>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
-  if (r < rows) pv_rows<T, 1>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
+  for_row_blocks(rows, [&](auto rb, int64_t r) {
+    pv_rows<T, decltype(rb)::value>(cols, E, p + r * ldp, ldp, v, ldv, beta, out + r * ldo, ldo);
+  });
 }
 
 }  // namespace attnkit_fused
