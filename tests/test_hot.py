@@ -149,6 +149,40 @@ def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_
         assert not nan_rows[..., :30].any() and nan_rows[1, :, 30:].all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("jump", [2.0, 20.0, 300.0], ids=["within-slack", "rescaled", "past-exp-range"])
+@pytest.mark.parametrize("L, G, kw", [(40, 2, {}), (40, 2, dict(causal=True)), (1, 2, {}), (1, 4, {})],
+                         ids=["encoder", "causal", "decode-gqa", "decode-mha"])
+def test_a_later_key_block_that_outscores_the_earlier_ones(L, G, kw, jump, dtype):
+    # The hot path takes a row's later key blocks (blocks.KEY_TILE keys) in one pass relative to the
+    # max of the blocks before (row_step.h, lazy_exp_sum_row). A key in the second block outscores
+    # row 0's best earlier key by `jump` (scaled score units): the row's max stays (2), the block's
+    # weights are rescaled (20), or exp would have overflowed and the row is recomputed (300). The
+    # other rows score that key anywhere from far below to far above their own maxima.
+    B, H, S, D = 1, 4, 1100, 32  # key blocks [0, 512), [512, 1024), [1024, 1100)
+    q, k, v = qkv(B, H, G, L, S, D, seed=12, dtype=torch.float64)
+    scale = D ** -0.5
+    for h in range(H):
+        g, q0 = h // (H // G), q[0, h, 0]
+        if h % (H // G) == 0:  # one boosted key per kv head, aimed at its first query head
+            best = (scale * k[0, g, :512] @ q0).max()
+            k[0, g, 600 + g] = q0 * (best + jump) / (scale * q0 @ q0)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    assert type(hot.plan(q, k, v, **kw)) is tuple
+    out = attnkit.attention(q, k, v, **kw)
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
+    base = attnkit.attention(q, k, v, **kw, engine="reference")
+    assert_flash_rule(out, base, ref)
+    if jump == 300.0:  # row 0 of each group's first head is that key's value, to the last bit of float32
+        first = torch.arange(H) % (H // G) == 0
+        assert err(out[0, first, 0], ref[0, first, 0]) < 1e-6
+    k[0, 0, 700] = float("nan")  # a NaN key in a later block: the rows that see it are NaN, no other
+    out = attnkit.attention(q, k, v, **kw)
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
+    nan_rows = torch.isnan(ref).any(-1)
+    assert nan_rows.any() and torch.equal(torch.isnan(out).any(-1), nan_rows)
+
+
 @pytest.mark.parametrize("dtype, half", [(torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, 2)],
                          ids=["float32", "bfloat16", "bfloat16-half-products"])
 @pytest.mark.parametrize("L", [1, 5, 40])

@@ -134,6 +134,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
       round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
   const bool raw = plain_scores(p);
+  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row): inference only, as a
+  // backward rebuilds the weights from (m, l) with the two passes' operations.
+  const bool lazy = raw && m_out == nullptr && p.dropout_p == 0.f;
   // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
   // each), so the product reads each chunk from L1 right after it is written (measured: widening
   // a whole 512-key block cost more than its product).
@@ -229,32 +232,56 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         const int64_t chunks = widen ? block_count(cols, wide_keys, kMinCols) : 0;  // widened K/V chunks
-        if (few) {
-          if constexpr (native_dot<T>()) {
-            scores_few_rows_native<T>(rows, cols, p.D, qp, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
+        // Products of the packed rows [r0, r0 + n_rows) with this block's keys into `out` (rows
+        // `cols` apart): the whole block, or one row again after a lazy step gave up (row_step.h).
+        auto products = [&](int64_t r0, int64_t n_rows, float* out) {
+          if (few) {
+            if constexpr (native_dot<T>()) {
+              scores_few_rows_native<T>(n_rows, cols, p.D, qp + r0 * ldq, ldq, kp + n0 * p.ks.r, p.ks.r, out, cols);
+            } else {
+              scores_few_rows<T>(n_rows, cols, p.D, qf + r0 * ldq, ldq, kp + n0 * p.ks.r, p.ks.r, out, cols);
+            }
+          } else if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
+            for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
+              n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
+              widen_rows(kp + (n0 + c0) * p.ks.r, n, p.D, p.ks.r, k_wide);
+              gemm<float>(false, true, n_rows, n, p.D, 1.f, qg + r0 * ldq, ldq, k_wide, p.D, 0.f, out + c0, cols);
+            }
+          } else if (vnni) {
+            gemm_vnni<C>(n_rows, cols, p.D, qg + r0 * ldq, ldq, kpk + n0 * 2, p.Sb, out, cols, false);
           } else {
-            scores_few_rows<T>(rows, cols, p.D, qf, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
+            gemm<C>(false, true, n_rows, cols, p.D, 1.f, qg + r0 * ldq, ldq, kp + n0 * p.ks.r, p.ks.r, 0.f, out, cols);
           }
-        } else if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
-          for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
-            n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
-            widen_rows(kp + (n0 + c0) * p.ks.r, n, p.D, p.ks.r, k_wide);
-            gemm<float>(false, true, rows, n, p.D, 1.f, qg, ldq, k_wide, p.D, 0.f, qk + c0, cols);
-          }
-        } else if (vnni) {
-          gemm_vnni<C>(rows, cols, p.D, qg, ldq, kpk + n0 * 2, p.Sb, qk, cols, false);
-        } else {
-          gemm<C>(false, true, rows, cols, p.D, 1.f, qg, ldq, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);
-        }
+        };
+        products(0, rows, qk);
         // P V over keys [a0, a1): VNNI pairs start at an even key, so P gets a zero column in front
         // (an odd n0) or behind (an odd end); the key it pairs with is outside this block.
         const int64_t a0 = vnni ? n0 - (n0 & 1) : n0, a1 = vnni ? n0 + cols + ((n0 + cols) & 1) : n0 + cols;
         const int64_t kc = a1 - a0, lead = n0 - a0;
         if (p.dropout_p > 0.f)
           for (int64_t c = 0; c < cols; ++c) ckeys[c] = col_key(p.j0 + n0 + c);
+        // Row r of P in the products' half type (few rows are never half products: they read P in float32).
+        auto to_half_row = [&](const float* s, int64_t r) {
+          C* ph = p_half + r * kc;
+          if (lead) ph[0] = T(0.f);
+          to_gemm_type(s, ph + lead, cols);
+          if (kc > lead + cols) ph[kc - 1] = T(0.f);
+        };
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
+          const bool lazy_row = lazy && std::isfinite(mrow[r]);  // a later block of a row that saw keys
+          LazyStep step;
+          if (lazy_row && lazy_exp_sum_row(p, b, ia, p.j0 + n0, cols, s, mrow[r], step)) {
+            lrow[r] = step.alpha * lrow[r] + step.sum;
+            mrow[r] = step.m;
+            if (step.alpha != 1.f) {
+              at::vec::map<float>([&step](Vec x) { return x * Vec(step.alpha); }, acc + r * p.E, acc + r * p.E, p.E);
+            }
+            if constexpr (half) to_half_row(s, r);
+            continue;
+          }
+          if (lazy_row) products(r, 1, s);  // the lazy pass gave up: its scores are gone
           // Alg. 1 line 9: m_new = max(m_old, rowmax(S)).
           const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr, raw);
           // NaN (from a NaN query) must win over -inf so it stays in its row.
@@ -274,12 +301,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
             // Dropout after the sum: l keeps the undropped normalizer (out = sum p keep v / ((1-p) l)).
             if (p.dropout_p > 0.f) dropout_row(p, b, h, ia, ckeys, s, cols, keep_scale);
           }
-          if constexpr (half) {  // (few rows are never half products: they read P in float32)
-            C* ph = p_half + r * kc;
-            if (lead) ph[0] = T(0.f);
-            to_gemm_type(s, ph + lead, cols);
-            if (kc > lead + cols) ph[kc - 1] = T(0.f);
-          }
+          if constexpr (half) to_half_row(s, r);
         }
         // Alg. 1 line 10 (cont.): O += P V_j.
         const C* pg;

@@ -137,6 +137,56 @@ inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f, float 
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
 }
 
+// Lazy rescaling (FlashAttention-4's, used here to save a pass): an inference row whose running max
+// m is finite takes a later key block of raw products (plain_scores) in ONE pass, P = exp(scale*s - m)
+// with the block's max found on the way, instead of a max pass and then the exp pass. m moves only
+// where the block's max exceeds it by more than kLazySlack: P is then rescaled to the new max (a
+// second pass, rare: a row's max is mostly set by its first block). Weights stay below e^kLazySlack,
+// so O and l cannot overflow. A max that grew by more than kLazyLimit may have overflowed exp: then
+// this returns false, s holds no scores, and the caller recomputes the row's products and takes the
+// two passes. (A NaN product makes the sum, so l and the row, NaN, as the two passes do.)
+constexpr float kLazySlack = 5.5451774f;  // 8 ln 2: weights up to 2^8 (FA-4's threshold)
+constexpr float kLazyLimit = 80.f;        // e^80 * 512 keys < FLT_MAX
+struct LazyStep {
+  float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
+};
+
+inline bool lazy_exp_sum_row(const Params& p, int64_t b, int64_t ia, int64_t ja, int64_t n, float* s, float m,
+                             LazyStep& step) {
+  int64_t lo, hi;
+  row_range(p, b, ia, lo, hi);
+  lo = std::clamp(lo - ja, int64_t(0), n);
+  hi = std::clamp(hi - ja, int64_t(0), n);
+  std::fill(s, s + lo, 0.f);  // hidden keys: P = 0
+  std::fill(s + std::max(lo, hi), s + n, 0.f);
+  step = {0.f, m, 1.f};
+  if (lo >= hi) return true;
+  const int64_t VS = Vec::size();
+  const Vec vm(m), vscale(p.scale), zero(0.f), vninf(kNegInf);
+  Vec vsum(0.f), vmax(kNegInf);
+  for (int64_t j = lo; j < hi; j += VS) {
+    const int64_t cnt = std::min(VS, hi - j);
+    const Vec x = Vec::loadu(s + j, cnt);
+    vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
+    Vec e = at::vec::fmsub(x, vscale, vm).exp_u20();  // the same operations as exp_sum_row
+    if (cnt < VS) e = Vec::set(zero, e, cnt);
+    vsum = vsum + e;
+    e.store(s + j, cnt);
+  }
+  const float grow =
+      at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax) * p.scale - m;
+  if (grow > kLazyLimit) return false;
+  step.sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
+  if (grow > kLazySlack) {
+    step.alpha = std::exp(-grow);
+    step.m = m + grow;
+    step.sum *= step.alpha;
+    const Vec va(step.alpha);
+    at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, hi - lo);
+  }
+  return true;
+}
+
 // Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
 inline void dropout_row(const Params& p, int64_t b, int64_t h, int64_t ia, const uint32_t* ckeys, float* s,
                         int64_t n, float keep_scale) {
