@@ -157,14 +157,14 @@ MUTANTS: list[Mutant] = [
     Mutant("E5", "C++ decode rows, bf16 dot products: a head dim's last partial pair vector is dropped "
            "(compiled in where the CPU has AVX512-BF16)", CSRC + "few_rows.h", "if (tail) step(full, tail_mask);",
            "if (false) step(full, tail_mask);", HOT_TESTS),
-    Mutant("L1", "C++ lazy row step: a later block whose max grew past the slack keeps weights relative to the old max "
+    Mutant("Z1", "C++ lazy row step: a later block whose max grew past the slack keeps weights relative to the old max "
            "(its P not rescaled)", ROW_STEP, "at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, hi - lo);",
            "", HOT_TESTS),
-    Mutant("L2", "C++ lazy row step: the accumulator is not rescaled when the row's max moves",
+    Mutant("Z2", "C++ lazy row step: the accumulator is not rescaled when the row's max moves",
            FORWARD, "if (step.alpha != 1.f) {", "if (false) {", HOT_TESTS),
-    Mutant("L3", "C++ lazy row step: a row it gave up on is not recomputed (exp's overflow read as scores)",
+    Mutant("Z3", "C++ lazy row step: a row it gave up on is not recomputed (exp's overflow read as scores)",
            FORWARD, "if (lazy_row) products(r, 1, s);", "", HOT_TESTS),
-    Mutant("L4", "C++ lazy row step: never gives up, even where exp overflowed",
+    Mutant("Z4", "C++ lazy row step: never gives up, even where exp overflowed",
            ROW_STEP, "if (grow > kLazyLimit) return false;", "", HOT_TESTS),
     Mutant("B1", "C++ score pass: a contiguous boolean mask row hides the keys it keeps (blend inverted)",
            ROW_STEP, "_mm512_set1_ps(kNegInf), x));", "x, _mm512_set1_ps(kNegInf)));", ("test_fused.py",)),
@@ -209,6 +209,7 @@ MUTANTS: list[Mutant] = [
            "is_causal=spec.causal is not None, scale=spec.scale,", "is_causal=spec.causal is not None,",
            ("test_attention.py", "test_flash.py", "test_properties.py")),
 ]
+assert len({m.id for m in MUTANTS}) == len(MUTANTS), "two mutants share an id (--only would run both)"
 
 
 def _copy_tree(dst: Path) -> None:
