@@ -29,9 +29,7 @@ template <typename T>
 void visible_pv_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, const float* prob,
                     const T* v, float* pv) {  // v: key ja's row, rows p.vs.r apart
   int64_t lo, hi;
-  row_range(p, b, ia, lo, hi);
-  lo = std::clamp(lo - ja, int64_t(0), n);
-  hi = std::clamp(hi - ja, int64_t(0), n);
+  visible_columns(p, b, ia, ja, n, lo, hi);
   std::fill(pv, pv + p.E, 0.f);
   const bool* mrow = p.mask ? p.mask + b * p.ms.b + h * p.ms.h + ia * p.ms.i : nullptr;
   for (int64_t j = lo; j < hi; ++j) {
@@ -136,7 +134,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
   const bool raw = plain_scores(p);
   // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row): inference only, as a
   // backward rebuilds the weights from (m, l) with the two passes' operations.
-  const bool lazy = raw && m_out == nullptr && p.dropout_p == 0.f;
+  const bool lazy = m_out == nullptr && p.dropout_p == 0.f;
   // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
   // each), so the product reads each chunk from L1 right after it is written (measured: widening
   // a whole 512-key block cost more than its product).
@@ -232,28 +230,23 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
         const bool first = n0 == jlo;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         const int64_t chunks = widen ? block_count(cols, wide_keys, kMinCols) : 0;  // widened K/V chunks
-        // Products of the packed rows [r0, r0 + n_rows) with this block's keys into `out` (rows
-        // `cols` apart): the whole block, or one row again after a lazy step gave up (row_step.h).
-        auto products = [&](int64_t r0, int64_t n_rows, float* out) {
-          if (few) {
-            if constexpr (native_dot<T>()) {
-              scores_few_rows_native<T>(n_rows, cols, p.D, qp + r0 * ldq, ldq, kp + n0 * p.ks.r, p.ks.r, out, cols);
-            } else {
-              scores_few_rows<T>(n_rows, cols, p.D, qf + r0 * ldq, ldq, kp + n0 * p.ks.r, p.ks.r, out, cols);
-            }
-          } else if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
-            for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
-              n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
-              widen_rows(kp + (n0 + c0) * p.ks.r, n, p.D, p.ks.r, k_wide);
-              gemm<float>(false, true, n_rows, n, p.D, 1.f, qg + r0 * ldq, ldq, k_wide, p.D, 0.f, out + c0, cols);
-            }
-          } else if (vnni) {
-            gemm_vnni<C>(n_rows, cols, p.D, qg + r0 * ldq, ldq, kpk + n0 * 2, p.Sb, out, cols, false);
+        if (few) {
+          if constexpr (native_dot<T>()) {
+            scores_few_rows_native<T>(rows, cols, p.D, qp, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
           } else {
-            gemm<C>(false, true, n_rows, cols, p.D, 1.f, qg + r0 * ldq, ldq, kp + n0 * p.ks.r, p.ks.r, 0.f, out, cols);
+            scores_few_rows<T>(rows, cols, p.D, qf, ldq, kp + n0 * p.ks.r, p.ks.r, qk, cols);
           }
-        };
-        products(0, rows, qk);
+        } else if constexpr (widen) {  // K widened a chunk at a time, each chunk's product right after
+          for (int64_t c = 0, c0 = 0, n; c < chunks; ++c, c0 += n) {
+            n = block_len(cols, wide_keys, chunks, c);  // never narrower than kMinCols (params.h)
+            widen_rows(kp + (n0 + c0) * p.ks.r, n, p.D, p.ks.r, k_wide);
+            gemm<float>(false, true, rows, n, p.D, 1.f, qg, ldq, k_wide, p.D, 0.f, qk + c0, cols);
+          }
+        } else if (vnni) {
+          gemm_vnni<C>(rows, cols, p.D, qg, ldq, kpk + n0 * 2, p.Sb, qk, cols, false);
+        } else {
+          gemm<C>(false, true, rows, cols, p.D, 1.f, qg, ldq, kp + n0 * p.ks.r, p.ks.r, 0.f, qk, cols);
+        }
         // P V over keys [a0, a1): VNNI pairs start at an even key, so P gets a zero column in front
         // (an odd n0) or behind (an odd end); the key it pairs with is outside this block.
         const int64_t a0 = vnni ? n0 - (n0 & 1) : n0, a1 = vnni ? n0 + cols + ((n0 + cols) & 1) : n0 + cols;
@@ -270,9 +263,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
-          const bool lazy_row = lazy && std::isfinite(mrow[r]);  // a later block of a row that saw keys
-          LazyStep step;
-          if (lazy_row && lazy_exp_sum_row(p, b, ia, p.j0 + n0, cols, s, mrow[r], step)) {
+          if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
+            const LazyStep step = lazy_exp_sum_row(p, b, h, ia, p.j0 + n0, cols, s, mrow[r]);
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {
@@ -281,7 +273,6 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
             if constexpr (half) to_half_row(s, r);
             continue;
           }
-          if (lazy_row) products(r, 1, s);  // the lazy pass gave up: its scores are gone
           // Alg. 1 line 9: m_new = max(m_old, rowmax(S)).
           const float smax = score_row(p, b, h, ia, p.j0 + n0, cols, s, nullptr, raw);
           // NaN (from a NaN query) must win over -inf so it stays in its row.

@@ -49,10 +49,6 @@ inline Vec keep_visible(Vec x, const bool* m, int64_t stride, int64_t cnt) {
   return Vec::blendv(Vec(kNegInf), x, Vec::loadu(keep) != Vec(0.f));
 }
 
-// Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
-// final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
-// visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
-// `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule.
 // Scores that are the scaled products alone (no softcap, ALiBi, masks or biases; scale > 0): their
 // max is the raw products' max times the scale, so the forward leaves the products raw and applies
 // the scale inside the exp pass (exp_sum_row) — one store per score less than scaling first.
@@ -60,30 +56,20 @@ inline bool plain_scores(const Params& p) {
   return p.softcap == 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask && p.scale > 0.f;
 }
 
-inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
-                       float* dcap, bool raw = false) {
-  int64_t lo, hi;
+// The visible keys [lo, hi) of row ia among tile columns [0, n) (absolute keys [ja, ja+n)).
+inline void visible_columns(const Params& p, int64_t b, int64_t ia, int64_t ja, int64_t n, int64_t& lo, int64_t& hi) {
   row_range(p, b, ia, lo, hi);
   lo = std::clamp(lo - ja, int64_t(0), n);
   hi = std::clamp(hi - ja, int64_t(0), n);
-  std::fill(s, s + lo, kNegInf);
-  std::fill(s + hi, s + n, kNegInf);
-  if (dcap) {  // hidden keys: zero derivative (never 0 * garbage in the chain rule)
-    std::fill(dcap, dcap + lo, 0.f);
-    std::fill(dcap + std::max(lo, hi), dcap + n, 0.f);
-  }
-  if (lo >= hi) return kNegInf;
+}
+
+// The final scores of columns [lo, hi) of a row of raw q.k products s (tile columns = absolute keys
+// ja + j), handed to `take(x, j, cnt)` a vector at a time (lanes [0, cnt) are keys j..j+cnt-1).
+template <typename Take>
+inline void final_scores(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t lo, int64_t hi,
+                         const float* s, float* dcap, Take&& take) {
   const int64_t VS = Vec::size();
-  if (raw) {  // plain_scores(p): the max of the raw products, scaled (NaN-propagating like the rest)
-    Vec rmax(kNegInf);
-    int64_t j = lo;
-    for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
-    float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, rmax);
-    for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
-    return m * p.scale;
-  }
-  const Vec vscale(p.scale), vninf(kNegInf);
-  Vec vmax(kNegInf);
+  const Vec vscale(p.scale);
   const bool cap = p.softcap != 0.f;
   const float slope = p.alibi ? p.alibi[b * p.H + h] : 0.f;
   const float pos = static_cast<float>(ia + align_offset(p, b));
@@ -112,10 +98,46 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
     if (frow) x = x + load_strided(frow + (ja + j) * p.fs.j, p.fs.j, cnt);
     if (brow) x = x + load_strided(brow + (ja + j) * p.bs.j, p.bs.j, cnt);
     if (mrow) x = keep_visible(x, mrow + (ja + j) * p.ms.j, p.ms.j, cnt);
+    take(x, j, cnt);
+  }
+}
+
+inline float max_of(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, v);
+}
+
+// Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
+// final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
+// visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
+// `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule. `raw`
+// (plain_scores): the products stay unscaled in s, their scaled max is returned.
+inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
+                       float* dcap, bool raw = false) {
+  int64_t lo, hi;
+  visible_columns(p, b, ia, ja, n, lo, hi);
+  std::fill(s, s + lo, kNegInf);
+  std::fill(s + hi, s + n, kNegInf);
+  if (dcap) {  // hidden keys: zero derivative (never 0 * garbage in the chain rule)
+    std::fill(dcap, dcap + lo, 0.f);
+    std::fill(dcap + std::max(lo, hi), dcap + n, 0.f);
+  }
+  if (lo >= hi) return kNegInf;
+  const int64_t VS = Vec::size();
+  if (raw) {  // plain_scores(p): the max of the raw products, scaled (NaN-propagating like the rest)
+    Vec rmax(kNegInf);
+    int64_t j = lo;
+    for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
+    float m = max_of(rmax);
+    for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
+    return m * p.scale;
+  }
+  const Vec vninf(kNegInf);
+  Vec vmax(kNegInf);
+  final_scores(p, b, h, ia, ja, lo, hi, s, dcap, [&](const Vec& x, int64_t j, int64_t cnt) {
     x.store(s + j, cnt);
     vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
-  }
-  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
+  });
+  return max_of(vmax);
 }
 
 // s <- exp(scale * s - m) * inv, returns the row sum before `inv` (FA-2 Alg. 1 line 10: P~ and
@@ -137,54 +159,66 @@ inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f, float 
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
 }
 
+// Whether some lane of x exceeds t (an ordered compare: a NaN lane never does).
+inline bool any_above(const Vec& x, const Vec& t) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_cmp_ps_mask(x, t, _CMP_GT_OQ) != 0;
+#elif defined(CPU_CAPABILITY_AVX2)
+  return _mm256_movemask_ps(_mm256_cmp_ps(x, t, _CMP_GT_OQ)) != 0;
+#else
+  __at_align__ float a[Vec::size()], c[Vec::size()];
+  x.store(a);
+  t.store(c);
+  for (int64_t i = 0; i < Vec::size(); ++i)
+    if (a[i] > c[i]) return true;
+  return false;
+#endif
+}
+
 // Lazy rescaling (FlashAttention-4's, used here to save a pass): an inference row whose running max
-// m is finite takes a later key block of raw products (plain_scores) in ONE pass, P = exp(scale*s - m)
-// with the block's max found on the way, instead of a max pass and then the exp pass. m moves only
-// where the block's max exceeds it by more than kLazySlack: P is then rescaled to the new max (a
-// second pass, rare: a row's max is mostly set by its first block). Weights stay below e^kLazySlack,
-// so O and l cannot overflow. A max that grew by more than kLazyLimit may have overflowed exp: then
-// this returns false, s holds no scores, and the caller recomputes the row's products and takes the
-// two passes. (A NaN product makes the sum, so l and the row, NaN, as the two passes do.)
+// m is finite takes a later key block in ONE pass, P = exp(score - m), instead of a score-and-max
+// pass and then the exp pass. While no score exceeds m + kLazySlack, m stays (weights up to
+// e^kLazySlack: O and l cannot overflow, and exp's argument stays small, where exp_u20 is most
+// accurate). At the first vector with a score above that, the rest of the row is scored and its max
+// taken, as the two passes do; its weights are computed relative to the new max and the ones already
+// made are rescaled to it. (A NaN score passes no compare: it makes the sum, so l and the row, NaN,
+// as the two passes do.)
 constexpr float kLazySlack = 5.5451774f;  // 8 ln 2: weights up to 2^8 (FA-4's threshold)
-constexpr float kLazyLimit = 80.f;        // e^80 * 512 keys < FLT_MAX
 struct LazyStep {
   float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
 };
 
-inline bool lazy_exp_sum_row(const Params& p, int64_t b, int64_t ia, int64_t ja, int64_t n, float* s, float m,
-                             LazyStep& step) {
+inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
+                                 float m) {
   int64_t lo, hi;
-  row_range(p, b, ia, lo, hi);
-  lo = std::clamp(lo - ja, int64_t(0), n);
-  hi = std::clamp(hi - ja, int64_t(0), n);
+  visible_columns(p, b, ia, ja, n, lo, hi);
   std::fill(s, s + lo, 0.f);  // hidden keys: P = 0
   std::fill(s + std::max(lo, hi), s + n, 0.f);
-  step = {0.f, m, 1.f};
-  if (lo >= hi) return true;
+  if (lo >= hi) return {0.f, m, 1.f};
   const int64_t VS = Vec::size();
-  const Vec vm(m), vscale(p.scale), zero(0.f), vninf(kNegInf);
+  const Vec vm(m), limit(m + kLazySlack), zero(0.f), vninf(kNegInf);
   Vec vsum(0.f), vmax(kNegInf);
-  for (int64_t j = lo; j < hi; j += VS) {
-    const int64_t cnt = std::min(VS, hi - j);
-    const Vec x = Vec::loadu(s + j, cnt);
-    vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
-    Vec e = at::vec::fmsub(x, vscale, vm).exp_u20();  // the same operations as exp_sum_row
+  int64_t jump = hi;  // the first column of the rest of the row, scored only (once a score jumped)
+  final_scores(p, b, h, ia, ja, lo, hi, s, nullptr, [&](const Vec& x, int64_t j, int64_t cnt) {
+    const Vec xs = cnt == VS ? x : Vec::set(vninf, x, cnt);
+    if (jump == hi && any_above(xs, limit)) jump = j;
+    if (jump < hi) {
+      x.store(s + j, cnt);
+      vmax = at::vec::maximum(vmax, xs);
+      return;
+    }
+    Vec e = (x - vm).exp_u20();
     if (cnt < VS) e = Vec::set(zero, e, cnt);
     vsum = vsum + e;
     e.store(s + j, cnt);
-  }
-  const float grow =
-      at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax) * p.scale - m;
-  if (grow > kLazyLimit) return false;
-  step.sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
-  if (grow > kLazySlack) {
-    step.alpha = std::exp(-grow);
-    step.m = m + grow;
-    step.sum *= step.alpha;
-    const Vec va(step.alpha);
-    at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, hi - lo);
-  }
-  return true;
+  });
+  const float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
+  if (jump == hi) return {sum, m, 1.f};
+  const float mnew = max_of(vmax);  // > m + kLazySlack (or NaN)
+  const float alpha = std::exp(m - mnew);
+  const Vec va(alpha);
+  at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, jump - lo);
+  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew), mnew, alpha};
 }
 
 // Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
