@@ -151,14 +151,16 @@ def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("jump", [2.0, 20.0, 300.0], ids=["within-slack", "rescaled", "past-exp-range"])
-@pytest.mark.parametrize("L, G, kw", [(40, 2, {}), (40, 2, dict(causal=True)), (1, 2, {}), (1, 4, {})],
-                         ids=["encoder", "causal", "decode-gqa", "decode-mha"])
+@pytest.mark.parametrize("L, G, kw", [(40, 2, {}), (40, 2, dict(causal=True)), (40, 2, dict(mask=torch.arange(1100) % 7 != 3)),
+                                      (1, 2, {}), (1, 4, {})],
+                         ids=["encoder", "causal", "bool-mask", "decode-gqa", "decode-mha"])
 def test_a_later_key_block_that_outscores_the_earlier_ones(L, G, kw, jump, dtype):
     # The hot path takes a row's later key blocks (blocks.KEY_TILE keys) in one pass relative to the
     # max of the blocks before (row_step.h, lazy_exp_sum_row). A key in the second block outscores
-    # row 0's best earlier key by `jump` (scaled score units): the row's max stays (2), the block's
-    # weights are rescaled (20), or exp would have overflowed and the row is recomputed (300). The
-    # other rows score that key anywhere from far below to far above their own maxima.
+    # row 0's best earlier key by `jump` (scaled score units): within the slack the row's max stays
+    # (2); past it (20, and 300, where exp relative to the old max would overflow) the rest of the row
+    # is weighed against the new max and the weights before it rescaled. The other rows score that
+    # key anywhere from far below to far above their own maxima.
     B, H, S, D = 1, 4, 1100, 32  # key blocks [0, 512), [512, 1024), [1024, 1100)
     q, k, v = qkv(B, H, G, L, S, D, seed=12, dtype=torch.float64)
     scale = D ** -0.5
