@@ -264,7 +264,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
           const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
           if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
-            const LazyStep step = lazy_exp_sum_row(p, b, h, ia, p.j0 + n0, cols, s, mrow[r]);
+            const LazyStep step = lazy_exp_sum_row(p, b, h, ia, p.j0 + n0, cols, s, mrow[r], raw);
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {

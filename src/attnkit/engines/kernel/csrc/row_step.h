@@ -65,8 +65,10 @@ inline void visible_columns(const Params& p, int64_t b, int64_t ia, int64_t ja, 
 
 // The final scores of columns [lo, hi) of a row of raw q.k products s (tile columns = absolute keys
 // ja + j), handed to `take(x, j, cnt)` a vector at a time (lanes [0, cnt) are keys j..j+cnt-1).
+// Inlined into its caller, so the caller's running sums and maxima stay in registers (as a call, the
+// lambda's captures lived on the stack).
 template <typename Take>
-inline void final_scores(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t lo, int64_t hi,
+inline __attribute__((always_inline)) void final_scores(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t lo, int64_t hi,
                          const float* s, float* dcap, Take&& take) {
   const int64_t VS = Vec::size();
   const Vec vscale(p.scale);
@@ -106,6 +108,17 @@ inline float max_of(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, v);
 }
 
+// The max of s[lo, hi) (lo < hi), NaN-propagating like the vector maximum.
+inline float raw_max(const float* s, int64_t lo, int64_t hi) {
+  const int64_t VS = Vec::size();
+  Vec rmax(kNegInf);
+  int64_t j = lo;
+  for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
+  float m = max_of(rmax);
+  for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
+  return m;
+}
+
 // Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
 // final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
 // visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
@@ -123,14 +136,7 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
   }
   if (lo >= hi) return kNegInf;
   const int64_t VS = Vec::size();
-  if (raw) {  // plain_scores(p): the max of the raw products, scaled (NaN-propagating like the rest)
-    Vec rmax(kNegInf);
-    int64_t j = lo;
-    for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
-    float m = max_of(rmax);
-    for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
-    return m * p.scale;
-  }
+  if (raw) return raw_max(s, lo, hi) * p.scale;
   const Vec vninf(kNegInf);
   Vec vmax(kNegInf);
   final_scores(p, b, h, ia, ja, lo, hi, s, dcap, [&](const Vec& x, int64_t j, int64_t cnt) {
@@ -189,36 +195,57 @@ struct LazyStep {
 };
 
 inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
-                                 float m) {
+                                 float m, bool raw) {
   int64_t lo, hi;
   visible_columns(p, b, ia, ja, n, lo, hi);
   std::fill(s, s + lo, 0.f);  // hidden keys: P = 0
   std::fill(s + std::max(lo, hi), s + n, 0.f);
   if (lo >= hi) return {0.f, m, 1.f};
   const int64_t VS = Vec::size();
-  const Vec vm(m), limit(m + kLazySlack), zero(0.f), vninf(kNegInf);
-  Vec vsum(0.f), vmax(kNegInf);
+  const Vec vm(m), zero(0.f), vninf(kNegInf);
+  Vec vsum(0.f);
   int64_t jump = hi;  // the first column of the rest of the row, scored only (once a score jumped)
-  final_scores(p, b, h, ia, ja, lo, hi, s, nullptr, [&](const Vec& x, int64_t j, int64_t cnt) {
-    const Vec xs = cnt == VS ? x : Vec::set(vninf, x, cnt);
-    if (jump == hi && any_above(xs, limit)) jump = j;
-    if (jump < hi) {
-      x.store(s + j, cnt);
-      vmax = at::vec::maximum(vmax, xs);
-      return;
-    }
-    Vec e = (x - vm).exp_u20();
-    if (cnt < VS) e = Vec::set(zero, e, cnt);
-    vsum = vsum + e;
-    e.store(s + j, cnt);
-  });
+  float mnew = m;
+  if (raw) {  // plain_scores: products scaled inside exp (exp_sum_row's operations), a loop of its own
+    const Vec vscale(p.scale), limit((m + kLazySlack) / p.scale);
+    auto weigh = [&](int64_t j, int64_t cnt) {  // false: a score of this vector jumped
+      const Vec x = cnt == VS ? Vec::loadu(s + j) : Vec::set(vninf, Vec::loadu(s + j, cnt), cnt);
+      if (any_above(x, limit)) return false;
+      const Vec e = at::vec::fmsub(x, vscale, vm).exp_u20();
+      vsum = vsum + (cnt == VS ? e : Vec::set(zero, e, cnt));
+      e.store(s + j, cnt);
+      return true;
+    };
+    int64_t j = lo;
+    while (j + VS <= hi && weigh(j, VS)) j += VS;
+    if (j + VS > hi && j < hi && weigh(j, hi - j)) j = hi;
+    jump = j;
+    if (jump < hi) mnew = raw_max(s, jump, hi) * p.scale;
+  } else {
+    const Vec limit(m + kLazySlack);
+    Vec vmax(kNegInf);
+    final_scores(p, b, h, ia, ja, lo, hi, s, nullptr, [&](const Vec& x, int64_t j, int64_t cnt) {
+      const Vec xs = cnt == VS ? x : Vec::set(vninf, x, cnt);
+      if (jump == hi && any_above(xs, limit)) jump = j;
+      if (jump < hi) {
+        x.store(s + j, cnt);
+        vmax = at::vec::maximum(vmax, xs);
+        return;
+      }
+      Vec e = (x - vm).exp_u20();
+      if (cnt < VS) e = Vec::set(zero, e, cnt);
+      vsum = vsum + e;
+      e.store(s + j, cnt);
+    });
+    if (jump < hi) mnew = max_of(vmax);
+  }
   const float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
   if (jump == hi) return {sum, m, 1.f};
-  const float mnew = max_of(vmax);  // > m + kLazySlack (or NaN)
+  // mnew > m + kLazySlack (or NaN): the rest weighed against it, the weights before rescaled to it.
   const float alpha = std::exp(m - mnew);
   const Vec va(alpha);
   at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, jump - lo);
-  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew), mnew, alpha};
+  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew, raw ? p.scale : 1.f), mnew, alpha};
 }
 
 // Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
