@@ -132,9 +132,10 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
       round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
   const bool raw = plain_scores(p);
-  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row): inference only, as a
-  // backward rebuilds the weights from (m, l) with the two passes' operations.
-  const bool lazy = m_out == nullptr && p.dropout_p == 0.f;
+  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row), for scaled products or
+  // ALiBi: inference only, as a backward rebuilds the weights from (m, l) with the two passes' operations.
+  const bool alibi = alibi_scores(p);
+  const bool lazy = (raw || alibi) && m_out == nullptr && p.dropout_p == 0.f;
   // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
   // each), so the product reads each chunk from L1 right after it is written (measured: widening
   // a whole 512-key block cost more than its product).
@@ -264,7 +265,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
           const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
           if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
-            const LazyStep step = lazy_exp_sum_row(p, b, h, ia, p.j0 + n0, cols, s, mrow[r], raw);
+            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, ia, p.j0 + n0, cols, s, mrow[r], AlibiScores(p, b, h, ia, p.j0 + n0))
+                                        : lazy_exp_sum_row(p, b, ia, p.j0 + n0, cols, s, mrow[r], ScaledScores{Vec(p.scale)});
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {

@@ -49,13 +49,6 @@ inline Vec keep_visible(Vec x, const bool* m, int64_t stride, int64_t cnt) {
   return Vec::blendv(Vec(kNegInf), x, Vec::loadu(keep) != Vec(0.f));
 }
 
-// Scores that are the scaled products alone (no softcap, ALiBi, masks or biases; scale > 0): their
-// max is the raw products' max times the scale, so the forward leaves the products raw and applies
-// the scale inside the exp pass (exp_sum_row) — one store per score less than scaling first.
-inline bool plain_scores(const Params& p) {
-  return p.softcap == 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask && p.scale > 0.f;
-}
-
 // The visible keys [lo, hi) of row ia among tile columns [0, n) (absolute keys [ja, ja+n)).
 inline void visible_columns(const Params& p, int64_t b, int64_t ia, int64_t ja, int64_t n, int64_t& lo, int64_t& hi) {
   row_range(p, b, ia, lo, hi);
@@ -63,15 +56,39 @@ inline void visible_columns(const Params& p, int64_t b, int64_t ia, int64_t ja, 
   hi = std::clamp(hi - ja, int64_t(0), n);
 }
 
-// The final scores of columns [lo, hi) of a row of raw q.k products s (tile columns = absolute keys
-// ja + j), handed to `take(x, j, cnt)` a vector at a time (lanes [0, cnt) are keys j..j+cnt-1).
-// Inlined into its caller, so the caller's running sums and maxima stay in registers (as a call, the
-// lambda's captures lived on the stack).
-template <typename Take>
-inline __attribute__((always_inline)) void final_scores(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t lo, int64_t hi,
-                         const float* s, float* dcap, Take&& take) {
+// Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
+// final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
+// visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
+// `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule.
+// Scores that are the scaled products alone (no softcap, ALiBi, masks or biases; scale > 0): their
+// max is the raw products' max times the scale, so the forward leaves the products raw and applies
+// the scale inside the exp pass (exp_sum_row) — one store per score less than scaling first.
+inline bool plain_scores(const Params& p) {
+  return p.softcap == 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask && p.scale > 0.f;
+}
+
+inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
+                       float* dcap, bool raw = false) {
+  int64_t lo, hi;
+  visible_columns(p, b, ia, ja, n, lo, hi);
+  std::fill(s, s + lo, kNegInf);
+  std::fill(s + hi, s + n, kNegInf);
+  if (dcap) {  // hidden keys: zero derivative (never 0 * garbage in the chain rule)
+    std::fill(dcap, dcap + lo, 0.f);
+    std::fill(dcap + std::max(lo, hi), dcap + n, 0.f);
+  }
+  if (lo >= hi) return kNegInf;
   const int64_t VS = Vec::size();
-  const Vec vscale(p.scale);
+  if (raw) {  // plain_scores(p): the max of the raw products, scaled (NaN-propagating like the rest)
+    Vec rmax(kNegInf);
+    int64_t j = lo;
+    for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
+    float m = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, rmax);
+    for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
+    return m * p.scale;
+  }
+  const Vec vscale(p.scale), vninf(kNegInf);
+  Vec vmax(kNegInf);
   const bool cap = p.softcap != 0.f;
   const float slope = p.alibi ? p.alibi[b * p.H + h] : 0.f;
   const float pos = static_cast<float>(ia + align_offset(p, b));
@@ -100,50 +117,10 @@ inline __attribute__((always_inline)) void final_scores(const Params& p, int64_t
     if (frow) x = x + load_strided(frow + (ja + j) * p.fs.j, p.fs.j, cnt);
     if (brow) x = x + load_strided(brow + (ja + j) * p.bs.j, p.bs.j, cnt);
     if (mrow) x = keep_visible(x, mrow + (ja + j) * p.ms.j, p.ms.j, cnt);
-    take(x, j, cnt);
-  }
-}
-
-inline float max_of(const Vec& v) {
-  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, v);
-}
-
-// The max of s[lo, hi) (lo < hi), NaN-propagating like the vector maximum.
-inline float raw_max(const float* s, int64_t lo, int64_t hi) {
-  const int64_t VS = Vec::size();
-  Vec rmax(kNegInf);
-  int64_t j = lo;
-  for (; j + VS <= hi; j += VS) rmax = at::vec::maximum(rmax, Vec::loadu(s + j));
-  float m = max_of(rmax);
-  for (; j < hi; ++j) m = std::isnan(s[j]) ? s[j] : std::max(m, s[j]);
-  return m;
-}
-
-// Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
-// final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
-// visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
-// `dcap`, if given, receives d(softcap)/ds = 1 - tanh^2 for the backward chain rule. `raw`
-// (plain_scores): the products stay unscaled in s, their scaled max is returned.
-inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
-                       float* dcap, bool raw = false) {
-  int64_t lo, hi;
-  visible_columns(p, b, ia, ja, n, lo, hi);
-  std::fill(s, s + lo, kNegInf);
-  std::fill(s + hi, s + n, kNegInf);
-  if (dcap) {  // hidden keys: zero derivative (never 0 * garbage in the chain rule)
-    std::fill(dcap, dcap + lo, 0.f);
-    std::fill(dcap + std::max(lo, hi), dcap + n, 0.f);
-  }
-  if (lo >= hi) return kNegInf;
-  const int64_t VS = Vec::size();
-  if (raw) return raw_max(s, lo, hi) * p.scale;
-  const Vec vninf(kNegInf);
-  Vec vmax(kNegInf);
-  final_scores(p, b, h, ia, ja, lo, hi, s, dcap, [&](const Vec& x, int64_t j, int64_t cnt) {
     x.store(s + j, cnt);
     vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
-  });
-  return max_of(vmax);
+  }
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
 }
 
 // s <- exp(scale * s - m) * inv, returns the row sum before `inv` (FA-2 Alg. 1 line 10: P~ and
@@ -182,70 +159,75 @@ inline bool any_above(const Vec& x, const Vec& t) {
 }
 
 // Lazy rescaling (FlashAttention-4's, used here to save a pass): an inference row whose running max
-// m is finite takes a later key block in ONE pass, P = exp(score - m), instead of a score-and-max
-// pass and then the exp pass. While no score exceeds m + kLazySlack, m stays (weights up to
-// e^kLazySlack: O and l cannot overflow, and exp's argument stays small, where exp_u20 is most
-// accurate). At the first vector with a score above that, the rest of the row is scored and its max
-// taken, as the two passes do; its weights are computed relative to the new max and the ones already
-// made are rescaled to it. (A NaN score passes no compare: it makes the sum, so l and the row, NaN,
-// as the two passes do.)
+// m is finite takes a later key block in ONE pass, P = exp(score - m), instead of a score-and-max pass
+// and then the exp pass. While no score exceeds m + kLazySlack, m stays (weights up to e^kLazySlack:
+// O and l cannot overflow, and exp's argument stays small, where exp_u20 is most accurate). From the
+// first vector with a score above that, the rest of the row takes the two passes against its own
+// max and the weights already made are rescaled to it. (A NaN score passes no compare: it makes the
+// sum, so l and the row, NaN, as the two passes do.) `score(products, j)`: the final scores of the
+// vector of raw products at column j — scaled products (ScaledScores) or ALiBi's (AlibiScores).
+// Softcap, masks and biases keep the two passes: with their transforms in it, one pass ran slower
+// than two (too many live vectors: softcap 1.4x a plain forward vs 1.2x).
 constexpr float kLazySlack = 5.5451774f;  // 8 ln 2: weights up to 2^8 (FA-4's threshold)
 struct LazyStep {
   float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
 };
 
-inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
-                                 float m, bool raw) {
+struct ScaledScores {  // plain_scores(p)
+  Vec scale;
+  Vec operator()(const Vec& x, int64_t) const { return x * scale; }
+};
+
+struct AlibiScores {  // ALiBi alone: scale * q.k - slope * |query position - key position|
+  Vec scale, slope, pos, lanes;
+  float ja;  // the tile's first key (exact below 2^24, as score_row's positions)
+  AlibiScores(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja_)
+      : scale(p.scale), slope(p.alibi[b * p.H + h]), pos(static_cast<float>(ia + align_offset(p, b))),
+        lanes(Vec::arange(0.f, 1.f)), ja(static_cast<float>(ja_)) {}
+  Vec operator()(const Vec& x, int64_t j) const {
+    return x * scale - slope * (pos - (Vec(ja + static_cast<float>(j)) + lanes)).abs();
+  }
+};
+inline bool alibi_scores(const Params& p) {
+  return p.alibi && p.softcap == 0.f && !p.fmask && !p.bias && !p.mask;
+}
+
+template <typename Score>
+inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t ia, int64_t ja, int64_t n, float* s, float m,
+                                 const Score& score) {
   int64_t lo, hi;
   visible_columns(p, b, ia, ja, n, lo, hi);
   std::fill(s, s + lo, 0.f);  // hidden keys: P = 0
   std::fill(s + std::max(lo, hi), s + n, 0.f);
   if (lo >= hi) return {0.f, m, 1.f};
   const int64_t VS = Vec::size();
-  const Vec vm(m), zero(0.f), vninf(kNegInf);
+  const Vec vm(m), limit(m + kLazySlack), zero(0.f), vninf(kNegInf);
   Vec vsum(0.f);
-  int64_t jump = hi;  // the first column of the rest of the row, scored only (once a score jumped)
-  float mnew = m;
-  if (raw) {  // plain_scores: products scaled inside exp (exp_sum_row's operations), a loop of its own
-    const Vec vscale(p.scale), limit((m + kLazySlack) / p.scale);
-    auto weigh = [&](int64_t j, int64_t cnt) {  // false: a score of this vector jumped
-      const Vec x = cnt == VS ? Vec::loadu(s + j) : Vec::set(vninf, Vec::loadu(s + j, cnt), cnt);
-      if (any_above(x, limit)) return false;
-      const Vec e = at::vec::fmsub(x, vscale, vm).exp_u20();
-      vsum = vsum + (cnt == VS ? e : Vec::set(zero, e, cnt));
-      e.store(s + j, cnt);
-      return true;
-    };
-    int64_t j = lo;
-    while (j + VS <= hi && weigh(j, VS)) j += VS;
-    if (j + VS > hi && j < hi && weigh(j, hi - j)) j = hi;
-    jump = j;
-    if (jump < hi) mnew = raw_max(s, jump, hi) * p.scale;
-  } else {
-    const Vec limit(m + kLazySlack);
-    Vec vmax(kNegInf);
-    final_scores(p, b, h, ia, ja, lo, hi, s, nullptr, [&](const Vec& x, int64_t j, int64_t cnt) {
-      const Vec xs = cnt == VS ? x : Vec::set(vninf, x, cnt);
-      if (jump == hi && any_above(xs, limit)) jump = j;
-      if (jump < hi) {
-        x.store(s + j, cnt);
-        vmax = at::vec::maximum(vmax, xs);
-        return;
-      }
-      Vec e = (x - vm).exp_u20();
-      if (cnt < VS) e = Vec::set(zero, e, cnt);
-      vsum = vsum + e;
-      e.store(s + j, cnt);
-    });
-    if (jump < hi) mnew = max_of(vmax);
-  }
+  auto weigh = [&](int64_t j, int64_t cnt) {  // false: a score of this vector jumped
+    const Vec x = cnt == VS ? score(Vec::loadu(s + j), j) : Vec::set(vninf, score(Vec::loadu(s + j, cnt), j), cnt);
+    if (any_above(x, limit)) return false;
+    const Vec e = (x - vm).exp_u20();
+    vsum = vsum + (cnt == VS ? e : Vec::set(zero, e, cnt));
+    e.store(s + j, cnt);
+    return true;
+  };
+  int64_t jump = lo;  // the rest of the row, [jump, hi), takes the two passes
+  while (jump + VS <= hi && weigh(jump, VS)) jump += VS;
+  if (jump + VS > hi && jump < hi && weigh(jump, hi - jump)) jump = hi;
   const float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
   if (jump == hi) return {sum, m, 1.f};
-  // mnew > m + kLazySlack (or NaN): the rest weighed against it, the weights before rescaled to it.
-  const float alpha = std::exp(m - mnew);
+  Vec vmax(kNegInf);
+  for (int64_t j = jump; j < hi; j += VS) {
+    const int64_t cnt = std::min(VS, hi - j);
+    const Vec x = score(Vec::loadu(s + j, cnt), j);
+    x.store(s + j, cnt);
+    vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
+  }
+  const float mnew = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
+  const float alpha = std::exp(m - mnew);  // mnew > m + kLazySlack (or NaN)
   const Vec va(alpha);
   at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, jump - lo);
-  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew, raw ? p.scale : 1.f), mnew, alpha};
+  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew), mnew, alpha};
 }
 
 // Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
