@@ -174,7 +174,9 @@ def test_a_later_key_block_that_outscores_the_earlier_ones(L, G, kw, jump, dtype
     out = attnkit.attention(q, k, v, **kw)
     ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
     base = attnkit.attention(q, k, v, **kw, engine="reference")
-    assert_flash_rule(out, base, ref)
+    # A row that one key dominates (weight ~1) carries the fused exp's own error into its output: the
+    # kernel's exp (ATen's exp_u20, as SDPA's CPU kernel) is within 20 ulps, torch.exp within 1.
+    assert_flash_rule(out, base, ref, floor=max(1e-6, 20 * 2.0**-24 * float(v.abs().max())))
     if jump == 300.0:  # row 0 of each group's first head is that key's value, to the last bit of float32
         first = torch.arange(H) % (H // G) == 0
         assert err(out[0, first, 0], ref[0, first, 0]) < 1e-6

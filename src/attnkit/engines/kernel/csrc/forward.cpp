@@ -265,8 +265,9 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
           const int64_t ia = query_of(r), h = head_of(r);
           float* s = qk + r * cols;
           if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
-            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, ia, p.j0 + n0, cols, s, mrow[r], AlibiScores(p, b, h, ia, p.j0 + n0))
-                                        : lazy_exp_sum_row(p, b, ia, p.j0 + n0, cols, s, mrow[r], ScaledScores{Vec(p.scale)});
+            const int64_t ja = p.j0 + n0;
+            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, AlibiScores(p, b, h, ia, ja))
+                                        : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, ScaledScores{Vec(p.scale)});
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {

@@ -56,6 +56,12 @@ inline void visible_columns(const Params& p, int64_t b, int64_t ia, int64_t ja, 
   hi = std::clamp(hi - ja, int64_t(0), n);
 }
 
+// scale * q.k - slope * |query position - key position|, rounded once (as the plain scores' exp
+// argument is): a large product keeps its precision. Key positions `cols`, exact below 2^24.
+inline Vec alibi_score(const Vec& products, const Vec& scale, const Vec& slope, const Vec& pos, const Vec& cols) {
+  return at::vec::fmsub(products, scale, slope * (pos - cols).abs());
+}
+
 // Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
 // final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
 // visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
@@ -101,19 +107,22 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
   const Vec step(static_cast<float>(VS));
   for (int64_t j = lo; j < hi; j += VS) {
     const int64_t cnt = std::min(VS, hi - j);
-    Vec x = Vec::loadu(s + j, cnt) * vscale;
+    Vec x = Vec::loadu(s + j, cnt);
     if (cap) {
       // tanh(y) = 1 - 2 / (e^{2y} + 1) with the fast exp: Sleef's tanh made softcap cost 1.4x a
       // plain forward; this form is within a few ulps of 1 in absolute terms (what the scores need).
+      x = x * vscale;
       Vec e2 = (x * Vec(2.f / p.softcap)).exp_u20();
       Vec t = Vec(1.f) - Vec(2.f) / (e2 + Vec(1.f));
       if (dcap) (Vec(1.f) - t * t).store(dcap + j, cnt);
       x = t * Vec(p.softcap);
+      if (p.alibi) x = x - Vec(slope) * (Vec(pos) - cols).abs();
+    } else if (p.alibi) {
+      x = alibi_score(x, vscale, Vec(slope), Vec(pos), cols);
+    } else {
+      x = x * vscale;
     }
-    if (p.alibi) {
-      x = x - Vec(slope) * (Vec(pos) - cols).abs();
-      cols = cols + step;
-    }
+    if (p.alibi) cols = cols + step;
     if (frow) x = x + load_strided(frow + (ja + j) * p.fs.j, p.fs.j, cnt);
     if (brow) x = x + load_strided(brow + (ja + j) * p.bs.j, p.bs.j, cnt);
     if (mrow) x = keep_visible(x, mrow + (ja + j) * p.ms.j, p.ms.j, cnt);
@@ -173,19 +182,20 @@ struct LazyStep {
   float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
 };
 
+// The exp arguments (score - m) of a vector of raw products at column j, each rounded once.
 struct ScaledScores {  // plain_scores(p)
   Vec scale;
-  Vec operator()(const Vec& x, int64_t) const { return x * scale; }
+  Vec operator()(const Vec& x, int64_t, const Vec& m) const { return at::vec::fmsub(x, scale, m); }
 };
 
-struct AlibiScores {  // ALiBi alone: scale * q.k - slope * |query position - key position|
+struct AlibiScores {  // ALiBi alone (alibi_scores(p)), as score_row computes it
   Vec scale, slope, pos, lanes;
-  float ja;  // the tile's first key (exact below 2^24, as score_row's positions)
+  float ja;  // the tile's first key
   AlibiScores(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja_)
       : scale(p.scale), slope(p.alibi[b * p.H + h]), pos(static_cast<float>(ia + align_offset(p, b))),
         lanes(Vec::arange(0.f, 1.f)), ja(static_cast<float>(ja_)) {}
-  Vec operator()(const Vec& x, int64_t j) const {
-    return x * scale - slope * (pos - (Vec(ja + static_cast<float>(j)) + lanes)).abs();
+  Vec operator()(const Vec& x, int64_t j, const Vec& m) const {
+    return alibi_score(x, scale, slope, pos, Vec(ja + static_cast<float>(j)) + lanes) - m;
   }
 };
 inline bool alibi_scores(const Params& p) {
@@ -193,41 +203,34 @@ inline bool alibi_scores(const Params& p) {
 }
 
 template <typename Score>
-inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t ia, int64_t ja, int64_t n, float* s, float m,
-                                 const Score& score) {
+inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
+                                 float m, bool raw, const Score& score) {
   int64_t lo, hi;
   visible_columns(p, b, ia, ja, n, lo, hi);
   std::fill(s, s + lo, 0.f);  // hidden keys: P = 0
   std::fill(s + std::max(lo, hi), s + n, 0.f);
   if (lo >= hi) return {0.f, m, 1.f};
   const int64_t VS = Vec::size();
-  const Vec vm(m), limit(m + kLazySlack), zero(0.f), vninf(kNegInf);
+  const Vec vm(m), slack(kLazySlack), zero(0.f), vninf(kNegInf);
   Vec vsum(0.f);
   auto weigh = [&](int64_t j, int64_t cnt) {  // false: a score of this vector jumped
-    const Vec x = cnt == VS ? score(Vec::loadu(s + j), j) : Vec::set(vninf, score(Vec::loadu(s + j, cnt), j), cnt);
-    if (any_above(x, limit)) return false;
-    const Vec e = (x - vm).exp_u20();
+    const Vec d = cnt == VS ? score(Vec::loadu(s + j), j, vm) : Vec::set(vninf, score(Vec::loadu(s + j, cnt), j, vm), cnt);
+    if (any_above(d, slack)) return false;
+    const Vec e = d.exp_u20();
     vsum = vsum + (cnt == VS ? e : Vec::set(zero, e, cnt));
     e.store(s + j, cnt);
     return true;
   };
-  int64_t jump = lo;  // the rest of the row, [jump, hi), takes the two passes
+  int64_t jump = lo;  // the rest of the row, [jump, hi), takes the two passes (score_row, exp_sum_row)
   while (jump + VS <= hi && weigh(jump, VS)) jump += VS;
   if (jump + VS > hi && jump < hi && weigh(jump, hi - jump)) jump = hi;
   const float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
   if (jump == hi) return {sum, m, 1.f};
-  Vec vmax(kNegInf);
-  for (int64_t j = jump; j < hi; j += VS) {
-    const int64_t cnt = std::min(VS, hi - j);
-    const Vec x = score(Vec::loadu(s + j, cnt), j);
-    x.store(s + j, cnt);
-    vmax = at::vec::maximum(vmax, cnt == VS ? x : Vec::set(vninf, x, cnt));
-  }
-  const float mnew = at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
-  const float alpha = std::exp(m - mnew);  // mnew > m + kLazySlack (or NaN)
+  const float mnew = score_row(p, b, h, ia, ja + jump, hi - jump, s + jump, nullptr, raw);  // > m + slack, or NaN
+  const float alpha = std::exp(m - mnew);
   const Vec va(alpha);
   at::vec::map<float>([va](Vec x) { return x * va; }, s + lo, s + lo, jump - lo);
-  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew), mnew, alpha};
+  return {alpha * sum + exp_sum_row(s + jump, hi - jump, mnew, raw ? p.scale : 1.f), mnew, alpha};
 }
 
 // Row of probabilities times keep/(1-p) (keep = attnkit.dropout.keep_mask at (b, h, ia, ja+j)).
