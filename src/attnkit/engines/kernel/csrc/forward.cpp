@@ -225,10 +225,17 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
       // Key blocks start at the first key any row sees and stop at the last: a window of w keys
       // costs ~rows x (w + rows), and the causal diagonal block is trimmed to its visible part.
       const int64_t key_blocks = block_count(jhi - jlo, bk, kMinCols);
-      for (int64_t kb = 0; kb < key_blocks; ++kb) {
+      // ALiBi's scores fall with the distance from a row's own position: the key block holding the
+      // tile's first row's position goes first, so a row's max is mostly set by its first block and
+      // the one-pass step (lazy) rarely has to rescale.
+      const int64_t diag = alibi && lazy ? std::clamp<int64_t>((query_of(0) + align_offset(p, b) - p.j0 - jlo) / bk, 0,
+                                                               std::max<int64_t>(key_blocks - 1, 0))
+                                         : 0;
+      for (int64_t visit = 0; visit < key_blocks; ++visit) {
+        const int64_t kb = visit == 0 ? diag : visit <= diag ? visit - 1 : visit;
         const int64_t n0 = jlo + kb * bk, cols = block_len(jhi - jlo, bk, key_blocks, kb);
         // The first block writes O (GEMM beta = 0) instead of zeroing it and rescaling zeros.
-        const bool first = n0 == jlo;
+        const bool first = visit == 0;
         // Alg. 1 line 8: S = Q_i K_j^T (raw products; the scale is fused into the row pass).
         const int64_t chunks = widen ? block_count(cols, wide_keys, kMinCols) : 0;  // widened K/V chunks
         if (few) {
