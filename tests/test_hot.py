@@ -152,8 +152,9 @@ def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("jump", [2.0, 20.0, 300.0], ids=["within-slack", "rescaled", "past-exp-range"])
 @pytest.mark.parametrize("L, G, kw", [(40, 2, {}), (40, 2, dict(causal=True)), (40, 2, dict(mask=torch.arange(1100) % 7 != 3)),
-                                      (40, 2, dict(alibi_slopes=torch.tensor([0.5, 0.03, 0.001, 0.0]))), (1, 2, {}), (1, 4, {})],
-                         ids=["encoder", "causal", "bool-mask", "alibi", "decode-gqa", "decode-mha"])
+                                      (40, 2, dict(alibi_slopes=torch.tensor([0.5, 0.03, 0.001, 0.0]))),
+                                      (40, 2, dict(softcap=30.0, causal=True)), (1, 2, {}), (1, 4, {})],
+                         ids=["encoder", "causal", "bool-mask", "alibi", "softcap", "decode-gqa", "decode-mha"])
 def test_a_later_key_block_that_outscores_the_earlier_ones(L, G, kw, jump, dtype):
     # The hot path takes a row's later key blocks (blocks.KEY_TILE keys) in one pass relative to the
     # max of the blocks before (row_step.h, lazy_exp_sum_row). A key in the second block outscores

@@ -134,8 +134,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
   const bool raw = plain_scores(p);
   // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row), for scaled products or
   // ALiBi: inference only, as a backward rebuilds the weights from (m, l) with the two passes' operations.
-  const bool alibi = alibi_scores(p);
-  const bool lazy = (raw || alibi) && m_out == nullptr && p.dropout_p == 0.f;
+  const bool alibi = alibi_scores(p), capped = softcap_scores(p);
+  const bool lazy = (raw || alibi || capped) && m_out == nullptr && p.dropout_p == 0.f;
   // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
   // each), so the product reads each chunk from L1 right after it is written (measured: widening
   // a whole 512-key block cost more than its product).
@@ -273,8 +273,10 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
           float* s = qk + r * cols;
           if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
             const int64_t ja = p.j0 + n0;
-            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, AlibiScores(p, b, h, ia, ja))
-                                        : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, ScaledScores{Vec(p.scale)});
+            const LazyStep step =
+                alibi    ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, AlibiScores(p, b, h, ia, ja))
+                : capped ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, SoftcapScores(p))
+                         : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, ScaledScores{Vec(p.scale)});
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {

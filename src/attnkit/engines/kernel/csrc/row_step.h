@@ -62,6 +62,13 @@ inline Vec alibi_score(const Vec& products, const Vec& scale, const Vec& slope, 
   return at::vec::fmsub(products, scale, slope * (pos - cols).abs());
 }
 
+// tanh(y/c) of scaled scores y (two_over_c = 2/c) as 1 - 2 / (e^{2y/c} + 1) with the fast exp:
+// Sleef's tanh made softcap cost 1.4x a plain forward; this form is within a few ulps of 1 in
+// absolute terms (what the scores need).
+inline Vec softcap_tanh(const Vec& y, const Vec& two_over_c) {
+  return Vec(1.f) - Vec(2.f) / ((y * two_over_c).exp_u20() + Vec(1.f));
+}
+
 // Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
 // final scores in place; hidden keys become -inf. Returns the row max (-inf if nothing is
 // visible). The scale is fused with the max (FA-2 Alg. 1 line 9 computes S and m together).
@@ -109,11 +116,7 @@ inline float score_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_
     const int64_t cnt = std::min(VS, hi - j);
     Vec x = Vec::loadu(s + j, cnt);
     if (cap) {
-      // tanh(y) = 1 - 2 / (e^{2y} + 1) with the fast exp: Sleef's tanh made softcap cost 1.4x a
-      // plain forward; this form is within a few ulps of 1 in absolute terms (what the scores need).
-      x = x * vscale;
-      Vec e2 = (x * Vec(2.f / p.softcap)).exp_u20();
-      Vec t = Vec(1.f) - Vec(2.f) / (e2 + Vec(1.f));
+      const Vec t = softcap_tanh(x * vscale, Vec(2.f / p.softcap));
       if (dcap) (Vec(1.f) - t * t).store(dcap + j, cnt);
       x = t * Vec(p.softcap);
       if (p.alibi) x = x - Vec(slope) * (Vec(pos) - cols).abs();
@@ -200,6 +203,17 @@ struct AlibiScores {  // ALiBi alone (alibi_scores(p)), as score_row computes it
 };
 inline bool alibi_scores(const Params& p) {
   return p.alibi && p.softcap == 0.f && !p.fmask && !p.bias && !p.mask;
+}
+
+struct SoftcapScores {  // softcap alone (softcap_scores(p)): c * tanh(scale * q.k / c)
+  Vec scale, cap, two_over_cap;
+  explicit SoftcapScores(const Params& p) : scale(p.scale), cap(p.softcap), two_over_cap(2.f / p.softcap) {}
+  Vec operator()(const Vec& x, int64_t, const Vec& m) const {
+    return at::vec::fmsub(softcap_tanh(x * scale, two_over_cap), cap, m);
+  }
+};
+inline bool softcap_scores(const Params& p) {
+  return p.softcap != 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask;
 }
 
 template <typename Score>
