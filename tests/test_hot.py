@@ -149,6 +149,23 @@ def test_hidden_garbage_never_reaches_an_output_and_visible_garbage_reaches_its_
         assert not nan_rows[..., :30].any() and nan_rows[1, :, 30:].all()
 
 
+@pytest.mark.parametrize("S, bad", [(40, 7), (1100, 7), (1100, 700)], ids=["one-block", "first-block", "later-block"])
+@pytest.mark.parametrize("kw", [{}, dict(softcap=30.0), dict(alibi_slopes=torch.tensor([0.5, 0.1])), dict(softcap=5.0, causal=True)],
+                         ids=["plain", "softcap", "alibi", "softcap-causal"])
+def test_a_nan_key_makes_every_row_that_sees_it_nan(S, bad, kw):
+    # The fused exp (exp_u20) turns NaN into a large finite number, so NaN must be kept out of it:
+    # softcap's tanh (built on that exp) and the one-pass step of later key blocks both check.
+    q, k, v = qkv(1, 2, 2, 40, S, 16, seed=13)
+    k = k.clone()
+    k[0, 0, bad] = float("nan")
+    assert type(hot.plan(q, k, v, **kw)) is tuple
+    out = attnkit.attention(q, k, v, **kw)
+    ref = attnkit.attention(q.double(), k.double(), v.double(), **kw, engine="reference")
+    nan_rows = torch.isnan(ref).all(-1)
+    assert nan_rows[0, 0].any() and not nan_rows[0, 1].any()  # (causal: rows before the key do not see it)
+    assert torch.equal(torch.isnan(out).all(-1), nan_rows) and not torch.isnan(out[0, 1]).any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("jump", [2.0, 20.0, 300.0], ids=["within-slack", "rescaled", "past-exp-range"])
 @pytest.mark.parametrize("L, G, kw", [(40, 2, {}), (40, 2, dict(causal=True)), (40, 2, dict(mask=torch.arange(1100) % 7 != 3)),

@@ -66,7 +66,8 @@ inline Vec alibi_score(const Vec& products, const Vec& scale, const Vec& slope, 
 // Sleef's tanh made softcap cost 1.4x a plain forward; this form is within a few ulps of 1 in
 // absolute terms (what the scores need).
 inline Vec softcap_tanh(const Vec& y, const Vec& two_over_c) {
-  return Vec(1.f) - Vec(2.f) / ((y * two_over_c).exp_u20() + Vec(1.f));
+  const Vec t = Vec(1.f) - Vec(2.f) / ((y * two_over_c).exp_u20() + Vec(1.f));
+  return Vec::blendv(t, y, y.isnan());  // exp_u20 makes NaN a large number: a NaN product stays NaN
 }
 
 // Turns one row of raw q.k products (tile columns [0, n) = absolute keys [ja, ja+n)) into the
@@ -154,18 +155,18 @@ inline float exp_sum_row(float* s, int64_t n, float m, float scale = 1.f, float 
   return at::vec::vec_reduce_all<float>([](Vec& a, Vec& c) { return a + c; }, vsum);
 }
 
-// Whether some lane of x exceeds t (an ordered compare: a NaN lane never does).
-inline bool any_above(const Vec& x, const Vec& t) {
+// Whether some lane of x exceeds t or is NaN (an unordered "not <=" compare).
+inline bool any_above_or_nan(const Vec& x, const Vec& t) {
 #if defined(CPU_CAPABILITY_AVX512)
-  return _mm512_cmp_ps_mask(x, t, _CMP_GT_OQ) != 0;
+  return _mm512_cmp_ps_mask(x, t, _CMP_NLE_UQ) != 0;
 #elif defined(CPU_CAPABILITY_AVX2)
-  return _mm256_movemask_ps(_mm256_cmp_ps(x, t, _CMP_GT_OQ)) != 0;
+  return _mm256_movemask_ps(_mm256_cmp_ps(x, t, _CMP_NLE_UQ)) != 0;
 #else
   __at_align__ float a[Vec::size()], c[Vec::size()];
   x.store(a);
   t.store(c);
   for (int64_t i = 0; i < Vec::size(); ++i)
-    if (a[i] > c[i]) return true;
+    if (!(a[i] <= c[i])) return true;
   return false;
 #endif
 }
@@ -174,12 +175,13 @@ inline bool any_above(const Vec& x, const Vec& t) {
 // m is finite takes a later key block in ONE pass, P = exp(score - m), instead of a score-and-max pass
 // and then the exp pass. While no score exceeds m + kLazySlack, m stays (weights up to e^kLazySlack:
 // O and l cannot overflow, and exp's argument stays small, where exp_u20 is most accurate). From the
-// first vector with a score above that, the rest of the row takes the two passes against its own
-// max and the weights already made are rescaled to it. (A NaN score passes no compare: it makes the
-// sum, so l and the row, NaN, as the two passes do.) `score(products, j)`: the final scores of the
-// vector of raw products at column j — scaled products (ScaledScores) or ALiBi's (AlibiScores).
-// Softcap, masks and biases keep the two passes: with their transforms in it, one pass ran slower
-// than two (too many live vectors: softcap 1.4x a plain forward vs 1.2x).
+// first vector with a score above that, or a NaN (exp_u20 would make it a large finite weight), the
+// rest of the row takes the two passes against its own max (NaN: the row's l and output are NaN, as
+// the two passes make them) and the weights already made are rescaled to it.
+// `score(products, j, m)`: exp's arguments (score - m) for the vector of raw products at column j,
+// rounded once where it can — scaled products, ALiBi's or softcap's scores (the common ones: masks
+// and biases keep the two passes; written generically, one pass over every transform spilled its
+// registers and ran slower than two).
 constexpr float kLazySlack = 5.5451774f;  // 8 ln 2: weights up to 2^8 (FA-4's threshold)
 struct LazyStep {
   float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
@@ -229,7 +231,7 @@ inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t 
   Vec vsum(0.f);
   auto weigh = [&](int64_t j, int64_t cnt) {  // false: a score of this vector jumped
     const Vec d = cnt == VS ? score(Vec::loadu(s + j), j, vm) : Vec::set(vninf, score(Vec::loadu(s + j, cnt), j, vm), cnt);
-    if (any_above(d, slack)) return false;
+    if (any_above_or_nan(d, slack)) return false;
     const Vec e = d.exp_u20();
     vsum = vsum + (cnt == VS ? e : Vec::set(zero, e, cnt));
     e.store(s + j, cnt);
