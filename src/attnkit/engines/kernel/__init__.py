@@ -123,8 +123,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0, j
 
     Returns:
         ``out (B, H, Lb, E)`` normalized over the range's visible keys (dropout:
-        ``Σ p·keep·v / ((1-p)·l)``), and per row ``(B, H, Lb)`` ``lse = m + log l``, the max ``m``
-        of the visible scores and the sum ``l = Σ exp(s - m)``, all in ``spec.compute_dtype``.
+        ``Σ p·keep·v / ((1-p)·l)``), and per row ``(B, H, Lb)`` ``lse = m + log l``, a reference
+        point ``m`` (the visible scores' max, or on the fused path up to 8·ln 2 below it: it moves
+        lazily, ``csrc/row_step.h``) and the sum ``l = Σ exp(s - m)``, all in ``spec.compute_dtype``.
         Rows with no visible key in the range: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
     """
     if path(spec)[0] == "fused":

@@ -141,8 +141,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, i0: int = 0,
     """Queries ``[i0, i0+Lb)`` × keys ``[j0, j0+Sb)`` of ``spec``: ``(out (B,H,Lb,E), lse, m, l (B,H,Lb))`` float32.
 
     ``q (B,H,Lb,D)``, ``k (B,G,Sb,D)``, ``v (B,G,Sb,E)``. ``out`` is normalized over this key
-    range's visible keys; ``m``/``l`` are each row's max and sum (``lse = m + log l``); rows that see
-    none: ``out = 0``, ``lse = m = -inf``, ``l = 0``.
+    range's visible keys; ``m`` is each row's max (or a point up to 8·ln 2 below it) and
+    ``l = Σ exp(s - m)`` (``lse = m + log l``); rows that see none: ``out = 0``, ``lse = m = -inf``,
+    ``l = 0``.
     """
     half = int(_gemm_dtype(q.dtype, q, v) == q.dtype)  # 0: half inputs widened by the op (per tile for decode)
     # The op reads any layout with contiguous rows in place (a model's (B, L, H, D) storage included).

@@ -132,10 +132,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
       round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
   const bool raw = plain_scores(p);
-  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row), for scaled products or
-  // ALiBi: inference only, as a backward rebuilds the weights from (m, l) with the two passes' operations.
+  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row) for plain, ALiBi or softcap
+  // scores without dropout. The row's (m, l) stay a consistent pair (l = sum exp(s - m), m within
+  // kLazySlack of the max), from which a backward rebuilds these weights.
   const bool alibi = alibi_scores(p), capped = softcap_scores(p);
-  const bool lazy = (raw || alibi || capped) && m_out == nullptr && p.dropout_p == 0.f;
+  const bool lazy = (raw || alibi || capped) && p.dropout_p == 0.f;
   // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
   // each), so the product reads each chunk from L1 right after it is written (measured: widening
   // a whole 512-key block cost more than its product).

@@ -6,7 +6,8 @@
 //     queries are the absolute rows [i0, i0+Lb), keys the absolute columns [j0, j0+Sb) of an
 //     (L, S) problem; masks/biases are indexed with absolute positions through broadcast strides.
 //   backward(..., dout, m, l, delta, dq, dk, dv, d_float_mask?, d_bias?) accumulates in place; m and l
-//     are the forward's row max and row sum (the final ones of these queries), lse = m + log l.
+//     are the forward's row max (or a point up to kLazySlack below it, row_step.h) and l = sum exp(s - m)
+//     (the final ones of these queries), lse = m + log l.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -171,8 +171,8 @@ inline bool any_above_or_nan(const Vec& x, const Vec& t) {
 #endif
 }
 
-// Lazy rescaling (FlashAttention-4's, used here to save a pass): an inference row whose running max
-// m is finite takes a later key block in ONE pass, P = exp(score - m), instead of a score-and-max pass
+// Lazy rescaling (FlashAttention-4's, used here to save a pass): a row whose running max m is finite
+// takes a later key block in ONE pass, P = exp(score - m), instead of a score-and-max pass
 // and then the exp pass. While no score exceeds m + kLazySlack, m stays (weights up to e^kLazySlack:
 // O and l cannot overflow, and exp's argument stays small, where exp_u20 is most accurate). From the
 // first vector with a score above that, or a NaN (exp_u20 would make it a large finite weight), the
