@@ -132,11 +132,11 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
       round16(rows_max * cols_max) + 2 * round16(rows_max * p.E) + 2 * round16(rows_max) + cols_max;
   const float keep_scale = p.dropout_p > 0.f ? 1.f / (1.f - p.dropout_p) : 1.f;
   const bool raw = plain_scores(p);
-  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row) for plain, ALiBi or softcap
-  // scores without dropout. The row's (m, l) stay a consistent pair (l = sum exp(s - m), m within
+  // Later key blocks of a row in one pass (row_step.h, lazy_exp_sum_row) for plain or ALiBi scores
+  // without dropout. The row's (m, l) stay a consistent pair (l = sum exp(s - m), m within
   // kLazySlack of the max), from which a backward rebuilds these weights.
-  const bool alibi = alibi_scores(p), capped = softcap_scores(p);
-  const bool lazy = (raw || alibi || capped) && p.dropout_p == 0.f;
+  const bool alibi = alibi_scores(p);
+  const bool lazy = (raw || alibi) && p.dropout_p == 0.f;
   // Widened inputs: K and V are widened and multiplied this many keys at a time (32 KiB of float32
   // each), so the product reads each chunk from L1 right after it is written (measured: widening
   // a whole 512-key block cost more than its product).
@@ -274,10 +274,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
           float* s = qk + r * cols;
           if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
             const int64_t ja = p.j0 + n0;
-            const LazyStep step =
-                alibi    ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, AlibiScores(p, b, h, ia, ja))
-                : capped ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, SoftcapScores(p))
-                         : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, ScaledScores{Vec(p.scale)});
+            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, AlibiScores(p, b, h, ia, ja))
+                                        : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, ScaledScores{Vec(p.scale)});
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {

@@ -179,9 +179,10 @@ inline bool any_above_or_nan(const Vec& x, const Vec& t) {
 // rest of the row takes the two passes against its own max (NaN: the row's l and output are NaN, as
 // the two passes make them) and the weights already made are rescaled to it.
 // `score(products, j, m)`: exp's arguments (score - m) for the vector of raw products at column j,
-// rounded once where it can — scaled products, ALiBi's or softcap's scores (the common ones: masks
-// and biases keep the two passes; written generically, one pass over every transform spilled its
-// registers and ran slower than two).
+// rounded once where it can — scaled products or ALiBi's scores. Softcap, masks and biases keep the
+// two passes: written generically, one pass over every transform spilled its registers and ran
+// slower than two; softcap's own one pass (two exps per score) ran no faster (178-182 vs 176-180 ms
+// at L = 4096: its tanh, not the pass over memory, is its cost).
 constexpr float kLazySlack = 5.5451774f;  // 8 ln 2: weights up to 2^8 (FA-4's threshold)
 struct LazyStep {
   float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
@@ -207,16 +208,6 @@ inline bool alibi_scores(const Params& p) {
   return p.alibi && p.softcap == 0.f && !p.fmask && !p.bias && !p.mask;
 }
 
-struct SoftcapScores {  // softcap alone (softcap_scores(p)): c * tanh(scale * q.k / c)
-  Vec scale, cap, two_over_cap;
-  explicit SoftcapScores(const Params& p) : scale(p.scale), cap(p.softcap), two_over_cap(2.f / p.softcap) {}
-  Vec operator()(const Vec& x, int64_t, const Vec& m) const {
-    return at::vec::fmsub(softcap_tanh(x * scale, two_over_cap), cap, m);
-  }
-};
-inline bool softcap_scores(const Params& p) {
-  return p.softcap != 0.f && !p.alibi && !p.fmask && !p.bias && !p.mask;
-}
 
 template <typename Score>
 inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
