@@ -188,7 +188,6 @@ struct LazyStep {
   float sum, m, alpha;  // the block's row sum (relative to m), the row's new max, e^{m_old - m}
 };
 
-// The exp arguments (score - m) of a vector of raw products at column j, each rounded once.
 struct ScaledScores {  // plain_scores(p)
   Vec scale;
   Vec operator()(const Vec& x, int64_t, const Vec& m) const { return at::vec::fmsub(x, scale, m); }
@@ -207,7 +206,6 @@ struct AlibiScores {  // ALiBi alone (alibi_scores(p)), as score_row computes it
 inline bool alibi_scores(const Params& p) {
   return p.alibi && p.softcap == 0.f && !p.fmask && !p.bias && !p.mask;
 }
-
 
 template <typename Score>
 inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
