@@ -210,9 +210,7 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
       int64_t inner_lo = 0, inner_hi = p.Sb;  // keys every row of the tile sees (structurally)
       for (int64_t r = 0; r < rows; ++r) {
         int64_t lo, hi;
-        row_range(p, b, query_of(r), lo, hi);
-        lo = std::clamp(lo - p.j0, int64_t(0), p.Sb);
-        hi = std::clamp(hi - p.j0, int64_t(0), p.Sb);
+        visible_columns(p, b, query_of(r), p.j0, p.Sb, lo, hi);
         if (lo < hi) jlo = std::min(jlo, lo), jhi = std::max(jhi, hi);
         inner_lo = std::max(inner_lo, lo), inner_hi = std::min(inner_hi, hi);
         mrow[r] = kNegInf;
@@ -274,8 +272,8 @@ void forward_kernel(const Params& p, const T* q, const T* k, const T* v, O* out,
           float* s = qk + r * cols;
           if (lazy && std::isfinite(mrow[r])) {  // a later block of a row that saw keys: one pass
             const int64_t ja = p.j0 + n0;
-            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, AlibiScores(p, b, h, ia, ja))
-                                        : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], raw, ScaledScores{Vec(p.scale)});
+            const LazyStep step = alibi ? lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], AlibiScores(p, b, h, ia, ja))
+                                        : lazy_exp_sum_row(p, b, h, ia, ja, cols, s, mrow[r], ScaledScores{Vec(p.scale)});
             lrow[r] = step.alpha * lrow[r] + step.sum;
             mrow[r] = step.m;
             if (step.alpha != 1.f) {

@@ -10,6 +10,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <type_traits>
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
@@ -209,7 +210,8 @@ inline bool alibi_scores(const Params& p) {
 
 template <typename Score>
 inline LazyStep lazy_exp_sum_row(const Params& p, int64_t b, int64_t h, int64_t ia, int64_t ja, int64_t n, float* s,
-                                 float m, bool raw, const Score& score) {
+                                 float m, const Score& score) {
+  constexpr bool raw = std::is_same_v<Score, ScaledScores>;  // plain_scores: s stays unscaled in the two passes
   int64_t lo, hi;
   visible_columns(p, b, ia, ja, n, lo, hi);
   std::fill(s, s + lo, 0.f);  // hidden keys: P = 0
